@@ -1,0 +1,78 @@
+"""Image bytes ⇄ tensors, with the project's input policy.
+
+Policy (applies to every input format Pillow reads: PNG, JPEG, WebP, TIFF, …):
+
+- EXIF orientation is applied, so the archive stores the image as viewers show it.
+- Grayscale (``L``, ``I;16``…), palette (``P``), CMYK and other modes are converted
+  to 8-bit RGB; grayscale becomes three equal channels.
+- Alpha (``RGBA``, ``LA``, ``P`` with transparency) is dropped: only the colour is
+  coded. Transparency is not preserved.
+- 16-bit inputs are reduced to 8 bits per channel (the codec is 8-bit).
+- Images over ``max_pixels`` are refused before decoding (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+DEFAULT_MAX_PIXELS = 150_000_000
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this project can read; the message says why."""
+
+
+def _to_rgb8(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
+        arr = (arr.astype(np.float64) * (255.0 / (65535.0 if arr.max() > 255 else 255.0))).round()
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(arr.clip(0, 255).round().astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
+    """Encoded image bytes → uint8 tensor ``(3, H, W)`` following the module's policy.
+
+    Raises :class:`ImageDecodeError` for empty, corrupt, truncated, unsupported or
+    oversized inputs.
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageDecodeError(f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels}")
+                img = ImageOps.exif_transpose(img)
+                img.load()
+                rgb = _to_rgb8(img)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a supported image format") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    arr = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def encode_png(image: Tensor) -> bytes:
+    """uint8 ``(3, H, W)`` → PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,107 @@
+"""Rate-distortion training (pure torch): losses, crops, λ sampling, one step.
+
+Loss per sample (CompressAI's convention): ``λ·255²·MSE + bpp``, averaged over
+the batch, with a per-sample λ so one batch trains several rates at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class RDLoss(NamedTuple):
+    """Batch means: total loss, MSE on [0, 1] pixels, bits per pixel, and PSNR (dB)."""
+
+    loss: Tensor
+    mse: Tensor
+    bpp: Tensor
+    psnr: Tensor
+
+
+def rd_loss(x_hat: Tensor, x: Tensor, likelihoods: dict[str, Tensor], lmbda: Tensor) -> RDLoss:
+    """``mean_i(λ_i·255²·MSE_i + bpp_i)`` for x, x̂ ``(B,3,H,W)`` and λ ``(B,)``."""
+    num_pixels = x.shape[2] * x.shape[3]
+    bits = sum(-torch.log2(p).flatten(1).sum(1) for p in likelihoods.values())
+    bpp = bits / num_pixels
+    mse = (x_hat - x).pow(2).flatten(1).mean(1)
+    loss = (lmbda * 255.0**2 * mse + bpp).mean()
+    psnr = (-10.0 * torch.log10(mse.detach().clamp_min(1e-10))).mean()
+    return RDLoss(loss, mse.mean(), bpp.mean(), psnr)
+
+
+def sample_lambdas(batch: int, low: float, high: float, generator: torch.Generator | None = None) -> Tensor:
+    """λ ``(batch,)`` drawn log-uniformly from ``[low, high]``."""
+    u = torch.rand(batch, generator=generator)
+    return torch.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+
+
+def random_crops(images: Sequence[Tensor], batch: int, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """``batch`` random ``size``² crops, randomly flipped, of uint8 images ``(3,H,W)`` → float ``(B,3,size,size)`` in [0, 1]."""
+    idx = torch.randint(len(images), (batch,), generator=generator).tolist()
+    crops = []
+    for i in idx:
+        img = images[i]
+        _, h, w = img.shape
+        if h < size or w < size:
+            raise ValueError(f"training image {i} is {w}x{h}, smaller than the crop size {size}")
+        top = int(torch.randint(h - size + 1, (1,), generator=generator))
+        left = int(torch.randint(w - size + 1, (1,), generator=generator))
+        crop = img[:, top : top + size, left : left + size]
+        if torch.rand(1, generator=generator).item() < 0.5:
+            crop = crop.flip(2)
+        crops.append(crop)
+    return torch.stack(crops).float().div_(255.0)
+
+
+def configure_optimizers(model: nn.Module, lr: float, aux_lr: float) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam on the network's parameters and a separate Adam on the entropy bottleneck's quantiles."""
+    main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
+    aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
+    return torch.optim.Adam(main, lr=lr), torch.optim.Adam(aux, lr=aux_lr)
+
+
+def lr_at(step: int, base_lr: float, warmup: int, decay_start: int, decay_end: int, final_lr: float) -> float:
+    """Linear warm-up, constant, then cosine decay from ``base_lr`` to ``final_lr`` between the two decay steps."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    if step < decay_start:
+        return base_lr
+    t = min(1.0, (step - decay_start) / max(1, decay_end - decay_start))
+    return final_lr + 0.5 * (base_lr - final_lr) * (1.0 + math.cos(math.pi * t))
+
+
+class StepMetrics(NamedTuple):
+    loss: float
+    mse: float
+    bpp: float
+    psnr: float
+    aux: float
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    aux_optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    lmbda: Tensor,
+    clip_norm: float = 1.0,
+) -> StepMetrics:
+    """One RD step on crops x ``(B,3,H,W)`` with per-sample λ ``(B,)``, plus one auxiliary step."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    out = model(x, lmbda)
+    rd = rd_loss(out["x_hat"], x, out["likelihoods"], lmbda)
+    rd.loss.backward()
+    if clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
+    optimizer.step()
+    aux_optimizer.zero_grad(set_to_none=True)
+    aux = model.aux_loss()
+    aux.backward()
+    aux_optimizer.step()
+    return StepMetrics(*(float(v.detach()) for v in (*rd, aux)))

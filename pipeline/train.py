@@ -1,0 +1,133 @@
+"""Base rate-distortion training of the default model: files, checkpoints, logs.
+
+The pure pieces (loss, crops, one step) are in :mod:`oml.train`; this module adds
+what touches disk: reading the training photos, a JSON-lines log, and a
+checkpoint that makes every run resumable (``last.pt``, written atomically).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from oml.imageio import decode_image
+from oml.models.default import OMLHyperprior
+from oml.train import configure_optimizers, lr_at, random_crops, rd_loss, sample_lambdas, train_step
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    data_dir: str
+    out_dir: str
+    steps: int = 60_000
+    batch: int = 8
+    crop: int = 128
+    lr: float = 3e-4
+    aux_lr: float = 1e-3
+    warmup: int = 500
+    decay_start: int = 40_000
+    decay_end: int = 60_000
+    final_lr: float = 1e-5
+    lambda_low: float = 0.0018
+    lambda_high: float = 0.0130
+    N: int = 64
+    M: int = 128
+    seed: int = 0
+    holdout_every: int = 50
+    log_every: int = 50
+    eval_every: int = 1000
+    ckpt_every: int = 500
+    threads: int = 2
+    init: str = ""
+
+
+def list_images(folder: str) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_split(cfg: BaseTrainConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Training and held-out images: every ``holdout_every``-th file of the sorted listing is held out."""
+    train, held = [], []
+    for i, path in enumerate(list_images(cfg.data_dir)):
+        img = decode_image(path.read_bytes())
+        (held if cfg.holdout_every and i % cfg.holdout_every == 0 else train).append(img)
+    return train, held
+
+
+@torch.no_grad()
+def evaluate(model: OMLHyperprior, images: list[torch.Tensor], lambdas: list[float], size: int = 256) -> list[dict]:
+    """Rounded-latent estimate of bpp and PSNR on centre crops, per λ."""
+    model.eval()
+    crops = []
+    for img in images:
+        _, h, w = img.shape
+        top, left = (h - size) // 2, (w - size) // 2
+        crops.append(img[:, top : top + size, left : left + size])
+    x = torch.stack(crops).float() / 255.0
+    rows = []
+    for lmbda in lambdas:
+        lm = torch.full((x.shape[0],), lmbda)
+        out = model(x, lm)
+        rd = rd_loss(out["x_hat"].clamp(0, 1), x, out["likelihoods"], lm)
+        rows.append({"lambda": lmbda, "bpp": round(float(rd.bpp), 4), "psnr": round(float(rd.psnr), 3), "loss": round(float(rd.loss), 4)})
+    model.train()
+    return rows
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def run_base_training(cfg: BaseTrainConfig) -> Path:
+    """Train (or resume) the default model; returns the path of ``last.pt``."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "last.pt", out / "train_log.jsonl"
+    train_imgs, held_imgs = load_split(cfg)
+    model = OMLHyperprior(cfg.N, cfg.M)
+    optimizer, aux_optimizer = configure_optimizers(model, cfg.lr, cfg.aux_lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+            aux_optimizer.load_state_dict(state["aux_optimizer"])
+        step = int(state["step"])
+        gen.manual_seed(cfg.seed + step)
+    elif cfg.init:
+        model.load_state_dict(torch.load(cfg.init, weights_only=True)["model"])
+    with open(log_path, "a") as log:
+        log.write(json.dumps({"event": "start", "step": step, "config": dataclasses.asdict(cfg), "train_images": len(train_imgs), "held_out": len(held_imgs), "time": time.time()}) + "\n")
+        t0, acc = time.time(), []
+        while step < cfg.steps:
+            lr = lr_at(step, cfg.lr, cfg.warmup, cfg.decay_start, cfg.decay_end, cfg.final_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = random_crops(train_imgs, cfg.batch, cfg.crop, gen)
+            lmbda = sample_lambdas(cfg.batch, cfg.lambda_low, cfg.lambda_high, gen)
+            acc.append(train_step(model, optimizer, aux_optimizer, x, lmbda))
+            step += 1
+            if step % cfg.log_every == 0:
+                mean = {k: sum(getattr(m, k) for m in acc) / len(acc) for k in acc[0]._fields}
+                log.write(json.dumps({"step": step, "lr": lr, **{k: round(v, 5) for k, v in mean.items()}, "s_per_step": round((time.time() - t0) / len(acc), 4)}) + "\n")
+                log.flush()
+                t0, acc = time.time(), []
+            if step % cfg.eval_every == 0 and held_imgs:
+                log.write(json.dumps({"step": step, "eval": evaluate(model, held_imgs, [0.0018, 0.0035, 0.0067, 0.013])}) + "\n")
+                log.flush()
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": dataclasses.asdict(cfg)}, ckpt_path)
+    return ckpt_path
