@@ -6,15 +6,16 @@ M = 128 so that it trains on two CPU cores::
 
     x ─► conv ─ GDN ─ e_1(λ) ─► conv ─ GDN ─ e_2(λ) ─► conv ─ GDN ─ e_3(λ) ─► conv ─ e_4(λ) ─► y
     y ─► h_a ─► z ─► Q/EB ─► h_s ─► (μ, σ) ;  ŷ = Q(y − μ) + μ
-    ŷ ─► m_1(λ^1) ─ deconv ─ IGDN ─ m_2(λ^2) ─ deconv ─ IGDN ─ m_3(λ^3) ─ deconv ─ IGDN ─ m_4(λ^4) ─ deconv ─► x̂
+    ŷ ─► r(λ_t) ─ deconv ─ IGDN ─ m_1(λ^1) ─ deconv ─ IGDN ─ m_2(λ^2) ─ deconv ─ IGDN ─ m_3(λ^3) ─ deconv ─ m_4(λ^4) ─► x̂
 
-``e_k`` and ``m_k`` are :class:`~oml.models.modulator.Modulator` s. The encoder
-is conditioned on the target λ too (one model covers every rate, instead of the
-paper's one encoder per quality): ``e_4`` is a learned gain on the latent, which
-sets the effective quantisation step. Training one conditional encoder costs
+``e_k``, ``r`` and ``m_k`` are :class:`~oml.models.modulator.Modulator` s. The
+encoder is conditioned on the target λ too (one model covers every rate, instead
+of the paper's one encoder per quality): ``e_4`` is a learned gain on the
+latent, which sets the effective quantisation step, and ``r`` is the decoder's
+inverse gain, driven by the coded λ_t. Training one conditional encoder costs
 one model's training time instead of one per quality, the deciding factor on
-CPU. The decoder takes K = 4 values λ^k, so online adaptation can move them
-away from the encoder's λ.
+CPU. The decoder takes K = 4 values λ^k after its four decoding blocks, so
+online adaptation can move them away from λ_t.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class OMLHyperprior(CompressionModel):
                 nn.Sequential(deconv(N, N), GDN(N, inverse=True)),
                 deconv(N, 3),
             ],
-            channels=(M, N, N, N),
+            channels=(N, N, N, 3),
+            rate_gain_channels=M,
         )
         self.h_a = nn.Sequential(
             conv(M, N, stride=1, kernel_size=3),
@@ -104,5 +106,5 @@ class OMLHyperprior(CompressionModel):
         _, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
         y_hat = quantize_ste(y - means_hat) + means_hat
         lambdas = lmbda.unsqueeze(1).expand(-1, self.g_s.num_lambdas)
-        x_hat = self.g_s(y_hat, lambdas)
+        x_hat = self.g_s(y_hat, lambdas, lmbda)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}

@@ -1,14 +1,17 @@
 """Variable-rate synthesis transform: a base decoder with K modulators.
 
 Paper Fig. 2 (a, c, d): the base model's synthesis transform ``g_s`` is cut into
-K stages; before each stage its input features are scaled channel-wise by a
+K decoding blocks, and the output of each block is scaled channel-wise by a
 :class:`~oml.models.modulator.Modulator` driven by its own ``λ^k``::
 
-    ŷ ─► m_1(λ^1) ─► stage_1 ─► m_2(λ^2) ─► stage_2 ─► … ─► m_K(λ^K) ─► stage_K ─► x̂
+    ŷ ─► [r(λ_t)] ─► block_1 ─► m_1(λ^1) ─► block_2 ─► m_2(λ^2) ─► … ─► block_K ─► m_K(λ^K) ─► x̂
 
-so ``m_1`` scales the decoded latent (the decoder side of a gain unit) and
-``m_2 … m_K`` scale the outputs of the first K−1 decoding blocks. With
-``λ^1 = … = λ^K`` this is plain variable-rate decoding.
+``r`` is an optional rate gain on the decoded latent, driven by the coded λ_t
+itself (the decoder side of a λ-conditioned encoder's gain). It is part of
+plain variable-rate decoding and is never adapted, so ``block_1``'s output
+depends on no adapted λ^k: online adaptation computes it once (:meth:`prefix`)
+and reruns only :meth:`suffix`. With ``λ^1 = … = λ^K = λ_t`` this is plain
+variable-rate decoding.
 """
 
 from __future__ import annotations
@@ -21,34 +24,51 @@ from oml.models.modulator import Modulator
 
 
 class ModulatedSynthesis(nn.Module):
-    """``g_s`` split into stages, each preceded by a modulator.
+    """``g_s`` split into K blocks, each followed by a modulator.
 
     Args:
-        stages: the K consecutive pieces of the base synthesis transform.
-        channels: channel count of each stage's input, one per stage.
+        blocks: the K consecutive decoding blocks of the base synthesis transform.
+        channels: output channel count of each block.
+        rate_gain_channels: channels of ŷ for a λ_t-driven rate gain, or ``None`` for none.
         hidden: width of the modulators' hidden FC layer.
     """
 
-    def __init__(self, stages: Sequence[nn.Module], channels: Sequence[int], hidden: int = 64):
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        channels: Sequence[int],
+        rate_gain_channels: int | None = None,
+        hidden: int = 64,
+    ) -> None:
         super().__init__()
-        if len(stages) != len(channels):
-            raise ValueError(f"{len(stages)} stages but {len(channels)} channel counts")
-        self.stages = nn.ModuleList(stages)
+        if len(blocks) != len(channels):
+            raise ValueError(f"{len(blocks)} blocks but {len(channels)} channel counts")
+        self.blocks = nn.ModuleList(blocks)
         self.modulators = nn.ModuleList(Modulator(c, hidden) for c in channels)
+        self.rate_gain = Modulator(rate_gain_channels, hidden) if rate_gain_channels else None
 
     @property
     def num_lambdas(self) -> int:
         """K, the number of modulated layers (length of the λ vector)."""
-        return len(self.stages)
+        return len(self.blocks)
 
-    def forward(self, y_hat: Tensor, lambdas: Tensor) -> Tensor:
-        """Decode ``y_hat`` ``(B, M, h, w)`` with λ vectors ``(B, K)`` → ``(B, 3, H, W)``."""
+    def prefix(self, y_hat: Tensor, lmbda_t: Tensor) -> Tensor:
+        """The part that no adapted λ^k touches: ``block_1(r(λ_t)·ŷ)``; ŷ ``(B,M,h,w)``, λ_t ``(B,)``."""
+        h = self.rate_gain(y_hat, lmbda_t) if self.rate_gain is not None else y_hat
+        return self.blocks[0](h)
+
+    def suffix(self, h: Tensor, lambdas: Tensor) -> Tensor:
+        """The rest, from :meth:`prefix`'s output and λ vectors ``(B,K)`` → x̂ ``(B,3,H,W)``."""
         if lambdas.dim() != 2 or lambdas.shape[1] != self.num_lambdas:
             raise ValueError(f"lambdas must have shape (B, {self.num_lambdas}), got {tuple(lambdas.shape)}")
-        x = y_hat
-        for k, (modulator, stage) in enumerate(zip(self.modulators, self.stages)):
-            x = stage(modulator(x, lambdas[:, k]))
-        return x
+        h = self.modulators[0](h, lambdas[:, 0])
+        for k in range(1, self.num_lambdas):
+            h = self.modulators[k](self.blocks[k](h), lambdas[:, k])
+        return h
+
+    def forward(self, y_hat: Tensor, lambdas: Tensor, lmbda_t: Tensor) -> Tensor:
+        """Decode ŷ ``(B,M,h,w)`` with λ vectors ``(B,K)`` and coded λ_t ``(B,)`` → x̂ ``(B,3,H,W)``."""
+        return self.suffix(self.prefix(y_hat, lmbda_t), lambdas)
 
 
 def split_sequential(seq: nn.Sequential, starts: Sequence[int]) -> list[nn.Module]:

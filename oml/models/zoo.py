@@ -1,0 +1,194 @@
+"""One table-driven model zoo: model id → architecture, quality groups, λ, weights.
+
+==================== ============ ============== ===================== ===================
+model id             latent kind  quality groups g_s block starts      weights
+==================== ============ ============== ===================== ===================
+oml-default          mean_scale   (1–4)          built-in              shipped in the repo
+bmshj2018-hyperprior scale        (1–4), (5–8)   0, 2, 4, 6            CompressAI zoo
+mbt2018-mean         mean_scale   (1–4), (5–8)   0, 2, 4, 6            CompressAI zoo
+mbt2018              autoregressive (1–4), (5–8) 0, 2, 4, 6            CompressAI zoo
+cheng2020-anchor     autoregressive (1–3), (4–6) 0, 2, 4, 6            CompressAI zoo
+cheng2020-attn       autoregressive (1–3), (4–6) 0, 3, 5, 8            CompressAI zoo
+==================== ============ ============== ===================== ===================
+
+For CompressAI bases each quality keeps its own pretrained encoder and entropy
+models; the group shares the decoder ``g_s`` of its highest quality, cut at the
+block starts into K = 4 decoding blocks with a modulator after each (paper Fig. 2). The
+modulators come from a meta-training checkpoint (``modulators=``); without one
+they are the identity, which decodes the group's top quality exactly as the base
+model does.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from oml.models.default import OMLHyperprior
+from oml.models.synthesis import ModulatedSynthesis, split_sequential
+from oml.models.variable_rate import VariableRateModel
+
+# CompressAI's MSE-trained λ for qualities 1–8.
+MSE_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+
+WEIGHTS_FORMAT = "oml-weights/1"
+DEFAULT_MODEL = "oml-default"
+
+
+class ModelUnavailableError(RuntimeError):
+    """Weights for a model cannot be found or fetched; the message says how to supply them."""
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One architecture of the zoo."""
+
+    kind: str
+    groups: tuple[tuple[int, ...], ...]
+    splits: tuple[int, ...] = ()
+    source: str = "compressai"
+
+
+ZOO: dict[str, ZooEntry] = {
+    "oml-default": ZooEntry("mean_scale", ((1, 2, 3, 4),), source="package"),
+    "bmshj2018-hyperprior": ZooEntry("scale", ((1, 2, 3, 4), (5, 6, 7, 8)), (0, 2, 4, 6)),
+    "mbt2018-mean": ZooEntry("mean_scale", ((1, 2, 3, 4), (5, 6, 7, 8)), (0, 2, 4, 6)),
+    "mbt2018": ZooEntry("autoregressive", ((1, 2, 3, 4), (5, 6, 7, 8)), (0, 2, 4, 6)),
+    "cheng2020-anchor": ZooEntry("autoregressive", ((1, 2, 3), (4, 5, 6)), (0, 2, 4, 6)),
+    "cheng2020-attn": ZooEntry("autoregressive", ((1, 2, 3), (4, 5, 6)), (0, 3, 5, 8)),
+}
+
+
+def model_ids() -> list[str]:
+    return list(ZOO)
+
+
+def _entry(name: str) -> ZooEntry:
+    if name not in ZOO:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(ZOO)}")
+    return ZOO[name]
+
+
+def quality_group(name: str, quality: int) -> tuple[int, ...]:
+    """The quality group of ``name`` that contains ``quality``."""
+    for group in _entry(name).groups:
+        if quality in group:
+            return group
+    valid = [q for g in _entry(name).groups for q in g]
+    raise ValueError(f"{name} has no quality {quality}; valid qualities: {valid}")
+
+
+def default_weights_path() -> Path:
+    return Path(str(resources.files("oml") / "weights" / "oml-default.pt"))
+
+
+def _load_weights_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelUnavailableError(f"weights file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
+        raise ModelUnavailableError(f"{path} is not an oml weights file (expected format {WEIGHTS_FORMAT})")
+    return state
+
+
+# Entropy-coder tables that ``update()`` derives from the weights: never stored.
+_DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def _is_derived(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS
+
+
+def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
+    """Save a model's weights as an oml weights file (``dtype`` for floating tensors; CDF tables left out)."""
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items() if not _is_derived(k)}
+    torch.save({"format": WEIGHTS_FORMAT, "name": model.name, "qualities": sorted(model.lambdas), "state_dict": state}, path)
+
+
+def _compressai_base(name: str, quality: int, pretrained: bool) -> torch.nn.Module:
+    from compressai.zoo import image_models
+    from compressai.zoo.image import model_urls
+
+    if not pretrained:
+        return image_models[name](quality=quality, metric="mse", pretrained=False)
+    try:
+        return image_models[name](quality=quality, metric="mse", pretrained=True, progress=False)
+    except (OSError, RuntimeError, ValueError) as exc:
+        url = model_urls.get(name, {}).get("mse", {}).get(quality, "")
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ModelUnavailableError(
+            f"cannot fetch CompressAI's pretrained {name} quality {quality} ({type(exc).__name__}: {exc}). "
+            f"Offline, download {url} elsewhere and put it in {cache}/, "
+            f"or pass a local oml weights file (--weights)."
+        ) from None
+
+
+def _build(name: str, group: tuple[int, ...], pretrained: bool) -> VariableRateModel:
+    entry = _entry(name)
+    lambdas = {q: MSE_LAMBDAS[q] for q in group}
+    if name == "oml-default":
+        net = OMLHyperprior()
+        return VariableRateModel(name, entry.kind, lambdas, {0: net}, net.g_s, net.M)
+    bases = {q: _compressai_base(name, q, pretrained) for q in group}
+    top = bases[max(group)]
+    stages = split_sequential(copy.deepcopy(top.g_s), entry.splits)
+    channels = [top.N] * (len(stages) - 1) + [3]
+    for base in bases.values():
+        del base.g_s  # only the group's shared, modulated decoder decodes
+    return VariableRateModel(name, entry.kind, lambdas, bases, ModulatedSynthesis(stages, channels), top.M)
+
+
+def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
+    expected = {k for k in model.state_dict() if not _is_derived(k)}
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ModelUnavailableError(
+            f"{origin} does not match the architecture: {len(missing)} missing tensors "
+            f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})"
+        )
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    quality: int = 1,
+    *,
+    weights: str | Path | None = None,
+    modulators: str | Path | None = None,
+    pretrained: bool = True,
+) -> VariableRateModel:
+    """Build the quality group of ``name`` that contains ``quality``, with its weights.
+
+    Args:
+        name: a model id of :data:`ZOO`.
+        quality: any quality of the wanted group.
+        weights: an oml weights file holding the whole group (overrides every other source).
+        modulators: an oml weights file whose ``synthesis.*`` tensors replace the
+            decoder's (a meta-training result for a CompressAI base).
+        pretrained: ``False`` builds random weights (tests, training from scratch).
+
+    Raises:
+        ModelUnavailableError: weights are missing or cannot be downloaded.
+    """
+    group = quality_group(name, quality)
+    from_file = weights is not None or (pretrained and _entry(name).source == "package")
+    model = _build(name, group, pretrained=pretrained and not from_file)
+    if from_file:
+        path = weights if weights is not None else default_weights_path()
+        state = _load_weights_file(path)
+        if state["name"] != name:
+            raise ModelUnavailableError(f"{path} holds weights of {state['name']}, not {name}")
+        _load_state(model, state["state_dict"], str(path))
+    if modulators is not None:
+        synth = {k[len("synthesis.") :]: v.float() for k, v in _load_weights_file(modulators)["state_dict"].items() if k.startswith("synthesis.")}
+        model.synthesis.load_state_dict(synth)
+    elif pretrained and not from_file and len(group) > 1:
+        warnings.warn(f"{name}: no meta-trained modulators given; qualities below {max(group)} decode with the top quality's plain decoder", stacklevel=2)
+    model.update_entropy_models()
+    return model.eval()
