@@ -1,0 +1,324 @@
+"""One image ⇄ one self-describing byte string.
+
+Layout (little-endian)::
+
+    header   magic "OMLC" | format version u8 | model id (u8 length + UTF-8)
+             | weights fingerprint 8 bytes | quality u8 (0 = continuous λ) | λ_t f32
+             | height u32 | width u32 | tile size u16 | K u8
+             | number of λ* sets S u8, each its metric name (u8 length + ASCII)
+             | number of tiles u32
+    tiles    per tile: z height u16 | z width u16 | strings u8, each (u32 length + bytes)
+             | S·K λ* values float16
+    trailer  CRC-32 of everything before it, u32
+
+Tiles follow :func:`oml.tiling.tile_grid` (row-major, at most ``tile size``²).
+Each λ* set is one receiver choice (paper §4): ``plain`` (λ* = λ_t, no
+adaptation), ``psnr`` or ``ms-ssim``. The decoder runs the synthesis once per
+tile, with the chosen set.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from oml import tiling
+from oml.adapt import AdaptConfig, adapt, distortion, to_pixels
+from oml.models.variable_rate import VariableRateModel
+
+MAGIC = b"OMLC"
+FORMAT_VERSION = 1
+PLAIN = "plain"
+
+
+class CodecError(ValueError):
+    """Bytes that cannot be decoded here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """Everything about a coded image except its tiles."""
+
+    version: int
+    model: str
+    fingerprint: bytes
+    quality: int
+    lmbda: float
+    height: int
+    width: int
+    tile: int
+    num_lambdas: int
+    metrics: tuple[str, ...]
+    num_tiles: int
+
+
+class TileRecord(NamedTuple):
+    """One coded tile: z's shape, the entropy-coded strings and λ* ``(S, K)`` float16."""
+
+    z_shape: tuple[int, int]
+    strings: list[bytes]
+    lambdas: Tensor
+
+
+class TileStats(NamedTuple):
+    """Per tile: position, coded bytes (strings + λ*), and PSNR (dB) at λ_t and with the first λ* set."""
+
+    tile: tiling.Tile
+    num_bytes: int
+    psnr_before: float
+    psnr_after: float
+
+
+class Encoded(NamedTuple):
+    """The byte string, the decoder's reconstruction (first λ* set) uint8 ``(3,H,W)``, per-tile stats."""
+
+    data: bytes
+    reconstruction: Tensor
+    tiles: list[TileStats]
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+def _pack_str(s: str) -> bytes:
+    raw = s.encode()
+    if len(raw) > 255:
+        raise ValueError(f"name too long for the header: {s!r}")
+    return struct.pack("<B", len(raw)) + raw
+
+
+def pack_header(h: Header) -> bytes:
+    out = [MAGIC, struct.pack("<B", h.version), _pack_str(h.model), h.fingerprint]
+    out.append(struct.pack("<BfIIHB", h.quality, h.lmbda, h.height, h.width, h.tile, h.num_lambdas))
+    out.append(struct.pack("<B", len(h.metrics)))
+    out.extend(_pack_str(m) for m in h.metrics)
+    out.append(struct.pack("<I", h.num_tiles))
+    return b"".join(out)
+
+
+def pack_tile(t: TileRecord) -> bytes:
+    out = [struct.pack("<HHB", *t.z_shape, len(t.strings))]
+    for s in t.strings:
+        out += [struct.pack("<I", len(s)), s]
+    out.append(t.lambdas.to(torch.float16).contiguous().numpy().astype("<f2").tobytes())
+    return b"".join(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes, offset: int = 0) -> None:
+        self.data, self.pos = data, offset
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise CodecError("truncated data: the byte string ends early")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, fmt: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def string(self) -> str:
+        (n,) = self.unpack("<B")
+        try:
+            return self.take(n).decode()
+        except UnicodeDecodeError:
+            raise CodecError("damaged header: a name is not valid UTF-8") from None
+
+
+def _read_header(r: _Reader) -> Header:
+    if r.take(4) != MAGIC:
+        raise CodecError("not an oml-coded image (bad magic bytes)")
+    (version,) = r.unpack("<B")
+    if version != FORMAT_VERSION:
+        raise CodecError(f"format version {version} is not supported; this build reads version {FORMAT_VERSION}")
+    model = r.string()
+    fingerprint = r.take(8)
+    quality, lmbda, height, width, tile, k = r.unpack("<BfIIHB")
+    (num_sets,) = r.unpack("<B")
+    metrics = tuple(r.string() for _ in range(num_sets))
+    (num_tiles,) = r.unpack("<I")
+    return Header(version, model, fingerprint, quality, lmbda, height, width, tile, k, metrics, num_tiles)
+
+
+def _read_tile(r: _Reader, num_sets: int, k: int) -> TileRecord:
+    zh, zw, n = r.unpack("<HHB")
+    strings = [r.take(r.unpack("<I")[0]) for _ in range(n)]
+    lam = np.frombuffer(r.take(2 * num_sets * k), dtype="<f2").astype(np.float16)
+    return TileRecord((zh, zw), strings, torch.from_numpy(lam.copy()).view(num_sets, k))
+
+
+def _verified(data: bytes) -> bytes:
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise CodecError("not an oml-coded image (bad magic bytes)")
+    if len(data) < 9:
+        raise CodecError("truncated data: the byte string ends early")
+    if data[4] != FORMAT_VERSION:
+        raise CodecError(f"format version {data[4]} is not supported; this build reads version {FORMAT_VERSION}")
+    body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+    if zlib.crc32(body) != crc:
+        raise CodecError("damaged data: checksum mismatch")
+    return body
+
+
+def read_header(data: bytes) -> Header:
+    """The header of a coded image, after checking magic, version and checksum."""
+    return _read_header(_Reader(_verified(data)))
+
+
+def read(data: bytes) -> tuple[Header, list[TileRecord]]:
+    """Parse and verify a whole coded image."""
+    r = _Reader(_verified(data))
+    header = _read_header(r)
+    expected = len(tiling.tile_grid(header.height, header.width, header.tile))
+    if header.num_tiles != expected:
+        raise CodecError(f"damaged header: {header.num_tiles} tiles for a {header.width}x{header.height} image (expected {expected})")
+    tiles = [_read_tile(r, len(header.metrics), header.num_lambdas) for _ in range(header.num_tiles)]
+    if r.pos != len(r.data):
+        raise CodecError(f"damaged data: {len(r.data) - r.pos} unexpected trailing bytes")
+    return header, tiles
+
+
+def write(header: Header, tiles: list[TileRecord]) -> bytes:
+    body = pack_header(header) + b"".join(pack_tile(t) for t in tiles)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+# --------------------------------------------------------------------------- coding
+
+
+def _to_float(tile: Tensor) -> Tensor:
+    return tile.float().div(255.0).unsqueeze(0)
+
+
+def _to_uint8(x: Tensor) -> Tensor:
+    return (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def reconstruct_tile(model: VariableRateModel, y_hat: Tensor, lambdas: Tensor, lmbda_t: float, tile: tiling.Tile) -> Tensor:
+    """The decoder's output for one tile: ŷ ``(1,M,h,w)``, λ* ``(K,)`` → uint8 ``(3, tile.height, tile.width)``.
+
+    Encoder and decoder both call this, so their reconstructions are identical.
+    """
+    x_hat = model.synthesize(y_hat, lambdas.float().unsqueeze(0), lmbda_t)
+    return _to_uint8(tiling.crop(x_hat, tile.height, tile.width)[0])
+
+
+def _psnr(a: Tensor, b: Tensor) -> float:
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def _check_image(image: Tensor) -> None:
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a uint8 RGB image of shape (3, H, W), got {image.dtype} {tuple(image.shape)}")
+
+
+def encode(
+    model: VariableRateModel,
+    image: Tensor,
+    *,
+    quality: int | None = None,
+    lmbda: float | None = None,
+    adapt_config: AdaptConfig = AdaptConfig(),
+    tile_size: int = tiling.TILE,
+) -> Encoded:
+    """Code a uint8 image ``(3, H, W)`` at a quality or λ, adapting λ* per tile.
+
+    With ``adapt_config.steps == 0`` one ``plain`` λ* set (λ* = λ_t) is stored;
+    otherwise one set per metric. No λ* set is ever worse than λ_t for its
+    metric on the 8-bit reconstruction: a tile whose search found nothing
+    better keeps λ_t.
+    """
+    _check_image(image)
+    q, lmbda_t = model.resolve(quality, lmbda)
+    lmbda_t = float(np.float32(lmbda_t))  # exactly the value the header carries
+    height, width = image.shape[1:]
+    grid = tiling.tile_grid(height, width, tile_size)
+    metrics = adapt_config.metrics if adapt_config.steps > 0 else (PLAIN,)
+    k = model.num_lambdas
+    lam_t = torch.full((k,), lmbda_t).half()
+    records, stats, parts = [], [], []
+    for tile, pixels in zip(grid, tiling.split(image, grid)):
+        x = _to_float(pixels)
+        code = model.encode_latent(tiling.pad(x), q, lmbda_t)
+        plain = reconstruct_tile(model, code.y_hat, lam_t, lmbda_t, tile)
+        sets = [_adapt_one(model, code.y_hat, x, pixels, plain, lmbda_t, tile, m, adapt_config) for m in metrics]
+        recon = reconstruct_tile(model, code.y_hat, sets[0], lmbda_t, tile)
+        record = TileRecord(code.z_shape, code.strings, torch.stack(sets))
+        records.append(record)
+        stats.append(TileStats(tile, len(pack_tile(record)), _psnr(plain, pixels), _psnr(recon, pixels)))
+        parts.append(recon)
+    header = Header(FORMAT_VERSION, model.name, model.fingerprint(q), q, lmbda_t, height, width, tile_size, k, metrics, len(grid))
+    return Encoded(write(header, records), tiling.merge(parts, grid, height, width), stats)
+
+
+def _adapt_one(
+    model: VariableRateModel,
+    y_hat: Tensor,
+    x: Tensor,
+    pixels: Tensor,
+    plain: Tensor,
+    lmbda_t: float,
+    tile: tiling.Tile,
+    metric: str,
+    cfg: AdaptConfig,
+) -> Tensor:
+    """λ* ``(K,)`` float16 for one tile and metric; λ_t unless the decoder's own output improves."""
+    lam_t = torch.full((model.num_lambdas,), lmbda_t).half()
+    if metric == PLAIN:
+        return lam_t
+    with torch.no_grad():
+        h = model.synthesis.prefix(y_hat, torch.full((1,), lmbda_t))
+    found = adapt(model.synthesis, h, x, lmbda_t, cfg.steps, metric, cfg.gammas).lambdas[0]
+    # Re-score on the exact decoder path (batch 1, 8-bit output) before accepting.
+    candidate = reconstruct_tile(model, y_hat, found, lmbda_t, tile)
+    with torch.no_grad():
+        d_new = distortion(metric, _to_float(candidate), x)
+        d_old = distortion(metric, _to_float(plain), x)
+    return found if bool(d_new < d_old) else lam_t
+
+
+def check_model(model: VariableRateModel, header: Header) -> None:
+    """Raise :class:`CodecError` unless ``model`` is the one that coded ``header``."""
+    if header.model != model.name:
+        raise CodecError(f"coded with model {header.model!r}, not {model.name!r}")
+    if header.num_lambdas != model.num_lambdas:
+        raise CodecError(f"coded with K={header.num_lambdas} modulators, this model has {model.num_lambdas}")
+    if header.quality != 0 and header.quality not in model.lambdas:
+        raise CodecError(f"coded at quality {header.quality}, outside this model's group {sorted(model.lambdas)}")
+    expected = model.fingerprint(header.quality)
+    if header.fingerprint != expected:
+        raise CodecError(
+            f"coded with other weights of {header.model} (fingerprint {header.fingerprint.hex()}, "
+            f"this decoder has {expected.hex()})"
+        )
+
+
+def decode(model: VariableRateModel, data: bytes, metric: str | None = None) -> Tensor:
+    """Bytes → uint8 image ``(3, H, W)``, with the λ* set of ``metric`` (default: the first stored)."""
+    header, records = read(data)
+    check_model(model, header)
+    index = select_set(header, metric)
+    grid = tiling.tile_grid(header.height, header.width, header.tile)
+    parts = []
+    for tile, rec in zip(grid, records):
+        y_hat = model.decode_latent(rec.strings, rec.z_shape, header.quality)
+        parts.append(reconstruct_tile(model, y_hat, rec.lambdas[index], header.lmbda, tile))
+    return tiling.merge(parts, grid, header.height, header.width)
+
+
+def select_set(header: Header, metric: str | None) -> int:
+    """Index of the λ* set for ``metric`` (``None``: the first)."""
+    if metric is None:
+        return 0
+    if metric not in header.metrics:
+        raise CodecError(f"no λ* set for {metric!r} in this file; it has {', '.join(header.metrics)}")
+    return header.metrics.index(metric)

@@ -1,0 +1,212 @@
+"""The ``oml`` command: compress, decompress and inspect images on local disk.
+
+    oml compress photo.png -o photo.oml --quality 3 --steps 20
+    oml compress photos/ -o archive/            # every image in the folder
+    oml decompress archive/*.oml -o restored/
+    oml info photo.oml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+# CompressAI's import triggers a torch deprecation warning that means nothing to a user.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from oml import codec, tiling
+from oml.adapt import METRICS, AdaptConfig
+from oml.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
+from oml.models.zoo import DEFAULT_MODEL, ModelUnavailableError, load_model, model_ids
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+CODED_SUFFIX = ".oml"
+
+
+class UserError(Exception):
+    """A mistake in the command line: reported as one line, exit status 2."""
+
+
+def _expand(inputs: Sequence[str], suffixes: tuple[str, ...]) -> list[Path]:
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UserError(f"{name}: no such file or directory")
+    if not files:
+        raise UserError(f"no input files found (looked for {', '.join(suffixes)})")
+    return files
+
+
+def _outputs(files: list[Path], inputs: Sequence[str], out: str, suffix: str) -> list[Path]:
+    """One output path per input: ``out`` itself for a single file, else ``out/<relative name><suffix>``."""
+    target = Path(out)
+    if len(files) == 1 and not Path(inputs[0]).is_dir() and not target.is_dir():
+        return [target]
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{out} must be a folder when there are several inputs")
+    roots = [Path(i) for i in inputs if Path(i).is_dir()]
+    paths = []
+    for f in files:
+        root = next((r for r in roots if r in f.parents), None)
+        rel = f.relative_to(root) if root else Path(f.name)
+        paths.append(target / rel.with_suffix(suffix))
+    if len(set(paths)) != len(paths):
+        raise UserError("two inputs would write the same output file; give them distinct names")
+    return paths
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _run_each(items: list[tuple[Path, Path]], work: Callable[[Path, Path], str], desc: str) -> int:
+    """Apply ``work`` to each (input, output); report failures one line each, keep going."""
+    failed = 0
+    bar = tqdm(items, desc=desc, unit="img", disable=len(items) < 2, file=sys.stderr)
+    for src, dst in bar:
+        try:
+            line = work(src, dst)
+        except (ImageDecodeError, codec.CodecError, OSError, ValueError) as exc:
+            failed += 1
+            tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
+            continue
+        tqdm.write(line)
+    if failed:
+        print(f"{failed} of {len(items)} files failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    if args.quality is None and args.lmbda is None:
+        args.quality = 3
+    files = _expand(args.inputs, IMAGE_SUFFIXES)
+    outs = _outputs(files, args.inputs, args.output, CODED_SUFFIX)
+    quality = args.quality if args.quality is not None else 1
+    model = load_model(args.model, quality if args.quality is not None else _first_quality(args.model), weights=args.weights)
+    cfg = AdaptConfig(steps=args.steps, metrics=tuple(args.metric))
+
+    def work(src: Path, dst: Path) -> str:
+        image = decode_image(src.read_bytes(), max_pixels=args.max_pixels)
+        enc = codec.encode(model, image, quality=args.quality, lmbda=args.lmbda, adapt_config=cfg, tile_size=args.tile)
+        _write(dst, enc.data)
+        h, w = image.shape[1:]
+        psnr = sum(t.psnr_after * t.tile.height * t.tile.width for t in enc.tiles) / (h * w)
+        return f"{src} -> {dst}: {w}x{h}, {len(enc.data)} bytes, {8 * len(enc.data) / (h * w):.4f} bpp, tile-mean PSNR {psnr:.2f} dB"
+
+    return _run_each(list(zip(files, outs)), work, "compress")
+
+
+def _first_quality(name: str) -> int:
+    from oml.models.zoo import ZOO
+
+    return ZOO[name].groups[0][0] if name in ZOO else 1
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    files = _expand(args.inputs, (CODED_SUFFIX,))
+    outs = _outputs(files, args.inputs, args.output, ".png")
+    models: dict[tuple[str, int], object] = {}
+
+    def work(src: Path, dst: Path) -> str:
+        data = src.read_bytes()
+        header = codec.read_header(data)
+        quality = header.quality or _first_quality(header.model)
+        if header.model not in model_ids():
+            raise codec.CodecError(f"coded with model {header.model!r}, which this build does not know")
+        key = (header.model, quality if header.quality else 0)
+        if key not in models:
+            models[key] = load_model(header.model, quality, weights=args.weights)
+        image = codec.decode(models[key], data, metric=args.metric)
+        _write(dst, encode_png(image))
+        return f"{src} -> {dst}: {header.width}x{header.height}"
+
+    return _run_each(list(zip(files, outs)), work, "decompress")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    failed = 0
+    for name in args.inputs:
+        path = Path(name)
+        try:
+            data = path.read_bytes()
+            header, records = codec.read(data)
+        except (OSError, codec.CodecError) as exc:
+            print(f"error: {name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        pixels = header.width * header.height
+        quality = f"quality {header.quality}" if header.quality else "continuous λ"
+        print(f"{name}: {header.width}x{header.height}, model {header.model} (weights {header.fingerprint.hex()}), "
+              f"{quality}, λ_t={header.lmbda:.5g}, format v{header.version}")
+        print(f"  {len(data)} bytes, {8 * len(data) / pixels:.4f} bpp, {header.num_tiles} tiles of at most {header.tile}px, "
+              f"K={header.num_lambdas}, λ* sets: {', '.join(header.metrics)}")
+        if args.tiles:
+            grid = tiling.tile_grid(header.height, header.width, header.tile)
+            for tile, rec in zip(grid, records):
+                lam = "; ".join(f"{m}: " + " ".join(f"{v:.5g}" for v in rec.lambdas[i].tolist()) for i, m in enumerate(header.metrics))
+                print(f"  tile ({tile.top},{tile.left}) {tile.width}x{tile.height}: {sum(map(len, rec.strings))} bytes; λ* {lam}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oml", description="Variable-rate learned image compression with online meta adaptation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compress", help="compress images (files or folders) to .oml files")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, WebP, TIFF) or folders")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--quality", "-q", type=int, help="quality (default 3); see the model's groups")
+    rate.add_argument("--lmbda", type=float, help="rate-distortion trade-off λ (λ-conditioned models take any value in range)")
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=model_ids(), help=f"model id (default {DEFAULT_MODEL})")
+    p.add_argument("--weights", help="local oml weights file instead of the model's default source")
+    p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none)")
+    p.add_argument("--metric", nargs="+", default=["psnr"], choices=METRICS, help="adapt for these metrics; one λ* set each")
+    p.add_argument("--tile", type=int, default=tiling.TILE, help="tile size in pixels (multiple of 64, default 512)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="restore .oml files to PNG")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help=".oml files or folders")
+    p.add_argument("-o", "--output", required=True, help="output PNG (one input) or folder")
+    p.add_argument("--metric", choices=(codec.PLAIN, *METRICS), help="which stored λ* set to decode with (default: the first)")
+    p.add_argument("--weights", help="local oml weights file instead of the model's default source")
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("info", help="describe .oml files")
+    p.add_argument("inputs", nargs="+", metavar="FILE")
+    p.add_argument("--tiles", action="store_true", help="list every tile with its bytes and λ*")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "steps", 0) < 0:
+            raise UserError("--steps must be 0 or more")
+        return args.func(args)
+    except (UserError, ModelUnavailableError, ValueError) as exc:
+        print(f"oml: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("oml: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
