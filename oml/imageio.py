@@ -32,10 +32,10 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.uint32 if img.mode == "I" else np.uint16)
         arr = (arr.astype(np.float64) * (255.0 / (65535.0 if arr.max() > 255 else 255.0))).round()
-        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(arr.clip(0, 255).round().astype(np.uint8), mode="L")
+        img = Image.fromarray(arr.clip(0, 255).round().astype(np.uint8))
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")

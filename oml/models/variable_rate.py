@@ -20,7 +20,8 @@ class VariableRateModel(nn.Module):
         kind: latent coding kind (see :mod:`oml.models.latent`).
         lambdas: quality → λ of this quality group (CompressAI's MSE table).
         encoders: quality → base model holding ``g_a`` and the hyperprior
-            modules; a single entry under quality 0 for a λ-conditioned encoder.
+            modules (a subset of the group may be loaded); a single entry under
+            quality 0 for a λ-conditioned encoder.
         synthesis: the group's shared modulated decoder.
         latent_channels: M, channels of ŷ.
     """
@@ -72,7 +73,10 @@ class VariableRateModel(nn.Module):
         return 0, float(lmbda)
 
     def _encoder(self, quality: int) -> nn.Module:
-        return self.encoders["0" if self.conditional else str(quality)]
+        key = "0" if self.conditional else str(quality)
+        if key not in self.encoders:
+            raise ValueError(f"{self.name}: quality {quality} was not loaded (loaded: {sorted(map(int, self.encoders))})")
+        return self.encoders[key]
 
     def analyze(self, x: Tensor, quality: int, lmbda: float) -> Tensor:
         """``g_a``: x ``(1,3,H,W)`` in [0,1] → y ``(1,M,H/16,W/16)``."""

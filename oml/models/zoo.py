@@ -108,7 +108,8 @@ def _is_derived(key: str) -> bool:
 def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
     """Save a model's weights as an oml weights file (``dtype`` for floating tensors; CDF tables left out)."""
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items() if not _is_derived(k)}
-    torch.save({"format": WEIGHTS_FORMAT, "name": model.name, "qualities": sorted(model.lambdas), "state_dict": state}, path)
+    encoders = sorted(int(q) for q in model.encoders)
+    torch.save({"format": WEIGHTS_FORMAT, "name": model.name, "encoders": encoders, "state_dict": state}, path)
 
 
 def _compressai_base(name: str, quality: int, pretrained: bool) -> torch.nn.Module:
@@ -129,13 +130,13 @@ def _compressai_base(name: str, quality: int, pretrained: bool) -> torch.nn.Modu
         ) from None
 
 
-def _build(name: str, group: tuple[int, ...], pretrained: bool) -> VariableRateModel:
+def _build(name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretrained: bool) -> VariableRateModel:
     entry = _entry(name)
     lambdas = {q: MSE_LAMBDAS[q] for q in group}
     if name == "oml-default":
         net = OMLHyperprior()
         return VariableRateModel(name, entry.kind, lambdas, {0: net}, net.g_s, net.M)
-    bases = {q: _compressai_base(name, q, pretrained) for q in group}
+    bases = {q: _compressai_base(name, q, pretrained) for q in sorted(set(qualities) | {max(group)})}
     top = bases[max(group)]
     stages = split_sequential(copy.deepcopy(top.g_s), entry.splits)
     channels = [top.N] * (len(stages) - 1) + [3]
@@ -162,28 +163,34 @@ def load_model(
     weights: str | Path | None = None,
     modulators: str | Path | None = None,
     pretrained: bool = True,
+    all_qualities: bool = False,
 ) -> VariableRateModel:
     """Build the quality group of ``name`` that contains ``quality``, with its weights.
 
     Args:
         name: a model id of :data:`ZOO`.
-        quality: any quality of the wanted group.
+        quality: the quality to code; its group's decoder comes with it.
         weights: an oml weights file holding the whole group (overrides every other source).
         modulators: an oml weights file whose ``synthesis.*`` tensors replace the
             decoder's (a meta-training result for a CompressAI base).
         pretrained: ``False`` builds random weights (tests, training from scratch).
+        all_qualities: load every encoder of the group (meta-training), not just
+            ``quality``'s (CompressAI bases keep one encoder per quality).
 
     Raises:
         ModelUnavailableError: weights are missing or cannot be downloaded.
     """
     group = quality_group(name, quality)
     from_file = weights is not None or (pretrained and _entry(name).source == "package")
-    model = _build(name, group, pretrained=pretrained and not from_file)
+    qualities = group if all_qualities else (quality,)
     if from_file:
         path = weights if weights is not None else default_weights_path()
         state = _load_weights_file(path)
         if state["name"] != name:
             raise ModelUnavailableError(f"{path} holds weights of {state['name']}, not {name}")
+        qualities = tuple(q for q in state["encoders"] if q in group) or qualities
+    model = _build(name, group, qualities, pretrained=pretrained and not from_file)
+    if from_file:
         _load_state(model, state["state_dict"], str(path))
     if modulators is not None:
         synth = {k[len("synthesis.") :]: v.float() for k, v in _load_weights_file(modulators)["state_dict"].items() if k.startswith("synthesis.")}

@@ -1,0 +1,39 @@
+"""Shared fixtures: small random-weight models (the codec's invariants do not depend on training)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("OML_TEST_THREADS", "1")))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KODAK = SHARED_DATA / "kodak"
+
+
+@pytest.fixture(scope="session")
+def random_default_model():
+    """The default architecture with seeded random weights and non-trivial modulators."""
+    from oml.models.zoo import load_model
+
+    torch.manual_seed(0)
+    model = load_model("oml-default", pretrained=False)
+    with torch.no_grad():
+        for mod in model.synthesis.modulators:
+            mod.fc2.weight.normal_(0, 0.3)
+    model.update_entropy_models()
+    return model
+
+
+def natural_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A smooth synthetic RGB image (uint8, (3,H,W)) with edges, cheap to code."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    phases = torch.rand(3, generator=g) * 6.28
+    img = torch.stack([0.5 + 0.4 * torch.sin(6 * xx + 4 * yy * (c + 1) + phases[c]) for c in range(3)])
+    img = img + 0.05 * torch.randn(3, height, width, generator=g)
+    img[:, : height // 3, : width // 4] = 0.9
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)

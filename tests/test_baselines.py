@@ -1,0 +1,110 @@
+"""Invariants of oml.baselines: real byte counts, monotone rate and quality in the codec setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oml import baselines
+from oml.baselines import (
+    CODECS,
+    DEFAULT_QUALITIES,
+    BaselineResult,
+    CodecUnavailableError,
+    decode,
+    encode,
+    evaluate,
+    sweep,
+)
+from oml.metrics import psnr
+
+KODAK = Path("/work/shared/data/kodak")
+
+
+def synthetic_image(height: int = 64, width: int = 96, seed: int = 0) -> torch.Tensor:
+    """uint8 ``(3, H, W)`` with smooth regions, edges and texture."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, height // 8, width // 8, generator=gen)
+    smooth = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)[0]
+    texture = 0.04 * torch.randn(3, height, width, generator=gen)
+    edges = (torch.arange(width) // 12 % 2).float().expand(height, width) * 0.15
+    return ((smooth + texture + edges).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_sweep_rate_and_quality_are_monotone(codec: str) -> None:
+    image = synthetic_image()
+    results = sweep(image, codec, [10, 45, 90])
+    assert [r.quality for r in results] == [10, 45, 90]
+    rates = [r.bpp for r in results]
+    psnrs = [r.psnr for r in results]
+    ms_ssims = [r.ms_ssim for r in results]
+    assert rates[0] < rates[1] < rates[2], rates
+    assert psnrs[0] < psnrs[1] < psnrs[2], psnrs
+    assert ms_ssims[0] < ms_ssims[2] <= 1.0, ms_ssims
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_byte_counts_are_real_encoded_lengths(codec: str) -> None:
+    image = synthetic_image(48, 40, seed=1)
+    result = evaluate(image, codec, 50)
+    data = encode(image, codec, 50)
+    assert isinstance(result, BaselineResult) and result.codec == codec
+    assert result.num_bytes == len(data)
+    assert result.bpp == pytest.approx(8 * len(data) / (48 * 40))
+    recon = decode(data)
+    assert recon.shape == image.shape and recon.dtype == torch.uint8
+    assert result.psnr == pytest.approx(psnr(image, recon).item())
+
+
+def test_default_qualities_are_sorted_and_long_enough() -> None:
+    assert set(DEFAULT_QUALITIES) == set(CODECS)
+    for codec, qualities in DEFAULT_QUALITIES.items():
+        assert len(qualities) >= 6, codec
+        assert list(qualities) == sorted(set(qualities)), codec
+
+
+def test_kodak_jpeg_defaults_span_the_target_range() -> None:
+    path = KODAK / "kodim01.png"
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    from oml.imageio import decode_image
+
+    results = sweep(decode_image(path.read_bytes()), "jpeg")
+    rates = [r.bpp for r in results]
+    assert rates == sorted(rates)
+    assert rates[0] < 0.3 and rates[-1] > 1.2, rates
+    psnrs = [r.psnr for r in results]
+    assert psnrs == sorted(psnrs) and 15.0 < psnrs[0] and psnrs[-1] < 45.0, psnrs
+
+
+@pytest.mark.parametrize(
+    ("image", "codec", "quality"),
+    [
+        (synthetic_image(), "png", 50),
+        (synthetic_image(), "jpeg", 0),
+        (synthetic_image(), "webp", 101),
+        (synthetic_image(), "avif", 50.5),
+        (synthetic_image().float() / 255, "jpeg", 50),
+        (synthetic_image()[:2], "jpeg", 50),
+        (synthetic_image()[None], "jpeg", 50),
+    ],
+)
+def test_bad_inputs_raise_value_error(image: torch.Tensor, codec: str, quality: object) -> None:
+    with pytest.raises(ValueError):
+        evaluate(image, codec, quality)  # type: ignore[arg-type]
+
+
+def test_empty_quality_list_raises() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        sweep(synthetic_image(), "jpeg", [])
+
+
+def test_missing_avif_support_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(baselines.features, "check", lambda name: name != "avif")
+    with pytest.raises(CodecUnavailableError, match="AVIF"):
+        encode(synthetic_image(), "avif", 50)
+    assert len(encode(synthetic_image(), "jpeg", 50)) > 0

@@ -1,0 +1,79 @@
+"""The oml command as a user runs it (random-weight default model through --weights)."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from oml import codec
+from oml.models.zoo import save_weights
+from pipeline.cli import main
+
+from .conftest import natural_image
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, random_default_model):
+    path = tmp_path_factory.mktemp("w") / "random.pt"
+    save_weights(random_default_model, path)
+    return str(path)
+
+
+def _png(path, image):
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+
+
+def test_single_file_round_trip(tmp_path, weights, capsys):
+    src = tmp_path / "a.png"
+    _png(src, natural_image(80, 120))
+    assert main(["compress", str(src), "-o", str(tmp_path / "a.oml"), "--weights", weights, "-q", "2"]) == 0
+    assert "bpp" in capsys.readouterr().out
+    assert main(["decompress", str(tmp_path / "a.oml"), "-o", str(tmp_path / "a_out.png"), "--weights", weights]) == 0
+    restored = np.asarray(Image.open(tmp_path / "a_out.png"))
+    assert restored.shape == (80, 120, 3)
+    assert main(["info", str(tmp_path / "a.oml"), "--tiles"]) == 0
+    out = capsys.readouterr().out
+    assert "oml-default" in out and "quality 2" in out and "tile (0,0)" in out
+
+
+def test_folder_with_bad_files_processes_the_rest(tmp_path, weights, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    _png(folder / "good.png", natural_image(40, 50))
+    _png(folder / "sub" / "good2.png", natural_image(30, 20, seed=2))
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    code = main(["compress", str(folder), "-o", str(tmp_path / "out"), "--weights", weights])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "empty.png: empty file" in err and "broken.jpg" in err and "2 of 4 files failed" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.oml")) == ["good.oml", "good2.oml"]
+    assert main(["decompress", str(tmp_path / "out"), "-o", str(tmp_path / "png"), "--weights", weights]) == 0
+    assert (tmp_path / "png" / "sub" / "good2.png").exists()
+
+
+def test_user_mistakes_are_one_line(tmp_path, weights, capsys):
+    assert main(["compress", str(tmp_path / "missing.png"), "-o", str(tmp_path / "x.oml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
+    src = tmp_path / "a.png"
+    _png(src, natural_image(16, 16))
+    assert main(["compress", str(src), "-o", str(tmp_path / "x.oml"), "--weights", weights, "-q", "7"]) == 2
+    assert "qualities" in capsys.readouterr().err
+    (tmp_path / "junk.oml").write_bytes(b"junk")
+    assert main(["decompress", str(tmp_path / "junk.oml"), "-o", str(tmp_path / "j.png"), "--weights", weights]) == 1
+    assert "not an oml-coded image" in capsys.readouterr().err
+
+
+def test_decoded_file_matches_encoder_reconstruction(tmp_path, weights, random_default_model):
+    src = tmp_path / "a.png"
+    image = natural_image(70, 530)
+    _png(src, image)
+    main(["compress", str(src), "-o", str(tmp_path / "a.oml"), "--weights", weights, "--steps", "3", "-q", "1"])
+    data = (tmp_path / "a.oml").read_bytes()
+    main(["decompress", str(tmp_path / "a.oml"), "-o", str(tmp_path / "a.png.out.png"), "--weights", weights])
+    restored = torch.from_numpy(np.asarray(Image.open(tmp_path / "a.png.out.png")).copy()).permute(2, 0, 1)
+    assert torch.equal(restored, codec.decode(random_default_model, data))

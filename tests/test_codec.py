@@ -1,0 +1,132 @@
+"""Byte format and coding invariants of oml.codec."""
+
+import struct
+import zlib
+
+import pytest
+import torch
+
+from oml import codec
+from oml.adapt import AdaptConfig
+from oml.models.zoo import load_model
+
+from .conftest import natural_image
+
+
+@pytest.fixture(scope="module")
+def coded(random_default_model):
+    image = natural_image(600, 700)  # four tiles, three of them boundary tiles
+    return image, codec.encode(random_default_model, image, quality=2)
+
+
+def test_decode_equals_encoder_reconstruction_bit_for_bit(random_default_model, coded):
+    image, enc = coded
+    assert torch.equal(codec.decode(random_default_model, enc.data), enc.reconstruction)
+    assert enc.reconstruction.dtype == torch.uint8 and enc.reconstruction.shape == image.shape
+
+
+def test_header_describes_the_image(random_default_model, coded):
+    image, enc = coded
+    h = codec.read_header(enc.data)
+    assert (h.height, h.width, h.tile, h.num_tiles) == (600, 700, 512, 4)
+    assert (h.model, h.quality, h.num_lambdas, h.metrics) == ("oml-default", 2, 4, ("plain",))
+    assert h.fingerprint == random_default_model.fingerprint(2)
+    assert abs(h.lmbda - 0.0035) < 1e-7
+    _, tiles = codec.read(enc.data)
+    assert all(torch.equal(t.lambdas, torch.full((1, 4), h.lmbda).half()) for t in tiles)
+
+
+def test_bytes_account_for_every_tile(coded):
+    _, enc = coded
+    assert sum(t.num_bytes for t in enc.tiles) < len(enc.data)
+    assert len(enc.tiles) == 4
+
+
+def test_continuous_lambda_round_trip(random_default_model):
+    image = natural_image(70, 90)
+    enc = codec.encode(random_default_model, image, lmbda=0.005)
+    assert codec.read_header(enc.data).quality == 0
+    assert torch.equal(codec.decode(random_default_model, enc.data), enc.reconstruction)
+
+
+def test_tiny_images(random_default_model):
+    for h, w in [(1, 1), (5, 63), (64, 3)]:
+        image = natural_image(h, w)
+        enc = codec.encode(random_default_model, image, quality=1)
+        assert torch.equal(codec.decode(random_default_model, enc.data), enc.reconstruction)
+        assert enc.reconstruction.shape == (3, h, w)
+
+
+def _recrc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_damaged_bytes_are_refused(random_default_model, coded):
+    _, enc = coded
+    data = bytearray(enc.data)
+    data[len(data) // 2] ^= 0x40
+    with pytest.raises(codec.CodecError, match="checksum"):
+        codec.decode(random_default_model, bytes(data))
+    with pytest.raises(codec.CodecError, match="ends early|checksum"):
+        codec.decode(random_default_model, enc.data[:-100])
+    with pytest.raises(codec.CodecError, match="magic"):
+        codec.decode(random_default_model, b"GIF89a" + enc.data)
+    with pytest.raises(codec.CodecError, match="magic"):
+        codec.read_header(b"")
+
+
+def test_other_format_version_is_refused(random_default_model, coded):
+    _, enc = coded
+    body = bytearray(enc.data[:-4])
+    body[4] = 99
+    with pytest.raises(codec.CodecError, match="version 99 is not supported"):
+        codec.decode(random_default_model, _recrc(bytes(body)))
+
+
+def test_other_weights_are_refused(random_default_model, coded):
+    _, enc = coded
+    torch.manual_seed(123)
+    other = load_model("oml-default", pretrained=False)
+    with pytest.raises(codec.CodecError, match="other weights"):
+        codec.decode(other, enc.data)
+
+
+def test_other_model_is_refused(coded):
+    _, enc = coded
+    torch.manual_seed(0)
+    other = load_model("mbt2018-mean", 1, pretrained=False)
+    with pytest.raises(codec.CodecError, match="coded with model 'oml-default'"):
+        codec.decode(other, enc.data)
+
+
+def test_trailing_garbage_is_refused(random_default_model, coded):
+    _, enc = coded
+    with pytest.raises(codec.CodecError, match="trailing"):
+        codec.read(_recrc(enc.data[:-4] + b"xx"))
+
+
+def test_bad_arguments(random_default_model):
+    image = natural_image(8, 8)
+    with pytest.raises(ValueError, match="exactly one"):
+        codec.encode(random_default_model, image)
+    with pytest.raises(ValueError, match="qualities"):
+        codec.encode(random_default_model, image, quality=9)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        codec.encode(random_default_model, image.float(), quality=1)
+    with pytest.raises(ValueError, match="metrics"):
+        AdaptConfig(steps=2, metrics=("lpips",))
+
+
+def test_adapted_sets_and_metric_choice(random_default_model):
+    image = natural_image(96, 160)
+    cfg = AdaptConfig(steps=4, metrics=("psnr", "ms-ssim"))
+    enc = codec.encode(random_default_model, image, quality=1, adapt_config=cfg)
+    header, tiles = codec.read(enc.data)
+    assert header.metrics == ("psnr", "ms-ssim")
+    assert tiles[0].lambdas.shape == (2, 4)
+    assert torch.equal(codec.decode(random_default_model, enc.data, metric="psnr"), enc.reconstruction)
+    codec.decode(random_default_model, enc.data, metric="ms-ssim")
+    with pytest.raises(codec.CodecError, match="no λ\\* set for 'plain'"):
+        codec.decode(random_default_model, enc.data, metric="plain")
+    for t in enc.tiles:
+        assert t.psnr_after >= t.psnr_before

@@ -1,0 +1,75 @@
+"""Input policy: formats, modes, orientation, and one clear error per bad file."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from oml.imageio import ImageDecodeError, decode_image, encode_png
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _rgb(w=40, h=30):
+    arr = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("JPEG", {"quality": 90}), ("WEBP", {"quality": 90}), ("TIFF", {})])
+def test_formats_decode_to_rgb8(fmt, kw):
+    out = decode_image(_encode(_rgb(), fmt, **kw))
+    assert out.dtype == torch.uint8 and out.shape == (3, 30, 40)
+
+
+def test_png_is_lossless():
+    img = _rgb()
+    assert torch.equal(decode_image(_encode(img, "PNG")), torch.from_numpy(np.array(img)).permute(2, 0, 1))
+    assert torch.equal(decode_image(encode_png(decode_image(_encode(img, "PNG")))), decode_image(_encode(img, "PNG")))
+
+
+def test_exif_orientation_is_applied():
+    img = _rgb(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when shown
+    out = decode_image(_encode(img, "JPEG", exif=exif))
+    assert out.shape == (3, 40, 30)
+
+
+def test_grayscale_palette_rgba_and_16_bit():
+    gray = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
+    out = decode_image(_encode(gray, "PNG"))
+    assert out.shape == (3, 16, 16) and torch.equal(out[0], out[1])
+    pal = _rgb().convert("P")
+    assert decode_image(_encode(pal, "PNG")).shape == (3, 30, 40)
+    rgba = _rgb().convert("RGBA")
+    assert torch.equal(decode_image(_encode(rgba, "PNG")), decode_image(_encode(_rgb(), "PNG")))
+    deep = Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 257)
+    out16 = decode_image(_encode(deep, "PNG"))
+    assert out16[0, 0, 0] == 0 and out16[0, -1, -1] == 255
+
+
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "empty"),
+        (b"hello, not an image", "not a supported image format"),
+        (None, "corrupt or truncated"),
+    ],
+)
+def test_bad_inputs_give_one_line_errors(data, match):
+    if data is None:
+        data = _encode(_rgb(200, 200), "PNG")[:300]
+    with pytest.raises(ImageDecodeError, match=match) as info:
+        decode_image(data)
+    assert "\n" not in str(info.value)
+
+
+def test_pixel_limit():
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        decode_image(_encode(_rgb(40, 30), "PNG"), max_pixels=1000)

@@ -1,0 +1,141 @@
+"""Zoo, modulators and the variable-rate decoder."""
+
+import sys
+
+import pytest
+import torch
+
+from oml import codec
+from oml.models.modulator import Modulator, encode_lambda
+from oml.models.zoo import ZOO, ModelUnavailableError, load_model, quality_group, save_weights
+
+from .conftest import natural_image
+
+
+PIPELINE_MODULES = ("ray", "fsspec", "s3fs", "pyarrow")
+
+
+def _loaded_after(statement: str) -> list[str]:
+    import subprocess
+
+    code = f"import sys; {statement}; print(sorted(m for m in {PIPELINE_MODULES!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return eval(out.stdout.strip())
+
+
+def test_import_oml_loads_no_pipeline_modules():
+    assert _loaded_after("import oml") == []
+
+
+def test_oml_adds_no_pipeline_modules_beyond_compressai():
+    """CompressAI 1.2.8 itself imports fsspec and pyarrow (through torch_geometric); oml adds nothing."""
+    baseline = set(_loaded_after("import compressai, compressai.zoo, PIL.Image"))
+    full = set(_loaded_after("import oml.codec, oml.adapt, oml.models.zoo, oml.metrics, oml.imageio, oml.train"))
+    assert full <= baseline
+    assert "ray" not in full and "s3fs" not in full
+
+
+def test_oml_sources_never_import_pipeline_libraries():
+    import ast
+    from pathlib import Path
+
+    import oml
+
+    for path in Path(oml.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] not in PIPELINE_MODULES, f"{path} imports {name}"
+
+
+def test_lambda_encoding_is_log_scale():
+    lam = torch.tensor([0.0018, 0.018, 0.18])
+    assert torch.allclose(encode_lambda(lam), torch.tensor([-1.0, 0.0, 1.0]), atol=1e-6)
+
+
+def test_fresh_modulator_is_identity_and_positive():
+    mod = Modulator(8)
+    y = torch.randn(2, 8, 4, 4)
+    assert torch.allclose(mod(y, torch.tensor([0.002, 0.1])), y, atol=1e-6)
+    with torch.no_grad():
+        mod.fc2.weight.normal_()
+    assert (mod.scales(torch.tensor([0.002, 0.05])) > 0).all()
+
+
+def test_equal_lambdas_are_plain_variable_rate_decoding(random_default_model):
+    """λ^1 = … = λ^K = λ_t gives the training-time decoder ``g_s(ŷ, λ)`` of the base network."""
+    model = random_default_model
+    net = model.encoders["0"]
+    y = torch.randn(1, net.M, 4, 4)
+    for lam in (0.0018, 0.005, 0.013):
+        plain = net.g_s(y, torch.full((1, 4), lam), torch.tensor([lam]))
+        assert torch.equal(model.synthesize(y, torch.full((1, 4), lam), lam), plain)
+    other = model.synthesize(y, torch.tensor([[0.0018, 0.01, 0.05, 0.1]]), 0.005)
+    assert not torch.equal(other, model.synthesize(y, torch.full((1, 4), 0.005), 0.005))
+
+
+@pytest.mark.parametrize("name", [n for n in ZOO if n != "oml-default"])
+def test_identity_modulators_reproduce_the_base_decoder(name):
+    """For a CompressAI base, untrained modulators leave its top-quality g_s unchanged exactly."""
+    from compressai.zoo import image_models
+
+    group = ZOO[name].groups[0]
+    torch.manual_seed(1)
+    base = image_models[name](quality=max(group), pretrained=False).eval()
+    model = load_model(name, group[0], pretrained=False)
+    reference = base.g_s.state_dict()
+    names = [n for block in model.synthesis.blocks for n in block._modules]
+    assert names == list(base.g_s._modules), "the blocks must cover g_s in order"
+    for block in model.synthesis.blocks:
+        block.load_state_dict({k: v for k, v in reference.items() if k.split(".")[0] in block._modules})
+    y = torch.randn(1, base.M, 2, 2)
+    lam = model.lambdas[group[0]]
+    with torch.no_grad():
+        assert torch.equal(model.synthesize(y, torch.full((1, 4), lam), lam), base.g_s(y))
+    assert type(model.encoders[str(group[0])]) is type(base)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_each_architecture_round_trips_a_small_image(name):
+    torch.manual_seed(0)
+    model = load_model(name, ZOO[name].groups[0][0], pretrained=False)
+    image = natural_image(40, 72)
+    enc = codec.encode(model, image, quality=ZOO[name].groups[0][0])
+    assert torch.equal(codec.decode(model, enc.data), enc.reconstruction)
+    assert enc.reconstruction.shape == image.shape
+
+
+def test_quality_groups_and_bad_ids():
+    assert quality_group("mbt2018-mean", 6) == (5, 6, 7, 8)
+    assert quality_group("cheng2020-attn", 2) == (1, 2, 3)
+    with pytest.raises(ValueError, match="unknown model"):
+        load_model("mbt2019")
+    with pytest.raises(ValueError, match="no quality 7"):
+        quality_group("cheng2020-anchor", 7)
+
+
+def test_offline_download_fails_with_a_clear_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr("compressai.zoo.image.load_state_dict_from_url", no_network)
+    with pytest.raises(ModelUnavailableError, match=r"mbt2018-mean quality 3.*checkpoints"):
+        load_model("mbt2018-mean", 3)
+
+
+def test_weights_file_round_trip(tmp_path, random_default_model):
+    path = tmp_path / "w.pt"
+    save_weights(random_default_model, path)
+    loaded = load_model("oml-default", weights=path)
+    assert loaded.fingerprint(1) == random_default_model.fingerprint(1)
+    with pytest.raises(ModelUnavailableError, match="holds weights of oml-default"):
+        load_model("mbt2018-mean", 1, weights=path)
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": torch.zeros(1)}, bad)
+    with pytest.raises(ModelUnavailableError, match="not an oml weights file"):
+        load_model("oml-default", weights=bad)
