@@ -161,6 +161,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import EvalConfig, run_eval
+
+    cfg = EvalConfig(
+        inputs=args.inputs, output=args.output, model=args.model, weights=args.weights,
+        qualities=tuple(args.quality), steps=tuple(args.steps), metric=args.metric,
+        baselines=tuple(args.baselines), per_image=args.per_image, limit=args.limit,
+    )
+    result = run_eval(cfg)
+    for name, pts in result["curves"].items():
+        print(f"{name}: " + ", ".join(f"{p['bpp']:.3f} bpp/{p['psnr']:.2f} dB" for p in pts))
+    for key, value in result["bd_rate_percent"].items():
+        print(f"BD-rate {key}: {value if isinstance(value, str) else f'{value:+.2f}%'}")
+    print(f"wrote {args.output}/rd.json and {args.output}/rd.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oml", description="Variable-rate learned image compression with online meta adaptation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local oml weights file instead of the model's default source")
     p.set_defaults(func=cmd_decompress)
 
+    p = sub.add_parser("eval", help="rate-distortion on a folder of images against JPEG, WebP and AVIF")
+    p.add_argument("inputs", metavar="FOLDER", help="folder of images (e.g. ../shared/data/kodak)")
+    p.add_argument("-o", "--output", required=True, help="folder for rd.json and rd.png")
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=model_ids())
+    p.add_argument("--weights", help="local oml weights file")
+    p.add_argument("--quality", "-q", type=int, nargs="+", default=[1, 2, 3, 4], help="qualities to code (default 1 2 3 4)")
+    p.add_argument("--steps", type=int, nargs="+", default=[0], help="adaptation iterations, one curve per value (default 0)")
+    p.add_argument("--metric", default="psnr", choices=METRICS, help="adaptation target")
+    p.add_argument("--baselines", nargs="*", default=["jpeg", "webp", "avif"], choices=["jpeg", "webp", "avif"])
+    p.add_argument("--per-image", action="store_true", help="also store every image's numbers in rd.json")
+    p.add_argument("--limit", type=int, default=0, help="use only the first N images")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("info", help="describe .oml files")
     p.add_argument("inputs", nargs="+", metavar="FILE")
     p.add_argument("--tiles", action="store_true", help="list every tile with its bytes and λ*")
@@ -197,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "steps", 0) < 0:
+        steps = args.steps if isinstance(getattr(args, "steps", 0), list) else [getattr(args, "steps", 0)]
+        if any(n < 0 for n in steps):
             raise UserError("--steps must be 0 or more")
         return args.func(args)
     except (UserError, ModelUnavailableError, ValueError) as exc:

@@ -131,3 +131,23 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": dataclasses.asdict(cfg)}, ckpt_path)
     return ckpt_path
+
+
+def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: bool = True) -> Path:
+    """Turn a base-training checkpoint (``last.pt``) into the default model's oml weights file."""
+    from oml.models.zoo import is_derived_buffer, load_model, save_weights
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg = state.get("config", {})
+    if (cfg.get("N", 64), cfg.get("M", 128)) != (64, 128):
+        raise ValueError("the zoo's oml-default is N=64, M=128; this checkpoint has another size")
+    model = load_model("oml-default", pretrained=False)
+    weights = {k: v for k, v in state["model"].items() if not is_derived_buffer(k)}
+    missing, unexpected = torch.nn.Module.load_state_dict(model.encoders["0"], weights, strict=False)
+    if unexpected or any(not is_derived_buffer(k) for k in missing):
+        raise ValueError(f"{checkpoint} does not match the default architecture")
+    model.update_entropy_models()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(model, out_path, torch.float16 if half else torch.float32)
+    return out_path

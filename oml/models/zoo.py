@@ -101,13 +101,13 @@ def _load_weights_file(path: str | Path) -> dict:
 _DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
-def _is_derived(key: str) -> bool:
+def is_derived_buffer(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS
 
 
 def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
     """Save a model's weights as an oml weights file (``dtype`` for floating tensors; CDF tables left out)."""
-    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items() if not _is_derived(k)}
+    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items() if not is_derived_buffer(k)}
     encoders = sorted(int(q) for q in model.encoders)
     torch.save({"format": WEIGHTS_FORMAT, "name": model.name, "encoders": encoders, "state_dict": state}, path)
 
@@ -146,7 +146,7 @@ def _build(name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretra
 
 
 def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
-    expected = {k for k in model.state_dict() if not _is_derived(k)}
+    expected = {k for k in model.state_dict() if not is_derived_buffer(k)}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise ModelUnavailableError(

@@ -1,0 +1,224 @@
+"""``oml eval``: rate-distortion of a model on a folder of images, against classic codecs.
+
+Every bpp counts every byte written (header, λ*, checksum included); PSNR is on
+8-bit RGB, averaged over images, as is MS-SSIM. BD-rates use
+:func:`oml.metrics.bd_rate` (cubic fit of log-rate against PSNR).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from tqdm import tqdm
+
+from oml import baselines, codec
+from oml.adapt import AdaptConfig
+from oml.imageio import decode_image
+from oml.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
+from oml.models.zoo import DEFAULT_MODEL, load_model
+from pipeline.published import PUBLISHED_KODAK
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate; ``steps`` lists the adaptation iteration counts, one curve each."""
+
+    inputs: str
+    output: str
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    qualities: tuple[int, ...] = (1, 2, 3, 4)
+    steps: tuple[int, ...] = (0,)
+    metric: str = "psnr"
+    baselines: tuple[str, ...] = ("jpeg", "webp", "avif")
+    per_image: bool = False
+    limit: int = 0
+
+
+class ImagePoint(NamedTuple):
+    """One image at one setting."""
+
+    image: str
+    setting: str
+    bpp: float
+    psnr: float
+    ms_ssim: float
+    encode_s: float
+    decode_s: float
+    tiles: int
+    tiles_improved: int
+
+
+class CurvePoint(NamedTuple):
+    """Means over images at one setting."""
+
+    setting: str
+    bpp: float
+    psnr: float
+    ms_ssim: float
+    ms_ssim_db: float
+    encode_s: float
+    decode_s: float
+    tiles_improved: float
+
+
+def _images(cfg: EvalConfig) -> list[tuple[str, torch.Tensor]]:
+    folder = Path(cfg.inputs)
+    if not folder.is_dir():
+        raise ValueError(f"{cfg.inputs} is not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if cfg.limit:
+        paths = paths[: cfg.limit]
+    if not paths:
+        raise ValueError(f"no images in {cfg.inputs}")
+    return [(p.name, decode_image(p.read_bytes())) for p in paths]
+
+
+def _quality(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    return float(psnr(a, b)), float(ms_ssim(a.unsqueeze(0), b.unsqueeze(0))[0])
+
+
+def _model_points(cfg: EvalConfig, images, bar) -> list[ImagePoint]:
+    model = load_model(cfg.model, cfg.qualities[0], weights=cfg.weights, all_qualities=True)
+    points = []
+    for steps in cfg.steps:
+        adapt_cfg = AdaptConfig(steps=steps, metrics=(cfg.metric,))
+        for q in cfg.qualities:
+            setting = f"{cfg.model} q{q} N={steps}"
+            for name, image in images:
+                t0 = time.perf_counter()
+                enc = codec.encode(model, image, quality=q, adapt_config=adapt_cfg)
+                t1 = time.perf_counter()
+                recon = codec.decode(model, enc.data)
+                t2 = time.perf_counter()
+                if not torch.equal(recon, enc.reconstruction):
+                    raise RuntimeError(f"{name}: decoder output differs from the encoder's reconstruction")
+                p, s = _quality(recon, image)
+                h, w = image.shape[1:]
+                improved = sum(t.psnr_after > t.psnr_before for t in enc.tiles)
+                points.append(ImagePoint(name, setting, 8 * len(enc.data) / (h * w), p, s, t1 - t0, t2 - t1, len(enc.tiles), improved))
+                bar.update()
+    return points
+
+
+def _baseline_points(cfg: EvalConfig, images, bar) -> list[ImagePoint]:
+    points = []
+    for name_codec in cfg.baselines:
+        for q in baselines.DEFAULT_QUALITIES[name_codec]:
+            for name, image in images:
+                t0 = time.perf_counter()
+                data = baselines.encode(image, name_codec, q)
+                t1 = time.perf_counter()
+                recon = baselines.decode(data)
+                t2 = time.perf_counter()
+                p, s = _quality(recon, image)
+                h, w = image.shape[1:]
+                points.append(ImagePoint(name, f"{name_codec} q{q}", 8 * len(data) / (h * w), p, s, t1 - t0, t2 - t1, 0, 0))
+                bar.update()
+    return points
+
+
+def summarize(points: list[ImagePoint]) -> list[CurvePoint]:
+    """Mean over images for each setting, in first-seen order."""
+    settings = list(dict.fromkeys(p.setting for p in points))
+    out = []
+    for setting in settings:
+        group = [p for p in points if p.setting == setting]
+        mean = {f: sum(getattr(p, f) for p in group) / len(group) for f in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s")}
+        tiles = sum(p.tiles for p in group)
+        out.append(CurvePoint(
+            setting, mean["bpp"], mean["psnr"], mean["ms_ssim"], float(ms_ssim_db(min(mean["ms_ssim"], 1 - 1e-12))),
+            mean["encode_s"], mean["decode_s"], sum(p.tiles_improved for p in group) / tiles if tiles else 0.0,
+        ))
+    return out
+
+
+def curve_name(setting: str) -> str:
+    """``"oml-default q3 N=5"`` → ``"oml-default N=5"``; ``"jpeg q50"`` → ``"jpeg"``."""
+    parts = setting.split(" ")
+    return " ".join(p for p in parts if not (p.startswith("q") and p[1:].isdigit()))
+
+
+def curves(summary: list[CurvePoint]) -> dict[str, list[CurvePoint]]:
+    out: dict[str, list[CurvePoint]] = {}
+    for point in summary:
+        out.setdefault(curve_name(point.setting), []).append(point)
+    return out
+
+
+def bd_rates(by_curve: dict[str, list[CurvePoint]], model_curves: list[str], anchors: dict[str, tuple[list[float], list[float]]]) -> dict[str, float | str]:
+    """BD-rate (%) of each model curve against each anchor (rates, PSNRs); negative = fewer bits."""
+    out: dict[str, float | str] = {}
+    for name in model_curves:
+        pts = sorted(by_curve[name], key=lambda p: p.bpp)
+        for anchor, (rate, dist) in anchors.items():
+            try:
+                out[f"{name} vs {anchor}"] = round(bd_rate(rate, dist, [p.bpp for p in pts], [p.psnr for p in pts]), 2)
+            except ValueError as exc:
+                out[f"{name} vs {anchor}"] = f"n/a: {exc}"
+    return out
+
+
+def plot(by_curve: dict[str, list[CurvePoint]], path: Path, title: str, published: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for name, pts in by_curve.items():
+        pts = sorted(pts, key=lambda p: p.bpp)
+        style = "o-" if not any(name.startswith(c) for c in baselines.CODECS) else "s--"
+        axes[0].plot([p.bpp for p in pts], [p.psnr for p in pts], style, label=name, markersize=4)
+        axes[1].plot([p.bpp for p in pts], [p.ms_ssim_db for p in pts], style, label=name, markersize=4)
+    if published:
+        for name, ref in PUBLISHED_KODAK.items():
+            axes[0].plot(ref["bpp"], ref["psnr"], "x:", label=f"{name} (published)", markersize=5)
+            axes[1].plot(ref["bpp"], [float(ms_ssim_db(v)) for v in ref["ms_ssim"]], "x:", label=f"{name} (published)", markersize=5)
+    for ax, ylabel in zip(axes, ("PSNR-RGB (dB)", "MS-SSIM (dB)")):
+        ax.set_xlabel("bits per pixel")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0, 1.6)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Evaluate, write ``rd.json`` and ``rd.png`` under ``cfg.output``; returns the JSON."""
+    images = _images(cfg)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    total = len(images) * (len(cfg.steps) * len(cfg.qualities) + sum(len(baselines.DEFAULT_QUALITIES[c]) for c in cfg.baselines))
+    with tqdm(total=total, desc="eval", unit="code", file=sys.stderr) as bar:
+        points = _model_points(cfg, images, bar) + _baseline_points(cfg, images, bar)
+    summary = summarize(points)
+    by_curve = curves(summary)
+    model_curves = [c for c in by_curve if c.startswith(cfg.model)]
+    anchors = {c: ([p.bpp for p in by_curve[c]], [p.psnr for p in by_curve[c]]) for c in cfg.baselines}
+    kodak = Path(cfg.inputs).name == "kodak" and len(images) == 24
+    if kodak:
+        anchors.update({f"{k} (published)": (v["bpp"], v["psnr"]) for k, v in PUBLISHED_KODAK.items()})
+    result = {
+        "config": dataclasses.asdict(cfg),
+        "images": len(images),
+        "curves": {name: [p._asdict() for p in pts] for name, pts in by_curve.items()},
+        "bd_rate_percent": bd_rates(by_curve, model_curves, anchors),
+    }
+    if cfg.per_image:
+        result["per_image"] = [p._asdict() for p in points]
+    (out / "rd.json").write_text(json.dumps(result, indent=1))
+    plot(by_curve, out / "rd.png", f"{cfg.model} on {Path(cfg.inputs).name} ({len(images)} images)", kodak)
+    return result
