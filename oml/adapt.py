@@ -13,9 +13,11 @@ decoder will see it: λ rounded to float16 and the reconstruction rounded to
 8 bits. A candidate is accepted only if it lowers that score, so the current λ
 is always the best seen and rejected steps reuse its gradient.
 
-Faster than the paper's recipe: the tiles of a batch and the six step-size
-probes run in one batched forward pass; the first decoding block, which no
-adapted λ^k touches, runs once (:meth:`ModulatedSynthesis.prefix`).
+Faster than the paper's recipe: the first decoding block, which no adapted
+λ^k touches, runs once (:meth:`ModulatedSynthesis.prefix`); the step-size
+probes are scored without a backward pass, and only an accepted step pays for
+a gradient; tiles of equal size can be adapted as one batch, and on a GPU the
+six probes run as one batched forward pass.
 Nothing in the model is changed: the λ vector is the only thing optimised.
 """
 
@@ -79,16 +81,38 @@ def _round16(lambdas: Tensor) -> Tensor:
     return lambdas.clamp(LAMBDA_MIN, LAMBDA_MAX).half().float()
 
 
-def _evaluate(synthesis: ModulatedSynthesis, h: Tensor, x: Tensor, lambdas: Tensor, metric: str) -> tuple[Tensor, Tensor]:
-    """Score ``(B,)`` of the 8-bit reconstruction and its gradient ``(B,K)`` w.r.t. λ."""
-    lam = lambdas.detach().requires_grad_(True)
-    with torch.enable_grad():
+class _Trial(NamedTuple):
+    score: Tensor  # (B,) distortion of the 8-bit reconstruction
+    loss: Tensor | None  # (B,) differentiable distortion, when a gradient may be wanted
+    lambdas: Tensor  # (B, K) the λ leaf the loss depends on
+
+
+def _trial(synthesis: ModulatedSynthesis, h: Tensor, x: Tensor, lambdas: Tensor, metric: str, graph: bool) -> _Trial:
+    """Decode with ``lambdas`` ``(B,K)``; keep the autograd graph only when ``graph``."""
+    lam = lambdas.detach().requires_grad_(graph)
+    with torch.set_grad_enabled(graph):
         x_hat = synthesis.suffix(h, lam)[..., : x.shape[-2], : x.shape[-1]]
-        loss = distortion(metric, x_hat.clamp(0, 1), x)
-        (grad,) = torch.autograd.grad(loss.sum(), lam)
+        loss = distortion(metric, x_hat.clamp(0, 1), x) if graph else None
     with torch.no_grad():
         score = distortion(metric, to_pixels(x_hat), x)
-    return score.detach(), grad
+    return _Trial(score.detach(), loss, lam)
+
+
+def _gradient(trial: _Trial) -> Tensor:
+    (grad,) = torch.autograd.grad(trial.loss.sum(), trial.lambdas)
+    return grad
+
+
+def _probe_scores(synthesis: ModulatedSynthesis, h: Tensor, x: Tensor, cands: Tensor, metric: str, chunk: int) -> Tensor:
+    """Scores ``(B, P)`` of P candidate λ vectors per tile, ``chunk`` probes per forward pass."""
+    batch, probes, k = cands.shape
+    scores = []
+    for start in range(0, probes, chunk):
+        part = cands[:, start : start + chunk]
+        n = part.shape[1]
+        trial = _trial(synthesis, h.repeat_interleave(n, 0), x.repeat_interleave(n, 0), part.reshape(batch * n, k), metric, graph=False)
+        scores.append(trial.score.view(batch, n))
+    return torch.cat(scores, 1)
 
 
 def adapt(
@@ -99,6 +123,7 @@ def adapt(
     steps: int,
     metric: str = "psnr",
     gammas: tuple[float, ...] = GAMMAS,
+    probe_chunk: int | None = None,
 ) -> AdaptResult:
     """Search λ* for a batch of equally sized tiles.
 
@@ -110,30 +135,33 @@ def adapt(
         lmbda_t: the coded λ, the starting point of every λ^k.
         steps: number of iterations N.
         metric: ``psnr`` (MSE) or ``ms-ssim`` (1 − MS-SSIM).
+        probe_chunk: step-size probes per forward pass; default all six on a
+            GPU, one on a CPU (where a batch of six is slower than six passes).
+
+    Each iteration costs one forward pass, plus one backward pass when some
+    tile accepted its step (rejected steps reuse the last gradient).
     """
     batch, k = h.shape[0], synthesis.num_lambdas
+    chunk = probe_chunk or (len(gammas) if h.is_cuda else 1)
     current = _round16(torch.full((batch, k), float(lmbda_t), device=h.device))
-    d_current, grad = _evaluate(synthesis, h, x, current, metric)
-    d_start = d_current.clone()
+    start = _trial(synthesis, h, x, current, metric, graph=True)
+    d_current, grad = start.score, _gradient(start)
     gamma = torch.zeros(batch, device=h.device)
     probes = torch.tensor(gammas, device=h.device)
     for it in range(steps):
         if it == 0:
             cands = _round16(current[:, None, :] - probes[None, :, None] * grad[:, None, :])
-            n = len(gammas)
-            d_all, g_all = _evaluate(
-                synthesis, h.repeat_interleave(n, 0), x.repeat_interleave(n, 0), cands.reshape(batch * n, k), metric
-            )
-            best = d_all.view(batch, n).argmin(1)
-            rows = torch.arange(batch, device=h.device)
+            best = _probe_scores(synthesis, h, x, cands, metric, chunk).argmin(1)
             gamma = probes[best]
-            cand, d_cand, g_cand = cands[rows, best], d_all.view(batch, n)[rows, best], g_all.view(batch, n, k)[rows, best]
+            cand = cands[torch.arange(batch, device=h.device), best]
         else:
             cand = _round16(current - gamma[:, None] * grad)
-            d_cand, g_cand = _evaluate(synthesis, h, x, cand, metric)
-        better = d_cand < d_current
-        current = torch.where(better[:, None], cand, current)
-        d_current = torch.where(better, d_cand, d_current)
-        grad = torch.where(better[:, None], g_cand, grad)
+        trial = _trial(synthesis, h, x, cand, metric, graph=it + 1 < steps)
+        better = trial.score < d_current
+        if better.any():
+            current = torch.where(better[:, None], cand, current)
+            d_current = torch.where(better, trial.score, d_current)
+            if trial.loss is not None:
+                grad = torch.where(better[:, None], _gradient(trial), grad)
         gamma = torch.where(better, gamma, gamma / 2)
-    return AdaptResult(current.half(), d_start, d_current)
+    return AdaptResult(current.half(), start.score, d_current)
