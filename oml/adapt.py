@@ -23,6 +23,7 @@ Nothing in the model is changed: the λ vector is the only thing optimised.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -54,11 +55,20 @@ class AdaptConfig:
 
 
 class AdaptResult(NamedTuple):
-    """Per tile: λ* ``(B,K)`` as float16, distortion at λ_t and at λ* ``(B,)``."""
+    """Per tile: λ* ``(B,K)`` as float16, distortion at λ_t and at λ* ``(B,)``.
+
+    ``history`` ``(N+1, B)`` is the best distortion after each iteration (row 0:
+    at λ_t) and ``lambda_history`` ``(N+1, B, K)`` the matching λ*, so one run of
+    N iterations also tells what every shorter run would have returned;
+    ``seconds`` ``(N+1,)`` is the wall time spent when each row was reached.
+    """
 
     lambdas: Tensor
     distortion_before: Tensor
     distortion_after: Tensor
+    history: Tensor
+    lambda_history: Tensor
+    seconds: Tensor
 
 
 def to_pixels(x_hat: Tensor) -> Tensor:
@@ -141,6 +151,7 @@ def adapt(
     Each iteration costs one forward pass, plus one backward pass when some
     tile accepted its step (rejected steps reuse the last gradient).
     """
+    t0 = time.perf_counter()
     batch, k = h.shape[0], synthesis.num_lambdas
     chunk = probe_chunk or (len(gammas) if h.is_cuda else 1)
     current = _round16(torch.full((batch, k), float(lmbda_t), device=h.device))
@@ -148,6 +159,7 @@ def adapt(
     d_current, grad = start.score, _gradient(start)
     gamma = torch.zeros(batch, device=h.device)
     probes = torch.tensor(gammas, device=h.device)
+    history, lambda_history, seconds = [d_current], [current], [time.perf_counter() - t0]
     for it in range(steps):
         if it == 0:
             cands = _round16(current[:, None, :] - probes[None, :, None] * grad[:, None, :])
@@ -164,4 +176,9 @@ def adapt(
             if trial.loss is not None:
                 grad = torch.where(better[:, None], _gradient(trial), grad)
         gamma = torch.where(better, gamma, gamma / 2)
-    return AdaptResult(current.half(), start.score, d_current)
+        history.append(d_current)
+        lambda_history.append(current)
+        seconds.append(time.perf_counter() - t0)
+    return AdaptResult(
+        current.half(), start.score, d_current, torch.stack(history), torch.stack(lambda_history).half(), torch.tensor(seconds)
+    )

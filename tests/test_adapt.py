@@ -74,3 +74,14 @@ def test_encoder_never_emits_a_worse_lambda(random_default_model):
     enc = codec.encode(random_default_model, image, quality=3, adapt_config=AdaptConfig(steps=6))
     assert all(t.psnr_after >= t.psnr_before for t in enc.tiles)
     assert any(t.psnr_after > t.psnr_before for t in enc.tiles)
+
+
+def test_history_is_monotone_and_prefix_consistent(random_default_model):
+    model = random_default_model
+    x, _, h = _setup(model, natural_image(64, 64, seed=9))
+    long = adapt(model.synthesis, h, x, 0.0035, steps=8)
+    assert long.history.shape == (9, 1) and long.lambda_history.shape == (9, 1, 4)
+    assert (long.history[1:] <= long.history[:-1]).all()
+    short = adapt(model.synthesis, h, x, 0.0035, steps=3)
+    assert torch.equal(short.lambdas, long.lambda_history[3])
+    assert torch.equal(short.distortion_after, long.history[3])
