@@ -30,6 +30,7 @@ from torch import Tensor
 
 from oml import tiling
 from oml.adapt import AdaptConfig, adapt, distortion, to_pixels
+from oml.models.latent import LatentCode
 from oml.models.variable_rate import VariableRateModel
 
 MAGIC = b"OMLC"
@@ -203,12 +204,12 @@ def _to_uint8(x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def reconstruct_tile(model: VariableRateModel, y_hat: Tensor, lambdas: Tensor, lmbda_t: float, tile: tiling.Tile) -> Tensor:
-    """The decoder's output for one tile: ŷ ``(1,M,h,w)``, λ* ``(K,)`` → uint8 ``(3, tile.height, tile.width)``.
+    """The decoder's output for one tile: ŷ ``(1,M,h,w)``, λ* ``(K,)`` → uint8 ``(3, tile.height, tile.width)`` on the CPU.
 
     Encoder and decoder both call this, so their reconstructions are identical.
     """
-    x_hat = model.synthesize(y_hat, lambdas.float().unsqueeze(0), lmbda_t)
-    return _to_uint8(tiling.crop(x_hat, tile.height, tile.width)[0])
+    x_hat = model.synthesize(y_hat, lambdas.float().unsqueeze(0).to(y_hat.device), lmbda_t)
+    return _to_uint8(tiling.crop(x_hat, tile.height, tile.width)[0]).cpu()
 
 
 def _psnr(a: Tensor, b: Tensor) -> float:
@@ -221,6 +222,14 @@ def _check_image(image: Tensor) -> None:
         raise ValueError(f"expected a uint8 RGB image of shape (3, H, W), got {image.dtype} {tuple(image.shape)}")
 
 
+class _TileWork(NamedTuple):
+    tile: tiling.Tile
+    pixels: Tensor  # uint8 (3, h, w), CPU
+    x: Tensor  # float (1, 3, h, w) on the model's device
+    code: LatentCode
+    plain: Tensor  # uint8 reconstruction at λ* = λ_t
+
+
 def encode(
     model: VariableRateModel,
     image: Tensor,
@@ -229,6 +238,7 @@ def encode(
     lmbda: float | None = None,
     adapt_config: AdaptConfig = AdaptConfig(),
     tile_size: int = tiling.TILE,
+    tile_batch: int | None = None,
 ) -> Encoded:
     """Code a uint8 image ``(3, H, W)`` at a quality or λ, adapting λ* per tile.
 
@@ -236,54 +246,69 @@ def encode(
     otherwise one set per metric. No λ* set is ever worse than λ_t for its
     metric on the 8-bit reconstruction: a tile whose search found nothing
     better keeps λ_t.
+
+    Tiles are processed ``tile_batch`` at a time (default 8 on a GPU, 1 on a
+    CPU); equally sized tiles of a batch are adapted together. Memory stays
+    bounded by the batch, whatever the image size.
     """
     _check_image(image)
     q, lmbda_t = model.resolve(quality, lmbda)
     lmbda_t = float(np.float32(lmbda_t))  # exactly the value the header carries
+    device = model.device
     height, width = image.shape[1:]
     grid = tiling.tile_grid(height, width, tile_size)
     metrics = adapt_config.metrics if adapt_config.steps > 0 else (PLAIN,)
     k = model.num_lambdas
     lam_t = torch.full((k,), lmbda_t).half()
+    batch = tile_batch or (8 if device.type == "cuda" else 1)
     records, stats, parts = [], [], []
-    for tile, pixels in zip(grid, tiling.split(image, grid)):
-        x = _to_float(pixels)
-        code = model.encode_latent(tiling.pad(x), q, lmbda_t)
-        plain = reconstruct_tile(model, code.y_hat, lam_t, lmbda_t, tile)
-        sets = [_adapt_one(model, code.y_hat, x, pixels, plain, lmbda_t, tile, m, adapt_config) for m in metrics]
-        recon = reconstruct_tile(model, code.y_hat, sets[0], lmbda_t, tile)
-        record = TileRecord(code.z_shape, code.strings, torch.stack(sets))
-        records.append(record)
-        stats.append(TileStats(tile, len(pack_tile(record)), _psnr(plain, pixels), _psnr(recon, pixels)))
-        parts.append(recon)
+    tiles = list(zip(grid, tiling.split(image, grid)))
+    for start in range(0, len(tiles), batch):
+        work = []
+        for tile, pixels in tiles[start : start + batch]:
+            x = _to_float(pixels).to(device)
+            code = model.encode_latent(tiling.pad(x), q, lmbda_t)
+            work.append(_TileWork(tile, pixels, x, code, reconstruct_tile(model, code.y_hat, lam_t, lmbda_t, tile)))
+        sets = [_adapt_batch(model, work, lmbda_t, m, adapt_config) for m in metrics]
+        for i, w in enumerate(work):
+            chosen = torch.stack([s[i] for s in sets])
+            recon = reconstruct_tile(model, w.code.y_hat, chosen[0], lmbda_t, w.tile)
+            record = TileRecord(w.code.z_shape, w.code.strings, chosen)
+            records.append(record)
+            stats.append(TileStats(w.tile, len(pack_tile(record)), _psnr(w.plain, w.pixels), _psnr(recon, w.pixels)))
+            parts.append(recon)
     header = Header(FORMAT_VERSION, model.name, model.fingerprint(q), q, lmbda_t, height, width, tile_size, k, metrics, len(grid))
     return Encoded(write(header, records), tiling.merge(parts, grid, height, width), stats)
 
 
-def _adapt_one(
-    model: VariableRateModel,
-    y_hat: Tensor,
-    x: Tensor,
-    pixels: Tensor,
-    plain: Tensor,
-    lmbda_t: float,
-    tile: tiling.Tile,
-    metric: str,
-    cfg: AdaptConfig,
-) -> Tensor:
-    """λ* ``(K,)`` float16 for one tile and metric; λ_t unless the decoder's own output improves."""
+def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float, metric: str, cfg: AdaptConfig) -> list[Tensor]:
+    """λ* ``(K,)`` float16 per tile for one metric; a tile keeps λ_t unless its decoded output improves."""
     lam_t = torch.full((model.num_lambdas,), lmbda_t).half()
+    found = [lam_t] * len(work)
     if metric == PLAIN:
-        return lam_t
+        return found
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, w in enumerate(work):
+        groups.setdefault((w.tile.height, w.tile.width), []).append(i)
+    for members in groups.values():
+        y_hat = torch.cat([work[i].code.y_hat for i in members])
+        with torch.no_grad():
+            h = model.synthesis.prefix(y_hat, torch.full((len(members),), lmbda_t, device=y_hat.device))
+        x = torch.cat([work[i].x for i in members])
+        result = adapt(model.synthesis, h, x, lmbda_t, cfg.steps, metric, cfg.gammas)
+        for row, i in enumerate(members):
+            found[i] = _accept(model, work[i], result.lambdas[row].cpu(), lam_t, lmbda_t, metric)
+    return found
+
+
+def _accept(model: VariableRateModel, w: _TileWork, candidate: Tensor, lam_t: Tensor, lmbda_t: float, metric: str) -> Tensor:
+    """Re-score on the exact decoder path (batch 1, 8-bit output) before accepting ``candidate``."""
+    recon = reconstruct_tile(model, w.code.y_hat, candidate, lmbda_t, w.tile)
     with torch.no_grad():
-        h = model.synthesis.prefix(y_hat, torch.full((1,), lmbda_t))
-    found = adapt(model.synthesis, h, x, lmbda_t, cfg.steps, metric, cfg.gammas).lambdas[0]
-    # Re-score on the exact decoder path (batch 1, 8-bit output) before accepting.
-    candidate = reconstruct_tile(model, y_hat, found, lmbda_t, tile)
-    with torch.no_grad():
-        d_new = distortion(metric, _to_float(candidate), x)
-        d_old = distortion(metric, _to_float(plain), x)
-    return found if bool(d_new < d_old) else lam_t
+        pixels = w.pixels.float().div(255).unsqueeze(0)
+        d_new = distortion(metric, _to_float(recon), pixels)
+        d_old = distortion(metric, _to_float(w.plain), pixels)
+    return candidate if bool(d_new < d_old) else lam_t
 
 
 def check_model(model: VariableRateModel, header: Header) -> None:
@@ -310,7 +335,7 @@ def decode(model: VariableRateModel, data: bytes, metric: str | None = None) -> 
     grid = tiling.tile_grid(header.height, header.width, header.tile)
     parts = []
     for tile, rec in zip(grid, records):
-        y_hat = model.decode_latent(rec.strings, rec.z_shape, header.quality)
+        y_hat = model.decode_latent(rec.strings, rec.z_shape, header.quality).to(model.device)
         parts.append(reconstruct_tile(model, y_hat, rec.lambdas[index], header.lmbda, tile))
     return tiling.merge(parts, grid, header.height, header.width)
 

@@ -130,3 +130,11 @@ def test_adapted_sets_and_metric_choice(random_default_model):
         codec.decode(random_default_model, enc.data, metric="plain")
     for t in enc.tiles:
         assert t.psnr_after >= t.psnr_before
+
+
+def test_batched_tiles_keep_every_invariant(random_default_model):
+    image = natural_image(300, 330, seed=4)  # 128-px tiles: 4 full, 3+3 boundary, 1 corner
+    enc = codec.encode(random_default_model, image, quality=1, adapt_config=AdaptConfig(steps=3), tile_size=128, tile_batch=9)
+    assert len(enc.tiles) == 9
+    assert torch.equal(codec.decode(random_default_model, enc.data), enc.reconstruction)
+    assert all(t.psnr_after >= t.psnr_before for t in enc.tiles)

@@ -46,6 +46,11 @@ class VariableRateModel(nn.Module):
         self._fingerprints: dict[int, bytes] = {}
 
     @property
+    def device(self) -> torch.device:
+        """Where the transforms run (entropy coding itself always runs on the CPU)."""
+        return next(self.synthesis.parameters()).device
+
+    @property
     def num_lambdas(self) -> int:
         """K, the length of the decoder's λ vector."""
         return self.synthesis.num_lambdas
