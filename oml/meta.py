@@ -189,7 +189,7 @@ def encode_frozen(model: VariableRateModel, x: Tensor, lmbda: float) -> FrozenCo
     quality, lmbda_t = encoder_quality(model, lmbda)
     y = model.analyze(x, quality, lmbda_t)
     y_hat, bits = latent_and_bits(model.kind, model.encoders[str(quality)], y)
-    h = model.synthesis.prefix(y_hat, torch.full((x.shape[0],), lmbda_t, device=x.device))
+    h = model.synthesis.prefix(y_hat, torch.full((x.shape[0],), lmbda_t, dtype=x.dtype, device=x.device))
     return FrozenCode(x, h, bits / (x.shape[-2] * x.shape[-1]))
 
 
@@ -206,7 +206,7 @@ class _Suffix(nn.Module):
 
 def decode(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: FrozenCode, lmbda: float) -> Tensor:
     """x̂ ``(B,3,H,W)`` of ``code`` with the modulators' parameters replaced by ``psi`` and λ^1 = … = λ^K = λ."""
-    lambdas = torch.full((code.h.shape[0], synthesis.num_lambdas), lmbda, device=code.h.device)
+    lambdas = torch.full((code.h.shape[0], synthesis.num_lambdas), lmbda, dtype=code.h.dtype, device=code.h.device)
     params = {"synthesis." + name: value for name, value in psi.items()}
     return functional_call(_Suffix(synthesis), params, (code.h, lambdas))
 
