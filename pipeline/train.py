@@ -47,6 +47,7 @@ class BaseTrainConfig:
     ckpt_every: int = 500
     threads: int = 2
     init: str = ""
+    ema_decay: float = 0.999
 
 
 def list_images(folder: str) -> list[Path]:
@@ -82,6 +83,16 @@ def evaluate(model: OMLHyperprior, images: list[torch.Tensor], lambdas: list[flo
     return rows
 
 
+@torch.no_grad()
+def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    """Exponential moving average of the weights (exported instead of the raw weights)."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and ema[name].shape == value.shape:
+            ema[name].lerp_(value, 1.0 - decay)
+        else:
+            ema[name] = value.detach().clone()
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -99,9 +110,11 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
     optimizer, aux_optimizer = configure_optimizers(model, cfg.lr, cfg.aux_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
         model.load_state_dict(state["model"])
+        ema = state.get("ema", {k: v.detach().clone() for k, v in model.state_dict().items()})
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
             aux_optimizer.load_state_dict(state["aux_optimizer"])
@@ -119,6 +132,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
             x = random_crops(train_imgs, cfg.batch, cfg.crop, gen)
             lmbda = sample_lambdas(cfg.batch, cfg.lambda_low, cfg.lambda_high, gen)
             acc.append(train_step(model, optimizer, aux_optimizer, x, lmbda))
+            update_ema(ema, model, cfg.ema_decay)
             step += 1
             if step % cfg.log_every == 0:
                 mean = {k: sum(getattr(m, k) for m in acc) / len(acc) for k in acc[0]._fields}
@@ -129,12 +143,15 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
                 log.write(json.dumps({"step": step, "eval": evaluate(model, held_imgs, [0.0018, 0.0035, 0.0067, 0.013])}) + "\n")
                 log.flush()
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": dataclasses.asdict(cfg)}, ckpt_path)
+                _save_atomic({"model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": dataclasses.asdict(cfg)}, ckpt_path)
     return ckpt_path
 
 
-def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: bool = True) -> Path:
-    """Turn a base-training checkpoint (``last.pt``) into the default model's oml weights file."""
+def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: bool = True, ema: bool = True) -> Path:
+    """Turn a base-training checkpoint (``last.pt``) into the default model's oml weights file.
+
+    ``ema``: export the moving average of the weights (when the checkpoint has one).
+    """
     from oml.models.zoo import is_derived_buffer, load_model, save_weights
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -142,7 +159,8 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
     if (cfg.get("N", 64), cfg.get("M", 128)) != (64, 128):
         raise ValueError("the zoo's oml-default is N=64, M=128; this checkpoint has another size")
     model = load_model("oml-default", pretrained=False)
-    weights = {k: v for k, v in state["model"].items() if not is_derived_buffer(k)}
+    source = state["ema"] if ema and "ema" in state else state["model"]
+    weights = {k: v for k, v in source.items() if not is_derived_buffer(k)}
     missing, unexpected = torch.nn.Module.load_state_dict(model.encoders["0"], weights, strict=False)
     if unexpected or any(not is_derived_buffer(k) for k in missing):
         raise ValueError(f"{checkpoint} does not match the default architecture")
