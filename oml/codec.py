@@ -261,7 +261,8 @@ def encode(
     k = model.num_lambdas
     lam_t = torch.full((k,), lmbda_t).half()
     batch = tile_batch or (8 if device.type == "cuda" else 1)
-    records, stats, parts = [], [], []
+    records, stats = [], []
+    reconstruction = torch.empty((3, height, width), dtype=torch.uint8)
     tiles = list(zip(grid, tiling.split(image, grid)))
     for start in range(0, len(tiles), batch):
         work = []
@@ -276,9 +277,9 @@ def encode(
             record = TileRecord(w.code.z_shape, w.code.strings, chosen)
             records.append(record)
             stats.append(TileStats(w.tile, len(pack_tile(record)), _psnr(w.plain, w.pixels), _psnr(recon, w.pixels)))
-            parts.append(recon)
+            tiling.split(reconstruction, [w.tile])[0].copy_(recon)
     header = Header(FORMAT_VERSION, model.name, model.fingerprint(q), q, lmbda_t, height, width, tile_size, k, metrics, len(grid))
-    return Encoded(write(header, records), tiling.merge(parts, grid, height, width), stats)
+    return Encoded(write(header, records), reconstruction, stats)
 
 
 def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float, metric: str, cfg: AdaptConfig) -> list[Tensor]:
@@ -333,11 +334,11 @@ def decode(model: VariableRateModel, data: bytes, metric: str | None = None) -> 
     check_model(model, header)
     index = select_set(header, metric)
     grid = tiling.tile_grid(header.height, header.width, header.tile)
-    parts = []
+    image = torch.empty((3, header.height, header.width), dtype=torch.uint8)
     for tile, rec in zip(grid, records):
         y_hat = model.decode_latent(rec.strings, rec.z_shape, header.quality).to(model.device)
-        parts.append(reconstruct_tile(model, y_hat, rec.lambdas[index], header.lmbda, tile))
-    return tiling.merge(parts, grid, header.height, header.width)
+        tiling.split(image, [tile])[0].copy_(reconstruct_tile(model, y_hat, rec.lambdas[index], header.lmbda, tile))
+    return image
 
 
 def select_set(header: Header, metric: str | None) -> int:

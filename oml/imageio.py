@@ -67,8 +67,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
-    arr = np.asarray(rgb, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    arr = np.array(rgb, dtype=np.uint8)
+    del rgb
+    # A channel-first view of the one decoded copy: large images are not copied again.
+    return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def encode_png(image: Tensor) -> bytes:

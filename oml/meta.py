@@ -145,10 +145,14 @@ def sample_task_lambdas(
 
 
 def encoder_quality(model: VariableRateModel, lmbda: float) -> tuple[int, float]:
-    """(quality, λ_t) that codes task λ: λ itself for a conditional encoder, else the nearest group λ in log scale."""
+    """(quality, λ_t) that codes task λ: λ itself for a conditional encoder, else the loaded
+    encoder whose λ is nearest in log scale (ties: the lower quality)."""
     if model.conditional:
         return 0, float(lmbda)
-    quality = min(model.lambdas, key=lambda q: (abs(math.log(model.lambdas[q] / lmbda)), q))
+    loaded = [q for q in model.lambdas if str(q) in model.encoders]
+    if not loaded:
+        raise ValueError(f"{model.name} has no encoder of its group {sorted(model.lambdas)} loaded")
+    quality = min(loaded, key=lambda q: (abs(math.log(model.lambdas[q] / lmbda)), q))
     return quality, model.lambdas[quality]
 
 

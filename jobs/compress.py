@@ -1,0 +1,80 @@
+"""Archive an image collection on Ray: every image under --input becomes rows of Parquet shards under --output.
+
+    python jobs/compress.py --input photos/ --output archive/ --quality 3 --steps 20
+    ray job submit --working-dir . -- python jobs/compress.py --input s3://bucket/photos --output s3://bucket/archive
+
+Run again with the same arguments to resume: committed shards are skipped.
+Exit status: 0 all archived, 1 some inputs or shards failed (see the manifest), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compress.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="folder or s3://bucket/prefix of images (recursive), or one image")
+    p.add_argument("--output", required=True, help="archive folder or s3://bucket/prefix")
+    p.add_argument("--quality", type=int, default=3, help="quality (default 3)")
+    p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (default 0: none)")
+    p.add_argument("--metric", nargs="+", default=["psnr"], choices=("psnr", "ms-ssim"), help="adapt for these metrics; one λ* set each")
+    p.add_argument("--model", default="oml-default", help="model id (default oml-default)")
+    p.add_argument("--weights", help="local oml weights file, present on every node")
+    p.add_argument("--random-weights", action="store_true", help="untrained weights seeded by --seed (tests, smoke runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tile", type=int, default=512, help="tile size in pixels (multiple of 64)")
+    p.add_argument("--max-pixels", type=int, help="refuse larger images (default: the codec's limit)")
+    p.add_argument("--extensions", nargs="+", help="file name endings to archive (default: .png .jpg .jpeg .webp .tif .tiff)")
+    p.add_argument("--shard-size", type=int, default=16, help="images per Parquet shard (default 16)")
+    _add_ray_arguments(p)
+    return p
+
+
+def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray this starts (default: all)")
+    p.add_argument("--workers", type=int, help="shards in flight at once (default: as resources allow)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per worker (default 0)")
+    p.add_argument("--max-retries", type=int, default=3, help="retries of a shard whose worker died")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from oml.imageio import DEFAULT_MAX_PIXELS
+    from oml.models.zoo import ModelUnavailableError
+    from pipeline.archive import CodingConfig, CompressConfig, ModelConfig, RayConfig, run_compress
+
+    try:
+        options = {"extensions": tuple(args.extensions)} if args.extensions else {}
+        config = CompressConfig(
+            input=args.input,
+            output=args.output,
+            model=ModelConfig(args.model, args.weights, not args.random_weights, args.seed),
+            coding=CodingConfig(args.quality, args.steps, tuple(args.metric), args.tile, args.max_pixels or DEFAULT_MAX_PIXELS),
+            ray=RayConfig(args.address, args.num_cpus, args.workers, args.cpus_per_worker, args.num_gpus, args.max_retries),
+            **options,
+            shard_size=args.shard_size,
+            progress=not args.no_progress,
+        )
+        report = run_compress(config)
+    except (ValueError, FileNotFoundError, ModelUnavailableError) as exc:
+        print(f"compress: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"archived {report.archived} of {report.images} images in {report.shards} shards "
+        f"({report.shards_written} written, {report.shards_skipped} already committed); "
+        f"{report.failed} failed (see {report.manifest_uri})"
+    )
+    for index, reason in report.shards_failed:
+        print(f"shard {index} did not finish: {reason}; run the same command again to retry it")
+    print(f"summary: {report.summary_uri}")
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""MAML meta-training of the decoder's modulators on Ray Train (resumable: re-run the same command).
+
+    python jobs/metatrain.py --weights runs/default/last.pt --storage-path runs/meta --name maml2
+    python jobs/metatrain.py --weights runs/default/last.pt --mode multi --name multi   # ablation
+    python jobs/metatrain.py --model mbt2018-mean --quality 5 --num-workers 8 --use-gpu \\
+        --storage-path s3://bucket/meta --data-dir s3://bucket/train
+
+Connects to the Ray cluster in RAY_ADDRESS, or starts a local one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from oml.meta import MetaMode
+from pipeline.metatrain import MetaTrainConfig, run_metatrain
+
+
+HELP = {
+    "weights": "oml weights file or base-training checkpoint (runs/default/last.pt); empty: the zoo's weights",
+    "mode": "maml2: second-order MAML (Eq. 4); maml1: first-order; multi: plain multi-λ training (ablation)",
+    "tasks_per_step": "tasks per worker per step",
+    "batch": "crops per mini-batch (A and B of each task)",
+    "storage_path": "checkpoints go to STORAGE_PATH/NAME (local or s3://); re-running the same command resumes",
+    "output": "weights file to write (default: STORAGE_PATH/NAME/<model>-meta-<mode>.pt)",
+    "report_every": "steps per ray.train.report (every step is in the metric log)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in dataclasses.fields(MetaTrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        text = (HELP[field.name] + " " if field.name in HELP else "") + "(default: %(default)s)"
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=text)
+        elif field.name == "mode":
+            parser.add_argument(flag, choices=[m.value for m in MetaMode], default=field.default, help=text)
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default, help=text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result = run_metatrain(MetaTrainConfig(**vars(args)))
+    print(f"step {result.step}: weights {result.weights}, log {result.log}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

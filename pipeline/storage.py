@@ -1,0 +1,147 @@
+"""Files on local disk or object storage, addressed by URI, through fsspec.
+
+A URI is a local path (``/data/photos``, ``file:///data/photos``) or a remote
+one (``s3://bucket/prefix``). Local URIs are made absolute, because Ray workers
+do not share the driver's working directory.
+
+Credentials and endpoints are never passed through here: fsspec and s3fs read
+them from the standard places (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL``, ``~/.aws``, an instance role, or fsspec's configuration
+such as ``FSSPEC_S3_ENDPOINT_URL``), so they never appear in configs, logs or
+summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+try:
+    import fsspec
+    from fsspec.core import url_to_fs
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError("the archiving pipeline needs fsspec: pip install 'oml-archive[pipeline]'") from exc
+
+
+class SourceFile(NamedTuple):
+    """One listed input: its URI, its path relative to the listed root (``/``-separated), its size in bytes."""
+
+    uri: str
+    relative_path: str
+    size: int
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
+
+
+def normalize(uri: str) -> str:
+    """A canonical spelling: absolute local paths, ``scheme://path`` without a trailing slash for remote ones."""
+    fs, path = url_to_fs(uri)
+    if _is_local(fs):
+        return os.path.abspath(os.path.expanduser(path))
+    return fs.unstrip_protocol(path.rstrip("/"))
+
+
+def is_local(uri: str) -> bool:
+    return _is_local(url_to_fs(uri)[0])
+
+
+def join(uri: str, *parts: str) -> str:
+    """``uri`` with ``/``-separated ``parts`` appended."""
+    if is_local(uri):
+        return os.path.join(normalize(uri), *(p.replace("/", os.sep) for p in parts))
+    return posixpath.join(uri.rstrip("/"), *parts)
+
+
+def redact(uri: str) -> str:
+    """``uri`` for printing: any ``user:password@`` part is removed."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def list_files(uri: str, suffixes: tuple[str, ...]) -> list[SourceFile]:
+    """Every file under ``uri`` (recursive) whose name ends in one of ``suffixes`` (any case), sorted by relative path.
+
+    ``uri`` may also name a single file, which is returned whatever its suffix.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``uri``.
+    """
+    fs, root = url_to_fs(normalize(uri))
+    fs.invalidate_cache()
+    if fs.isfile(root):
+        return [SourceFile(_uri(fs, root), posixpath.basename(root.replace(os.sep, "/")), int(fs.size(root)))]
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"no such file or folder: {redact(uri)}")
+    wanted = tuple(s.lower() for s in suffixes)
+    found = fs.find(root, withdirs=False, detail=True)
+    prefix = root.rstrip("/") + "/"
+    files = []
+    for path, info in found.items():
+        if info.get("type", "file") != "file" or not path.lower().endswith(wanted):
+            continue
+        rel = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
+        files.append(SourceFile(_uri(fs, path), rel.replace(os.sep, "/"), int(info.get("size") or 0)))
+    return sorted(files, key=lambda f: f.relative_path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = url_to_fs(uri)
+    return fs.cat_file(path)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file so that readers see either nothing, the old file or the new one.
+
+    Local files go to a unique temporary name beside the target, then are
+    renamed over it; an object store's single PUT is already all-or-nothing.
+    """
+    fs, path = url_to_fs(uri)
+    if _is_local(fs):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    fs.pipe_file(path, data)
+    fs.invalidate_cache(posixpath.dirname(path))
+
+
+def exists(uri: str) -> bool:
+    fs, path = url_to_fs(uri)
+    fs.invalidate_cache(posixpath.dirname(path))
+    return fs.exists(path)
+
+
+def glob(uri_pattern: str) -> list[str]:
+    """URIs matching a glob pattern, sorted (a fresh listing, never a cached one)."""
+    fs, pattern = url_to_fs(uri_pattern)
+    fs.invalidate_cache()
+    return sorted(_uri(fs, p) for p in fs.glob(pattern))
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())

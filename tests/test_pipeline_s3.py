@@ -1,0 +1,117 @@
+"""Archive from and to S3 through s3fs, against a moto S3 server on 127.0.0.1 (no network beyond loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from oml.imageio import decode_image, encode_png
+
+from .conftest import natural_image
+
+ray = pytest.importorskip("ray")
+moto_server = pytest.importorskip("moto.server")
+s3fs = pytest.importorskip("s3fs")
+
+archive = pytest.importorskip("pipeline.archive")
+storage = pytest.importorskip("pipeline.storage")
+CodingConfig, CompressConfig, DecompressConfig, ModelConfig = archive.CodingConfig, archive.CompressConfig, archive.DecompressConfig, archive.ModelConfig
+
+SECRET = "s3cr3t-that-must-never-be-printed"
+BUCKET = "oml-test"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 endpoint on a free loopback port; credentials and endpoint only in the environment."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}"
+    )
+    # Ray is started after the variables are set, so its workers inherit them.
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
+    try:
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        yield fs
+    finally:
+        ray.shutdown()
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def put_inputs(fs) -> dict[str, bytes]:
+    files = {
+        "in/a.png": encode_png(natural_image(70, 90, 0)),
+        "in/deep/b.PNG": encode_png(natural_image(140, 100, 1)),
+        "in/broken.png": b"\x89PNG\r\n\x1a\nnot really",
+        "in/readme.md": b"skipped by the extension filter",
+    }
+    for key, data in files.items():
+        fs.pipe_file(f"{BUCKET}/{key}", data)
+    return files
+
+
+def test_listing_reading_and_writing_objects(s3):
+    put_inputs(s3)
+    listed = storage.list_files(f"s3://{BUCKET}/in/", archive.IMAGE_SUFFIXES)
+    assert [f.relative_path for f in listed] == ["a.png", "broken.png", "deep/b.PNG"]
+    assert listed[0].uri == f"s3://{BUCKET}/in/a.png" and listed[0].size == len(storage.read_bytes(listed[0].uri))
+    storage.write_json(f"s3://{BUCKET}/tmp/x.json", {"k": 1})
+    assert storage.exists(f"s3://{BUCKET}/tmp/x.json") and storage.read_json(f"s3://{BUCKET}/tmp/x.json") == {"k": 1}
+    assert storage.glob(f"s3://{BUCKET}/tmp/*.json") == [f"s3://{BUCKET}/tmp/x.json"]
+
+
+def test_s3_round_trip(s3, tmp_path, capfd):
+    files = put_inputs(s3)
+    config = CompressConfig(
+        f"s3://{BUCKET}/in",
+        f"s3://{BUCKET}/archive",
+        model=ModelConfig(pretrained=False),
+        coding=CodingConfig(quality=1, steps=1, tile=128),
+        shard_size=2,
+    )
+    report = archive.run_compress(config)
+    assert (report.images, report.archived, report.failed) == (3, 2, 1)
+    keys = sorted(k.split("/", 2)[2] for k in s3.find(f"{BUCKET}/archive"))
+    assert keys == [
+        "manifest.json",
+        "plan.json",
+        "shards/shard-000000.done.json",
+        "shards/shard-000000.parquet",
+        "shards/shard-000001.done.json",
+        "shards/shard-000001.parquet",
+        "summary.json",
+    ]
+    manifest = json.loads(s3.cat_file(f"{BUCKET}/archive/manifest.json"))
+    assert [f["path"] for f in manifest["failed"]] == ["broken.png"]
+
+    again = archive.run_compress(config)
+    assert (again.shards_written, again.shards_skipped) == (0, 2)
+
+    to_s3 = archive.run_decompress(DecompressConfig(f"s3://{BUCKET}/archive", f"s3://{BUCKET}/restored", verify=True))
+    assert (to_s3.restored, to_s3.mismatched) == (2, 0)
+    assert all(r.checks.get("max_psnr_error") == 0.0 for r in to_s3.results)  # the sources were re-read from S3
+    restored = decode_image(s3.cat_file(f"{BUCKET}/restored/deep/b.png"))
+    assert restored.shape == decode_image(files["in/deep/b.PNG"]).shape
+
+    local = archive.run_decompress(DecompressConfig(f"s3://{BUCKET}/archive", str(tmp_path), select=("*/a.png",)))
+    assert [r.path for r in local.results] == ["a.png"] and (tmp_path / "a.png").is_file()
+
+    written = [s3.cat_file(k) for k in s3.find(f"{BUCKET}/archive") if k.endswith(".json")]
+    out, err = capfd.readouterr()
+    for text in [out, err, *(w.decode() for w in written)]:
+        assert SECRET not in text
