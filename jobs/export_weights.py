@@ -1,13 +1,17 @@
 """Export a base-training checkpoint as the default model's weights file (float16).
 
-    python jobs/export_weights.py runs/default/last.pt oml/weights/oml-default.pt
+    python jobs/export_weights.py runs/default/last.pt oml/weights/oml-default.pt \
+        --resume-point training/default/resume.pt
+
+``--resume-point`` also writes the compact checkpoint that is committed so a later
+run can continue training: ``python jobs/train_base.py ... --init training/default/resume.pt``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.train import export_default_weights
+from pipeline.train import export_default_weights, save_resume_point
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,8 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="training checkpoint (last.pt)")
     parser.add_argument("output", help="oml weights file to write")
     parser.add_argument("--float32", action="store_true", help="keep float32 (default: float16, half the size)")
+    parser.add_argument("--raw", action="store_true", help="export the raw weights, not their moving average")
+    parser.add_argument("--resume-point", help="also write a compact resumable checkpoint here")
     args = parser.parse_args(argv)
-    print(export_default_weights(args.checkpoint, args.output, half=not args.float32))
+    print(export_default_weights(args.checkpoint, args.output, half=not args.float32, ema=not args.raw))
+    if args.resume_point:
+        print(save_resume_point(args.checkpoint, args.resume_point))
     return 0
 
 

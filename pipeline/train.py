@@ -109,24 +109,29 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
     model = OMLHyperprior(cfg.N, cfg.M)
     optimizer, aux_optimizer = configure_optimizers(model, cfg.lr, cfg.aux_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    step = 0
+    step, fresh_optimizer_at = 0, 0
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)
+    source = ckpt_path if ckpt_path.exists() else Path(cfg.init) if cfg.init else None
+    if source is not None:
+        # A full checkpoint resumes exactly; a committed one (no optimizer state) resumes
+        # weights, average and step, and re-warms a fresh optimizer.
+        state = torch.load(source, weights_only=True)
         model.load_state_dict(state["model"])
         ema = state.get("ema", {k: v.detach().clone() for k, v in model.state_dict().items()})
+        step = int(state.get("step", 0))
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
             aux_optimizer.load_state_dict(state["aux_optimizer"])
-        step = int(state["step"])
+        else:
+            fresh_optimizer_at = step
         gen.manual_seed(cfg.seed + step)
-    elif cfg.init:
-        model.load_state_dict(torch.load(cfg.init, weights_only=True)["model"])
     with open(log_path, "a") as log:
         log.write(json.dumps({"event": "start", "step": step, "config": dataclasses.asdict(cfg), "train_images": len(train_imgs), "held_out": len(held_imgs), "time": time.time()}) + "\n")
         t0, acc = time.time(), []
         while step < cfg.steps:
             lr = lr_at(step, cfg.lr, cfg.warmup, cfg.decay_start, cfg.decay_end, cfg.final_lr)
+            if fresh_optimizer_at:
+                lr *= min(1.0, (step - fresh_optimizer_at + 1) / cfg.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = random_crops(train_imgs, cfg.batch, cfg.crop, gen)
@@ -168,4 +173,13 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, out_path, torch.float16 if half else torch.float32)
+    return out_path
+
+
+def save_resume_point(checkpoint: str | Path, out_path: str | Path) -> Path:
+    """A compact copy of a training checkpoint to commit: weights, their average, step, config (no optimizer)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomic({k: state[k] for k in ("model", "ema", "step", "config") if k in state}, out_path)
     return out_path

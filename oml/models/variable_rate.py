@@ -87,7 +87,7 @@ class VariableRateModel(nn.Module):
         """``g_a``: x ``(1,3,H,W)`` in [0,1] → y ``(1,M,H/16,W/16)``."""
         enc = self._encoder(quality)
         if self.conditional:
-            return enc.g_a(x, torch.full((x.shape[0],), lmbda, device=x.device))
+            return enc.g_a(x, torch.full((x.shape[0],), lmbda, device=x.device, dtype=x.dtype))
         return enc.g_a(x)
 
     @torch.no_grad()

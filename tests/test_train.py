@@ -1,0 +1,45 @@
+"""Base training: resumable from its own checkpoint and from a committed resume point."""
+
+import json
+
+import torch
+from PIL import Image
+
+from pipeline.train import BaseTrainConfig, run_base_training, save_resume_point
+
+from .conftest import natural_image
+
+
+def _config(tmp_path, out, steps, init=""):
+    data = tmp_path / "data"
+    if not data.exists():
+        data.mkdir()
+        for i in range(3):
+            Image.fromarray(natural_image(80, 96, seed=i).permute(1, 2, 0).numpy()).save(data / f"{i}.png")
+    return BaseTrainConfig(
+        data_dir=str(data), out_dir=str(out), steps=steps, batch=2, crop=64, N=16, M=24, warmup=2,
+        decay_start=3, decay_end=6, holdout_every=0, log_every=1, eval_every=100, ckpt_every=2, threads=1, init=init,
+    )
+
+
+def _starts(log):
+    return [json.loads(line)["step"] for line in log.read_text().splitlines() if '"event": "start"' in line]
+
+
+def test_training_resumes_where_it_stopped(tmp_path):
+    out = tmp_path / "run"
+    run_base_training(_config(tmp_path, out, steps=4))
+    first = torch.load(out / "last.pt", weights_only=True)
+    assert first["step"] == 4 and "ema" in first and "optimizer" in first
+    run_base_training(_config(tmp_path, out, steps=6))
+    assert _starts(out / "train_log.jsonl") == [0, 4]
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_committed_resume_point_continues_the_step_count(tmp_path):
+    run_base_training(_config(tmp_path, tmp_path / "a", steps=2))
+    point = save_resume_point(tmp_path / "a" / "last.pt", tmp_path / "resume.pt")
+    assert "optimizer" not in torch.load(point, weights_only=True)
+    run_base_training(_config(tmp_path, tmp_path / "b", steps=3, init=str(point)))
+    assert _starts(tmp_path / "b" / "train_log.jsonl") == [2]
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
