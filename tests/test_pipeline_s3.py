@@ -37,6 +37,9 @@ def s3():
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}"
     )
+    # fsspec caches filesystems by their arguments: one made earlier in this process
+    # (without these credentials) must not be reused.
+    s3fs.S3FileSystem.clear_instance_cache()
     # Ray is started after the variables are set, so its workers inherit them.
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
     try:
@@ -46,6 +49,7 @@ def s3():
     finally:
         ray.shutdown()
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
