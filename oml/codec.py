@@ -214,7 +214,7 @@ def reconstruct_tile(model: VariableRateModel, y_hat: Tensor, lambdas: Tensor, l
 
 def _psnr(a: Tensor, b: Tensor) -> float:
     mse = (a.float() - b.float()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
 
 
 def _check_image(image: Tensor) -> None:

@@ -104,7 +104,7 @@ def _model_points(cfg: EvalConfig, images, bar) -> list[ImagePoint]:
                     raise RuntimeError(f"{name}: decoder output differs from the encoder's reconstruction")
                 p, s = _quality(recon, image)
                 h, w = image.shape[1:]
-                improved = sum(t.psnr_after > t.psnr_before for t in enc.tiles)
+                improved = int(sum(t.psnr_after > t.psnr_before for t in enc.tiles))
                 points.append(ImagePoint(name, setting, 8 * len(enc.data) / (h * w), p, s, t1 - t0, t2 - t1, len(enc.tiles), improved))
                 bar.update()
     return points
