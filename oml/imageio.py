@@ -22,6 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 DEFAULT_MAX_PIXELS = 150_000_000
+# File name endings of the inputs this policy covers (matched case-insensitively).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
 class ImageDecodeError(ValueError):

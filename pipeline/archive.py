@@ -39,12 +39,11 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=Fu
 
 from oml import codec, tiling
 from oml.adapt import AdaptConfig
-from oml.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
+from oml.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError, decode_image, encode_png
 from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import DEFAULT_MODEL, load_model, quality_group
 from pipeline import schema, storage
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 PLAN_FORMAT = "oml-archive-plan/1"
 MARKER_FORMAT = "oml-archive-shard/1"
 

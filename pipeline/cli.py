@@ -21,10 +21,9 @@ from tqdm import tqdm
 
 from oml import codec, tiling
 from oml.adapt import METRICS, AdaptConfig
-from oml.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
+from oml.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError, decode_image, encode_png
 from oml.models.zoo import DEFAULT_MODEL, ModelUnavailableError, load_model, model_ids
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 CODED_SUFFIX = ".oml"
 
 

@@ -20,12 +20,11 @@ from tqdm import tqdm
 
 from oml import baselines, codec
 from oml.adapt import AdaptConfig
-from oml.imageio import decode_image
+from oml.imageio import IMAGE_SUFFIXES, decode_image
 from oml.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
 from oml.models.zoo import DEFAULT_MODEL, load_model
 from pipeline.published import PUBLISHED_KODAK
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,13 @@ from typing import NamedTuple
 
 import torch
 
-from oml.imageio import decode_image
+from oml.imageio import IMAGE_SUFFIXES, decode_image
 from oml.meta import MetaMode, MetaStepResult, MetaTask, encode_frozen, meta_step, prepare_meta, sample_task_lambdas
 from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import DEFAULT_MODEL, is_derived_buffer, load_model, save_weights
 from oml.train import random_crops
 from pipeline import storage
-from pipeline.train import IMAGE_SUFFIXES
+
 
 STATE_FILE = "meta_state.pt"
 # Settings that define what is trained: a resumed run must keep them (steps, workers, paths may change).

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
-from oml.imageio import decode_image
+from oml.imageio import IMAGE_SUFFIXES, decode_image
 from oml.models.default import OMLHyperprior
 from oml.train import configure_optimizers, lr_at, random_crops, rd_loss, sample_lambdas, train_step
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
