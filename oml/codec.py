@@ -30,6 +30,7 @@ from torch import Tensor
 
 from oml import tiling
 from oml.adapt import AdaptConfig, adapt, distortion, to_pixels
+from oml.metrics import psnr
 from oml.models.latent import LatentCode
 from oml.models.variable_rate import VariableRateModel
 
@@ -212,11 +213,6 @@ def reconstruct_tile(model: VariableRateModel, y_hat: Tensor, lambdas: Tensor, l
     return _to_uint8(tiling.crop(x_hat, tile.height, tile.width)[0]).cpu()
 
 
-def _psnr(a: Tensor, b: Tensor) -> float:
-    mse = (a.float() - b.float()).pow(2).mean().item()
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
-
-
 def _check_image(image: Tensor) -> None:
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a uint8 RGB image of shape (3, H, W), got {image.dtype} {tuple(image.shape)}")
@@ -276,7 +272,7 @@ def encode(
             recon = reconstruct_tile(model, w.code.y_hat, chosen[0], lmbda_t, w.tile)
             record = TileRecord(w.code.z_shape, w.code.strings, chosen)
             records.append(record)
-            stats.append(TileStats(w.tile, len(pack_tile(record)), _psnr(w.plain, w.pixels), _psnr(recon, w.pixels)))
+            stats.append(TileStats(w.tile, len(pack_tile(record)), float(psnr(w.plain, w.pixels)), float(psnr(recon, w.pixels))))
             tiling.split(reconstruction, [w.tile])[0].copy_(recon)
     header = Header(FORMAT_VERSION, model.name, model.fingerprint(q), q, lmbda_t, height, width, tile_size, k, metrics, len(grid))
     return Encoded(write(header, records), reconstruction, stats)

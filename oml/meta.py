@@ -31,6 +31,15 @@ Three modes (:class:`MetaMode`): second-order MAML (Eq. 4 exactly), its
 first-order approximation (the inner gradient is treated as a constant, so the
 meta-gradient is ``∇_Ψ' L_j(Ψ'; B_j)``), and the ablation baseline, plain
 multi-λ training of the same Ψ on both mini-batches with no inner step.
+
+A fourth mode goes beyond the paper: ``online`` (adaptation-aware
+meta-learning). Eq. 4's inner step moves Ψ, but at compression time Ψ is fixed
+and what moves is each tile's λ vector (Eq. 5). The online mode trains Ψ for
+that situation: every crop takes one inner step on its own λ vector, in log λ,
+along the normalised gradient of its distortion, and the outer loss is the
+mean of the task loss before and after that step, differentiated through the
+step (second order). Ψ learns λ^k responses that one λ step can use, while
+decoding at λ_t stays trained.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ class MetaMode(str, Enum):
     MAML2 = "maml2"  # second-order MAML: differentiate through the inner step (Eq. 4)
     MAML1 = "maml1"  # first-order MAML: the inner gradient is a constant
     MULTI = "multi"  # ablation baseline: plain multi-λ training, no inner step
+    ONLINE = "online"  # adaptation-aware: the inner step moves each crop's λ vector (Eq. 5), not Ψ
 
 
 class FrozenCode(NamedTuple):
@@ -208,11 +218,13 @@ class _Suffix(nn.Module):
         return self.synthesis.suffix(h, lambdas)
 
 
-def decode(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: FrozenCode, lmbda: float) -> Tensor:
-    """x̂ ``(B,3,H,W)`` of ``code`` with the modulators' parameters replaced by ``psi`` and λ^1 = … = λ^K = λ."""
-    lambdas = torch.full((code.h.shape[0], synthesis.num_lambdas), lmbda, dtype=code.h.dtype, device=code.h.device)
+def decode(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: FrozenCode, lmbda: float | Tensor) -> Tensor:
+    """x̂ ``(B,3,H,W)`` of ``code`` with the modulators' parameters replaced by ``psi``;
+    ``lmbda``: one value for λ^1 = … = λ^K, or λ vectors ``(B,K)``."""
+    if not isinstance(lmbda, Tensor):
+        lmbda = torch.full((code.h.shape[0], synthesis.num_lambdas), lmbda, dtype=code.h.dtype, device=code.h.device)
     params = {"synthesis." + name: value for name, value in psi.items()}
-    return functional_call(_Suffix(synthesis), params, (code.h, lambdas))
+    return functional_call(_Suffix(synthesis), params, (code.h, lmbda))
 
 
 def task_loss(x_hat: Tensor, code: FrozenCode, lmbda: float) -> tuple[Tensor, Tensor]:
@@ -252,18 +264,53 @@ def multi_lambda_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor]
     return TaskLosses((before + after) / 2, before.detach(), after.detach(), mse.detach(), task.query.bpp.mean())
 
 
+def lambda_step(
+    synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: FrozenCode, lmbda: float, step: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One differentiable λ-vector step per crop, as online adaptation takes it.
+
+    From λ^1 = … = λ^K = λ, each crop moves its log λ vector by ``step`` along
+    the normalised gradient of its MSE; the step stays a function of Ψ
+    (``create_graph``). Returns the MSE per crop ``(B,)`` before and after, and
+    the adapted λ vectors ``(B,K)``.
+    """
+    shape = (code.h.shape[0], synthesis.num_lambdas)
+    log_lambdas = torch.full(shape, math.log(lmbda), dtype=code.h.dtype, device=code.h.device, requires_grad=True)
+    before = F.mse_loss(decode(synthesis, psi, code, log_lambdas.exp()), code.x, reduction="none").flatten(1).mean(1)
+    (grad,) = torch.autograd.grad(before.sum(), log_lambdas, create_graph=True)
+    direction = grad / (grad.norm(dim=1, keepdim=True) + 1e-12)
+    adapted = (log_lambdas - step * direction).exp()
+    after = F.mse_loss(decode(synthesis, psi, code, adapted), code.x, reduction="none").flatten(1).mean(1)
+    return before, after, adapted
+
+
+def online_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, step: float) -> TaskLosses:
+    """Adaptation-aware objective: ``(L_j(λ) + L_j(λ'))/2`` over the crops of A_j and B_j,
+    λ' being each crop's vector after one :func:`lambda_step`."""
+    before, after = [], []
+    for code in (task.support, task.query):
+        mse0, mse1, _ = lambda_step(synthesis, psi, code, task.lmbda, step)
+        before.append(task.lmbda * 255.0**2 * mse0 + code.bpp)
+        after.append(task.lmbda * 255.0**2 * mse1 + code.bpp)
+        mse = mse1
+    before_loss, after_loss = torch.cat(before).mean(), torch.cat(after).mean()
+    return TaskLosses((before_loss + after_loss) / 2, before_loss.detach(), after_loss.detach(), mse.mean().detach(), task.query.bpp.mean())
+
+
 def task_losses(
-    mode: MetaMode, synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, inner_lr: float
+    mode: MetaMode, synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, inner_lr: float, lambda_step_size: float = 0.5
 ) -> TaskLosses:
-    """The objective of ``mode`` for one task."""
+    """The objective of ``mode`` for one task (``lambda_step_size``: the online mode's step in log λ)."""
     mode = MetaMode(mode)
     if mode is MetaMode.MULTI:
         return multi_lambda_losses(synthesis, psi, task)
+    if mode is MetaMode.ONLINE:
+        return online_losses(synthesis, psi, task, lambda_step_size)
     return maml_losses(synthesis, psi, task, inner_lr, second_order=mode is MetaMode.MAML2)
 
 
 def meta_gradient(
-    mode: MetaMode, synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], tasks: Sequence[MetaTask], inner_lr: float
+    mode: MetaMode, synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], tasks: Sequence[MetaTask], inner_lr: float, lambda_step_size: float = 0.5
 ) -> tuple[list[Tensor], list[TaskLosses]]:
     """``∇_Ψ (1/J) Σ_j objective_j``, one task's graph at a time, and each task's losses."""
     if not tasks:
@@ -271,7 +318,7 @@ def meta_gradient(
     total = [torch.zeros_like(p) for p in psi.values()]
     losses = []
     for task in tasks:
-        result = task_losses(mode, synthesis, psi, task, inner_lr)
+        result = task_losses(mode, synthesis, psi, task, inner_lr, lambda_step_size)
         grads = torch.autograd.grad(result.objective, list(psi.values()))
         for acc, g in zip(total, grads):
             acc.add_(g, alpha=1.0 / len(tasks))
@@ -288,6 +335,7 @@ def meta_step(
     inner_lr: float,
     reduce_gradients: Callable[[list[Tensor]], None] | None = None,
     clip_norm: float = 0.0,
+    lambda_step_size: float = 0.5,
 ) -> MetaStepResult:
     """One outer update of Ψ over ``tasks``.
 
@@ -296,12 +344,13 @@ def meta_step(
         synthesis: the modulated decoder that Ψ belongs to.
         psi: :func:`prepare_meta`'s parameters; ``optimizer`` updates exactly these.
         tasks: the step's tasks (J of them).
-        inner_lr: α of the inner step (unused in multi-λ mode).
+        inner_lr: α of the inner step on Ψ (MAML modes only).
         reduce_gradients: averages the gradients in place across data-parallel
             workers before the update (``None``: a single process).
         clip_norm: clip the meta-gradient to this L2 norm (0: no clipping).
+        lambda_step_size: the online mode's inner step, a distance in log λ.
     """
-    grads, losses = meta_gradient(mode, synthesis, psi, tasks, inner_lr)
+    grads, losses = meta_gradient(mode, synthesis, psi, tasks, inner_lr, lambda_step_size)
     if reduce_gradients is not None:
         reduce_gradients(grads)
     for p, g in zip(psi.values(), grads):

@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import torch
 
-from oml.imageio import IMAGE_SUFFIXES, decode_image
+from oml.imageio import decode_image
 from oml.meta import MetaMode, MetaStepResult, MetaTask, encode_frozen, meta_step, prepare_meta, sample_task_lambdas
 from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import DEFAULT_MODEL, is_derived_buffer, load_model, save_weights
@@ -49,7 +49,7 @@ from pipeline import storage
 
 STATE_FILE = "meta_state.pt"
 # Settings that define what is trained: a resumed run must keep them (steps, workers, paths may change).
-_FIXED_ON_RESUME = ("model", "quality", "weights", "pretrained", "crop", "batch", "tasks_per_step", "inner_lr", "outer_lr", "mode", "discrete_fraction", "clip_norm", "seed")
+_FIXED_ON_RESUME = ("model", "quality", "weights", "pretrained", "crop", "batch", "tasks_per_step", "inner_lr", "lambda_step", "outer_lr", "mode", "discrete_fraction", "clip_norm", "seed")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class MetaTrainConfig:
     steps: int = 2000
     tasks_per_step: int = 2
     inner_lr: float = 1e-3
+    lambda_step: float = 0.5
     outer_lr: float = 1e-4
     mode: str = MetaMode.MAML2.value
     discrete_fraction: float = 0.5
@@ -112,20 +113,9 @@ class MetaTrainResult(NamedTuple):
     metrics: dict
 
 
-def list_images(data_dir: str) -> list[str]:
-    """URIs of the image files under ``data_dir`` (local or remote), sorted."""
-    try:
-        files = storage.list_files(data_dir, IMAGE_SUFFIXES)
-    except FileNotFoundError:
-        raise ValueError(f"training data folder {storage.redact(data_dir)} does not exist") from None
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {storage.redact(data_dir)}")
-    return [f.uri for f in files]
-
-
 def load_shard(data_dir: str, crop: int, rank: int, world: int) -> list[torch.Tensor]:
     """This worker's images ``(3,H,W)`` uint8: every ``world``-th file from ``rank``, those smaller than ``crop`` left out."""
-    images = [decode_image(storage.read_bytes(uri)) for uri in list_images(data_dir)[rank::world]]
+    images = [decode_image(storage.read_bytes(uri)) for uri in storage.list_images(data_dir)[rank::world]]
     usable = [img for img in images if min(img.shape[1:]) >= crop]
     if not usable:
         raise ValueError(f"worker {rank}: none of its {len(images)} images in {data_dir} is at least {crop}×{crop}")
@@ -242,7 +232,7 @@ def _train_loop(loop_config: dict) -> None:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7_919 + step)
         t0 = time.time()
         tasks = _sample_tasks(model, images, cfg, gen, device)
-        result = meta_step(mode, model.synthesis, psi, optimizer, tasks, cfg.inner_lr, _average_across_workers, cfg.clip_norm)
+        result = meta_step(mode, model.synthesis, psi, optimizer, tasks, cfg.inner_lr, _average_across_workers, cfg.clip_norm, cfg.lambda_step)
         step += 1
         metrics = {"step": step, **_mean_metrics(result, device), "s_per_step": time.time() - t0}
         log.append(metrics)
@@ -308,7 +298,7 @@ def run_metatrain(cfg: MetaTrainConfig) -> MetaTrainResult:
     cfg = _resolve_paths(cfg)
     # Fail here, before any worker starts, on a missing base model or data folder.
     model = load_base_model(cfg)
-    list_images(cfg.data_dir)
+    storage.list_images(cfg.data_dir)
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=dataclasses.asdict(cfg),

@@ -97,6 +97,23 @@ def list_files(uri: str, suffixes: tuple[str, ...]) -> list[SourceFile]:
     return sorted(files, key=lambda f: f.relative_path)
 
 
+def list_images(uri: str) -> list[str]:
+    """URIs of the image files under ``uri`` (local or remote, recursive), sorted by relative path.
+
+    Raises:
+        ValueError: the folder does not exist or holds no image (a user mistake, said in one line).
+    """
+    from oml.imageio import IMAGE_SUFFIXES
+
+    try:
+        files = list_files(uri, IMAGE_SUFFIXES)
+    except FileNotFoundError:
+        raise ValueError(f"image folder {redact(uri)} does not exist") from None
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {redact(uri)}")
+    return [f.uri for f in files]
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = url_to_fs(uri)
     return fs.cat_file(path)

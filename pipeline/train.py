@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from oml.imageio import IMAGE_SUFFIXES, decode_image
+from oml.imageio import decode_image
 from oml.models.default import OMLHyperprior
 from oml.train import configure_optimizers, lr_at, random_crops, rd_loss, sample_lambdas, train_step
+from pipeline import storage
 
 
 
@@ -49,15 +50,11 @@ class BaseTrainConfig:
     ema_decay: float = 0.999
 
 
-def list_images(folder: str) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def load_split(cfg: BaseTrainConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Training and held-out images: every ``holdout_every``-th file of the sorted listing is held out."""
     train, held = [], []
-    for i, path in enumerate(list_images(cfg.data_dir)):
-        img = decode_image(path.read_bytes())
+    for i, uri in enumerate(storage.list_images(cfg.data_dir)):
+        img = decode_image(storage.read_bytes(uri))
         (held if cfg.holdout_every and i % cfg.holdout_every == 0 else train).append(img)
     return train, held
 

@@ -14,6 +14,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KODAK = SHARED_DATA / "kodak"
 
 
+def start_local_ray():
+    """A local Ray on 2 CPUs with a small object store, for the pipeline tests (the caller shuts it down)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
+    return ray
+
+
 @pytest.fixture(scope="session")
 def random_default_model():
     """The default architecture with seeded random weights and non-trivial modulators."""

@@ -37,7 +37,7 @@ def test_job_imports_without_side_effects_and_has_help():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0] == "False"
-    assert "{maml2,maml1,multi}" in out and "--storage-path" in out and "--num-workers" in out
+    assert "{maml2,maml1,multi,online}" in out and "--storage-path" in out and "--num-workers" in out
 
 
 @pytest.mark.parametrize("bad", [{"crop": 100}, {"mode": "maml3"}, {"steps": 0}, {"num_workers": 0}])

@@ -14,7 +14,7 @@ import torch
 from oml import codec
 from oml.imageio import decode_image, encode_png
 
-from .conftest import natural_image
+from .conftest import natural_image, start_local_ray
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -72,8 +72,7 @@ def snapshot(out: Path, pattern: str = "*") -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
-    yield ray
+    yield start_local_ray()
     ray.shutdown()
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from oml.imageio import decode_image, encode_png
 
-from .conftest import natural_image
+from .conftest import natural_image, start_local_ray
 
 ray = pytest.importorskip("ray")
 moto_server = pytest.importorskip("moto.server")
@@ -41,7 +41,7 @@ def s3():
     # (without these credentials) must not be reused.
     s3fs.S3FileSystem.clear_instance_cache()
     # Ray is started after the variables are set, so its workers inherit them.
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
+    start_local_ray()
     try:
         fs = s3fs.S3FileSystem(skip_instance_cache=True)
         fs.mkdir(BUCKET)
