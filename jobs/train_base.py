@@ -1,6 +1,11 @@
-"""Base rate-distortion training of the default model (resumable).
+r"""Base rate-distortion training of the default model (resumable: re-run the same command).
 
-    python jobs/train_base.py --data ../shared/data/train --out runs/default
+    python jobs/train_base.py --data-dir ../shared/data/train --out-dir runs/default \
+        --init training/default/resume.pt
+
+OUT_DIR/last.pt (weights, weight average, optimisers, step) is written every
+--ckpt-every steps and resumed from when present; OUT_DIR/train_log.jsonl gets the
+losses every --log-every steps and held-out numbers every --eval-every steps.
 """
 
 from __future__ import annotations
@@ -10,15 +15,42 @@ import dataclasses
 
 from pipeline.train import BaseTrainConfig, run_base_training
 
+HELP = {
+    "data_dir": "folder of training photos",
+    "out_dir": "folder for last.pt and train_log.jsonl",
+    "steps": "train until this step",
+    "batch": "crops per step",
+    "crop": "crop side in pixels (multiple of 64)",
+    "lr": "Adam learning rate after warm-up",
+    "aux_lr": "learning rate of the entropy bottleneck's quantile loss",
+    "warmup": "linear warm-up steps (also after resuming without optimiser state)",
+    "decay_start": "cosine decay of the learning rate starts here",
+    "decay_end": "and reaches --final-lr here",
+    "final_lr": "learning rate at the end of the decay",
+    "lambda_low": "smallest training λ (log-uniform per crop)",
+    "lambda_high": "largest training λ",
+    "N": "channels of the transforms",
+    "M": "latent channels",
+    "seed": "random seed of the crops and λ draws",
+    "holdout_every": "hold out every n-th photo for validation (0: none)",
+    "log_every": "steps between log lines",
+    "eval_every": "steps between held-out evaluations",
+    "ckpt_every": "steps between checkpoints",
+    "threads": "torch CPU threads",
+    "init": "start from this checkpoint or committed resume point when OUT_DIR has no last.pt",
+    "ema_decay": "decay of the exported weight average",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for field in dataclasses.fields(BaseTrainConfig):
         flag = "--" + field.name.replace("_", "-")
+        text = HELP.get(field.name, "")
         if field.default is dataclasses.MISSING:
-            parser.add_argument(flag, required=True, type=str)
+            parser.add_argument(flag, required=True, type=str, help=text)
         else:
-            parser.add_argument(flag, type=type(field.default), default=field.default)
+            parser.add_argument(flag, type=type(field.default), default=field.default, help=f"{text} (default: %(default)s)")
     args = parser.parse_args(argv)
     cfg = BaseTrainConfig(**vars(args))
     print(run_base_training(cfg))

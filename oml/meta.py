@@ -39,10 +39,9 @@ that situation: every crop takes one inner step on its own λ vector, in log λ,
 along the normalised gradient of its distortion, and the outer loss is the
 mean of the task loss before and after that step, differentiated through the
 step (second order). Ψ learns λ^k responses that one λ step can use, while
-decoding at λ_t stays trained. The step follows each crop's gradient minus the
-batch mean: without that, Ψ learns a shortcut (decode every crop slightly off
-in one shared direction, which the step then undoes) that costs plain
-decoding as much as adaptation gains.
+decoding at λ_t stays trained. (Measured in docs/RESULTS.md: it buys larger
+adaptation gains with worse plain decoding, partly through a shortcut, a shift
+shared by all images that the step then undoes.)
 """
 
 from __future__ import annotations
@@ -268,29 +267,20 @@ def multi_lambda_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor]
 
 
 def lambda_step(
-    synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: FrozenCode, lmbda: float, step: float, center: bool = True
+    synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: FrozenCode, lmbda: float, step: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One differentiable λ-vector step per crop, as online adaptation takes it.
 
     From λ^1 = … = λ^K = λ, each crop moves its log λ vector by ``step`` along
     the normalised gradient of its MSE; the step stays a function of Ψ
-    (``create_graph``). With ``center`` the batch-mean gradient is removed
-    first, so only what differs between crops is stepped along: a Ψ that
-    decodes every crop off its best λ in the same direction (which one shared
-    step would then correct) gains nothing, and the before-step loss keeps λ_t
-    where it is best on average. Returns the MSE per crop ``(B,)`` before and
-    after, and the adapted λ vectors ``(B,K)``.
+    (``create_graph``). Returns the MSE per crop ``(B,)`` before and after,
+    and the adapted λ vectors ``(B,K)``.
     """
     shape = (code.h.shape[0], synthesis.num_lambdas)
     log_lambdas = torch.full(shape, math.log(lmbda), dtype=code.h.dtype, device=code.h.device, requires_grad=True)
     before = F.mse_loss(decode(synthesis, psi, code, log_lambdas.exp()), code.x, reduction="none").flatten(1).mean(1)
     (grad,) = torch.autograd.grad(before.sum(), log_lambdas, create_graph=True)
-    # Normalised, but a gradient far smaller than the batch's typical one (nothing left after
-    # centring) is not blown up to a full step.
-    floor = 1e-3 * grad.detach().norm(dim=1).mean() + 1e-12
-    if center:
-        grad = grad - grad.mean(dim=0, keepdim=True)
-    direction = grad / (grad.norm(dim=1, keepdim=True) + floor)
+    direction = grad / (grad.norm(dim=1, keepdim=True) + 1e-12)
     adapted = (log_lambdas - step * direction).exp()
     after = F.mse_loss(decode(synthesis, psi, code, adapted), code.x, reduction="none").flatten(1).mean(1)
     return before, after, adapted
@@ -302,7 +292,7 @@ def _join(a: FrozenCode, b: FrozenCode) -> FrozenCode:
 
 def online_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, step: float) -> TaskLosses:
     """Adaptation-aware objective: ``(L_j(λ) + L_j(λ'))/2`` over the crops of A_j and B_j
-    together, λ' being each crop's vector after one centred :func:`lambda_step`."""
+    together, λ' being each crop's vector after one :func:`lambda_step`."""
     code = _join(task.support, task.query)
     mse0, mse1, _ = lambda_step(synthesis, psi, code, task.lmbda, step)
     before = (task.lmbda * 255.0**2 * mse0 + code.bpp).mean()
