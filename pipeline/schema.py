@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from oml import codec, tiling
+from oml import codec, metrics, tiling
 
 try:
     import pyarrow as pa
@@ -83,9 +83,8 @@ def pixels_sha256(image: Tensor) -> str:
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
-    """PSNR in dB of two uint8 images (``inf`` when equal), as :mod:`oml.codec` reports it."""
-    mse = (a.float() - b.float()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    """PSNR in dB of two uint8 images (``inf`` when equal), computed as :mod:`oml.codec` reports it."""
+    return float(metrics.psnr(a, b))
 
 
 def mean_psnr(psnrs: list[float], pixels: list[int]) -> float:
