@@ -134,6 +134,7 @@ def adapt(
     metric: str = "psnr",
     gammas: tuple[float, ...] = GAMMAS,
     probe_chunk: int | None = None,
+    stop_early: bool = True,
 ) -> AdaptResult:
     """Search λ* for a batch of equally sized tiles.
 
@@ -147,6 +148,11 @@ def adapt(
         metric: ``psnr`` (MSE) or ``ms-ssim`` (1 − MS-SSIM).
         probe_chunk: step-size probes per forward pass; default all six on a
             GPU, one on a CPU (where a batch of six is slower than six passes).
+        stop_early: stop once every remaining iteration is a no-op, filling
+            the history as they would have (the result is identical): when
+            the next candidate of every tile rounds to its current λ in
+            float16, it cannot improve, so γ halves, and every later, smaller
+            step rounds to the current λ too.
 
     Each iteration costs one forward pass, plus one backward pass when some
     tile accepted its step (rejected steps reuse the last gradient).
@@ -179,6 +185,12 @@ def adapt(
         history.append(d_current)
         lambda_history.append(current)
         seconds.append(time.perf_counter() - t0)
+        if stop_early and it + 1 < steps and torch.equal(_round16(current - gamma[:, None] * grad), current):
+            left = steps - it - 1
+            history.extend([d_current] * left)
+            lambda_history.extend([current] * left)
+            seconds.extend([seconds[-1]] * left)
+            break
     return AdaptResult(
         current.half(), start.score, d_current, torch.stack(history), torch.stack(lambda_history).half(), torch.tensor(seconds)
     )

@@ -85,3 +85,31 @@ def test_history_is_monotone_and_prefix_consistent(random_default_model):
     short = adapt(model.synthesis, h, x, 0.0035, steps=3)
     assert torch.equal(short.lambdas, long.lambda_history[3])
     assert torch.equal(short.distortion_after, long.history[3])
+
+
+def test_stopping_early_changes_nothing_but_the_work(random_default_model):
+    """Once every next step rounds to the current λ the rest are no-ops: stopping there gives the
+    same λ*, history and distortion as running all N iterations, with fewer decoder passes."""
+    model = random_default_model
+    pairs = [_setup(model, natural_image(64, 64, seed=s)) for s in (3, 4)]
+    x, h = torch.cat([p[0] for p in pairs]), torch.cat([p[2] for p in pairs])
+    calls = []
+    suffix = model.synthesis.suffix
+
+    def counted(*args):
+        calls.append(1)
+        return suffix(*args)
+
+    runs = {}
+    for stop in (True, False):
+        calls.clear()
+        model.synthesis.suffix = counted
+        try:
+            runs[stop] = (adapt(model.synthesis, h, x, 0.0035, steps=99, stop_early=stop), len(calls))
+        finally:
+            del model.synthesis.suffix
+    (early, early_calls), (full, full_calls) = runs[True], runs[False]
+    for field in ("lambdas", "distortion_before", "distortion_after", "history", "lambda_history"):
+        assert torch.equal(getattr(early, field), getattr(full, field)), field
+    assert early.seconds.shape == full.seconds.shape == (100,)
+    assert full_calls == 1 + 6 + 99 and early_calls < full_calls / 2
