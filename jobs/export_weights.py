@@ -3,6 +3,9 @@
     python jobs/export_weights.py runs/default/last.pt oml/weights/oml-default.pt \
         --resume-point training/default/resume.pt
 
+CHECKPOINT may also be an oml weights file of the default model, such as the
+float32 one ``jobs/metatrain.py`` writes: it is re-saved as float16.
+
 ``--resume-point`` also writes the compact checkpoint that is committed so a later
 run can continue training: ``python jobs/train_base.py ... --init training/default/resume.pt``.
 """
@@ -10,21 +13,26 @@ run can continue training: ``python jobs/train_base.py ... --init training/defau
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pipeline.train import export_default_weights, save_resume_point
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="training checkpoint (last.pt)")
+    parser.add_argument("checkpoint", help="training checkpoint (last.pt) or oml weights file")
     parser.add_argument("output", help="oml weights file to write")
     parser.add_argument("--float32", action="store_true", help="keep float32 (default: float16, half the size)")
     parser.add_argument("--raw", action="store_true", help="export the raw weights, not their moving average")
     parser.add_argument("--resume-point", help="also write a compact resumable checkpoint here")
     args = parser.parse_args(argv)
-    print(export_default_weights(args.checkpoint, args.output, half=not args.float32, ema=not args.raw))
-    if args.resume_point:
-        print(save_resume_point(args.checkpoint, args.resume_point))
+    try:
+        print(export_default_weights(args.checkpoint, args.output, half=not args.float32, ema=not args.raw))
+        if args.resume_point:
+            print(save_resume_point(args.checkpoint, args.resume_point))
+    except (OSError, ValueError) as exc:
+        print(f"export_weights: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -152,10 +152,14 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
     """Turn a base-training checkpoint (``last.pt``) into the default model's oml weights file.
 
     ``ema``: export the moving average of the weights (when the checkpoint has one).
+    An oml weights file of the default model (``jobs/metatrain.py`` writes float32
+    ones) is re-saved in the chosen precision.
     """
-    from oml.models.zoo import is_derived_buffer, load_model, save_weights
+    from oml.models.zoo import is_derived_buffer, load_model
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if "format" in state:
+        return _save_default(load_model("oml-default", weights=checkpoint), out_path, half)
     cfg = state.get("config", {})
     if (cfg.get("N", 64), cfg.get("M", 128)) != (64, 128):
         raise ValueError("the zoo's oml-default is N=64, M=128; this checkpoint has another size")
@@ -166,6 +170,12 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
     if unexpected or any(not is_derived_buffer(k) for k in missing):
         raise ValueError(f"{checkpoint} does not match the default architecture")
     model.update_entropy_models()
+    return _save_default(model, out_path, half)
+
+
+def _save_default(model, out_path: str | Path, half: bool) -> Path:
+    from oml.models.zoo import save_weights
+
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, out_path, torch.float16 if half else torch.float32)
@@ -175,6 +185,8 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
 def save_resume_point(checkpoint: str | Path, out_path: str | Path) -> Path:
     """A compact copy of a training checkpoint to commit: weights, their average, step, config (no optimizer)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if "model" not in state:
+        raise ValueError(f"{checkpoint} is not a base-training checkpoint (no model state): no resume point to write")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic({k: state[k] for k in ("model", "ema", "step", "config") if k in state}, out_path)

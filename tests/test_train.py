@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 import torch
 from PIL import Image
 
-from pipeline.train import BaseTrainConfig, run_base_training, save_resume_point
+from oml.models.zoo import load_model, save_weights
+from pipeline.train import BaseTrainConfig, export_default_weights, run_base_training, save_resume_point
 
 from .conftest import natural_image
 
@@ -43,3 +46,20 @@ def test_committed_resume_point_continues_the_step_count(tmp_path):
     run_base_training(_config(tmp_path, tmp_path / "b", steps=3, init=str(point)))
     assert _starts(tmp_path / "b" / "train_log.jsonl") == [2]
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_a_float32_weights_file_exports_back_to_the_shipped_float16(tmp_path):
+    """jobs/metatrain.py writes float32 weights files; exporting one gives float16 tensors equal to
+    the model's own, rounded (here: the shipped float16 model, round-tripped through float32)."""
+    shipped = load_model("oml-default")
+    wide = tmp_path / "wide.pt"
+    save_weights(shipped, wide)
+    out = export_default_weights(wide, tmp_path / "narrow.pt")
+    saved = torch.load(out, weights_only=True)["state_dict"]
+    reference = torch.load(wide, weights_only=True)["state_dict"]
+    assert saved.keys() == reference.keys()
+    floats = [k for k, v in saved.items() if v.is_floating_point()]
+    assert floats and all(saved[k].dtype == torch.float16 for k in floats)
+    assert all(torch.equal(saved[k].float(), reference[k]) for k in floats)
+    with pytest.raises(ValueError, match="not a base-training checkpoint"):
+        save_resume_point(wide, tmp_path / "resume.pt")
