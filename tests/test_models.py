@@ -139,3 +139,23 @@ def test_weights_file_round_trip(tmp_path, random_default_model):
     torch.save({"x": torch.zeros(1)}, bad)
     with pytest.raises(ModelUnavailableError, match="not an oml weights file"):
         load_model("oml-default", weights=bad)
+
+
+def test_half_precision_weights_keep_the_architecture_constants(random_default_model, tmp_path):
+    """A float16 weights file leaves out the constants the architecture sets (GDN's pedestal and
+    bounds, the likelihood bound 1e-9, which float16 would round to 0): loading keeps them exact,
+    so rate estimates stay finite."""
+    path = tmp_path / "half.pt"
+    save_weights(random_default_model, path, torch.float16)
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    assert not [k for k in stored if k.endswith((".pedestal", ".bound"))]
+    loaded = load_model("oml-default", weights=path)
+    fresh = load_model("oml-default", pretrained=False)
+    constants = {k: v for k, v in fresh.state_dict().items() if k.endswith((".pedestal", ".bound"))}
+    assert any(k.endswith("likelihood_lower_bound.bound") for k in constants)
+    for key, value in constants.items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    net = loaded.encoders["0"]
+    y = torch.randn(1, net.M, 4, 4) * 50
+    _, likelihoods = net.gaussian_conditional(y, torch.full_like(y, 0.11), means=torch.zeros_like(y))
+    assert torch.isfinite(-torch.log2(likelihoods)).all()

@@ -101,12 +101,21 @@ def _load_weights_file(path: str | Path) -> dict:
 _DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
+# Constants that the architecture sets when it is built (GDN's reparametrisation pedestal and
+# bounds, the entropy models' lower bounds): never stored, and ignored in files that have them.
+# (Stored as float16 they would round: the likelihood bound 1e-9 becomes 0.)
+_CONSTANT_BUFFERS = ("pedestal", "bound")
+
+
 def is_derived_buffer(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS
+    """Whether ``key`` names a buffer that is not part of a weights file: entropy-coder tables
+    that ``update()`` derives, or a constant of the architecture."""
+    return key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS + _CONSTANT_BUFFERS
 
 
 def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
-    """Save a model's weights as an oml weights file (``dtype`` for floating tensors; CDF tables left out)."""
+    """Save a model's weights as an oml weights file (``dtype`` for floating tensors; CDF tables and
+    architecture constants left out)."""
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items() if not is_derived_buffer(k)}
     encoders = sorted(int(q) for q in model.encoders)
     torch.save({"format": WEIGHTS_FORMAT, "name": model.name, "encoders": encoders, "state_dict": state}, path)
@@ -147,6 +156,7 @@ def _build(name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretra
 
 def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
     expected = {k for k in model.state_dict() if not is_derived_buffer(k)}
+    state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in _CONSTANT_BUFFERS}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise ModelUnavailableError(
