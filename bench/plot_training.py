@@ -1,0 +1,49 @@
+"""Plot the default model's training log: held-out PSNR and bpp per λ, and the learning rate, against the step.
+
+    python bench/plot_training.py training/default/train_log.jsonl docs/data/training_curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("log", help="train_log.jsonl of jobs/train_base.py")
+    parser.add_argument("output", help="PNG to write")
+    args = parser.parse_args(argv)
+    rows = [json.loads(line) for line in Path(args.log).read_text().splitlines() if line.strip()]
+    evals = [r for r in rows if "eval" in r]
+    steps = [r for r in rows if "lr" in r]
+    if not evals:
+        parser.error(f"{args.log} has no held-out evaluations")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_psnr, ax_bpp, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+    for i, lmbda in enumerate(e["lambda"] for e in evals[-1]["eval"]):
+        points = [(r["step"], next(e for e in r["eval"] if e["lambda"] == lmbda)) for r in evals]
+        ax_psnr.plot([s for s, _ in points], [e["psnr"] for _, e in points], "o-", ms=3, color=f"C{i}", label=f"λ={lmbda}")
+        ax_bpp.plot([s for s, _ in points], [e["bpp"] for _, e in points], "o-", ms=3, color=f"C{i}", label=f"λ={lmbda}")
+    ax_lr.plot([r["step"] for r in steps], [r["lr"] for r in steps], "-", color="k")
+    ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="held-out photos, 256² centre crops")
+    ax_bpp.set(xlabel="step", ylabel="bpp (estimated)", title="held-out rate")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule", yscale="log")
+    for ax in (ax_psnr, ax_bpp, ax_lr):
+        ax.grid(alpha=0.3)
+    ax_psnr.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=110)
+    plt.close(fig)
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
