@@ -142,11 +142,18 @@ def test_ray_job_submit_end_to_end(tmp_path):
     )  # fmt: skip
     try:
         _wait_for_dashboard(dashboard, head)
-        submit = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--",
-             "python", "jobs/compress.py", "--input", str(inp), "--output", str(out), *ARGS],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=400,
-        )  # fmt: skip
+        # The job server can answer before its agent has registered ("No available agent to
+        # submit job, please try again later"): nothing was submitted then, so try again.
+        deadline = time.monotonic() + 90
+        while True:
+            submit = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", ".", "--",
+                 "python", "jobs/compress.py", "--input", str(inp), "--output", str(out), *ARGS],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=400,
+            )  # fmt: skip
+            if submit.returncode == 0 or "No available agent" not in submit.stderr + submit.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(2)
     finally:
         _stop(head)
         leftover = subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True, text=True).stdout.split()
