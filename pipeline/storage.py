@@ -20,6 +20,8 @@ import uuid
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+from oml.imageio import IMAGE_SUFFIXES
+
 try:
     import fsspec
     from fsspec.core import url_to_fs
@@ -103,8 +105,6 @@ def list_images(uri: str) -> list[str]:
     Raises:
         ValueError: the folder does not exist or holds no image (a user mistake, said in one line).
     """
-    from oml.imageio import IMAGE_SUFFIXES
-
     try:
         files = list_files(uri, IMAGE_SUFFIXES)
     except FileNotFoundError:

@@ -107,10 +107,14 @@ _DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 _CONSTANT_BUFFERS = ("pedestal", "bound")
 
 
+def _is_constant(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in _CONSTANT_BUFFERS
+
+
 def is_derived_buffer(key: str) -> bool:
     """Whether ``key`` names a buffer that is not part of a weights file: entropy-coder tables
     that ``update()`` derives, or a constant of the architecture."""
-    return key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS + _CONSTANT_BUFFERS
+    return key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS or _is_constant(key)
 
 
 def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
@@ -156,7 +160,7 @@ def _build(name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretra
 
 def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
     expected = {k for k in model.state_dict() if not is_derived_buffer(k)}
-    state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in _CONSTANT_BUFFERS}
+    state = {k: v for k, v in state.items() if not _is_constant(k)}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise ModelUnavailableError(
