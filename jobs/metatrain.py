@@ -20,9 +20,10 @@ from pipeline.metatrain import MetaTrainConfig, run_metatrain
 HELP = {
     "weights": "oml weights file or base-training checkpoint (runs/default/last.pt); empty: the zoo's weights",
     "mode": "maml2: second-order MAML (Eq. 4); maml1: first-order; multi: plain multi-λ training (ablation); "
-    "online: adaptation-aware, the inner step moves each crop's λ vector as online adaptation does",
+    "online: adaptation-aware, the inner step moves each crop's λ vector as online adaptation does; "
+    "offset: online's objective, training only added λ-offset branches, so plain decoding stays exactly as it was",
     "inner_lr": "MAML's inner step size on the modulators' parameters",
-    "lambda_step": "online mode's inner step: distance moved in log λ along the normalised distortion gradient",
+    "lambda_step": "online and offset modes' inner step: distance moved in log λ along the normalised distortion gradient",
     "tasks_per_step": "tasks per worker per step",
     "batch": "crops per mini-batch (A and B of each task)",
     "storage_path": "checkpoints go to STORAGE_PATH/NAME (local or s3://); re-running the same command resumes",

@@ -97,11 +97,11 @@ class _Trial(NamedTuple):
     lambdas: Tensor  # (B, K) the λ leaf the loss depends on
 
 
-def _trial(synthesis: ModulatedSynthesis, h: Tensor, x: Tensor, lambdas: Tensor, metric: str, graph: bool) -> _Trial:
-    """Decode with ``lambdas`` ``(B,K)``; keep the autograd graph only when ``graph``."""
+def _trial(synthesis: ModulatedSynthesis, h: Tensor, x: Tensor, lambdas: Tensor, lmbda_t: Tensor, metric: str, graph: bool) -> _Trial:
+    """Decode with ``lambdas`` ``(B,K)`` (coded λ_t ``(B,)``); keep the autograd graph only when ``graph``."""
     lam = lambdas.detach().requires_grad_(graph)
     with torch.set_grad_enabled(graph):
-        x_hat = synthesis.suffix(h, lam)[..., : x.shape[-2], : x.shape[-1]]
+        x_hat = synthesis.suffix(h, lam, lmbda_t)[..., : x.shape[-2], : x.shape[-1]]
         loss = distortion(metric, x_hat.clamp(0, 1), x) if graph else None
     with torch.no_grad():
         score = distortion(metric, to_pixels(x_hat), x)
@@ -113,14 +113,16 @@ def _gradient(trial: _Trial) -> Tensor:
     return grad
 
 
-def _probe_scores(synthesis: ModulatedSynthesis, h: Tensor, x: Tensor, cands: Tensor, metric: str, chunk: int) -> Tensor:
+def _probe_scores(synthesis: ModulatedSynthesis, h: Tensor, x: Tensor, cands: Tensor, lmbda_t: Tensor, metric: str, chunk: int) -> Tensor:
     """Scores ``(B, P)`` of P candidate λ vectors per tile, ``chunk`` probes per forward pass."""
     batch, probes, k = cands.shape
     scores = []
     for start in range(0, probes, chunk):
         part = cands[:, start : start + chunk]
         n = part.shape[1]
-        trial = _trial(synthesis, h.repeat_interleave(n, 0), x.repeat_interleave(n, 0), part.reshape(batch * n, k), metric, graph=False)
+        trial = _trial(
+            synthesis, h.repeat_interleave(n, 0), x.repeat_interleave(n, 0), part.reshape(batch * n, k), lmbda_t.repeat_interleave(n, 0), metric, graph=False
+        )
         scores.append(trial.score.view(batch, n))
     return torch.cat(scores, 1)
 
@@ -161,7 +163,8 @@ def adapt(
     batch, k = h.shape[0], synthesis.num_lambdas
     chunk = probe_chunk or (len(gammas) if h.is_cuda else 1)
     current = _round16(torch.full((batch, k), float(lmbda_t), device=h.device))
-    start = _trial(synthesis, h, x, current, metric, graph=True)
+    coded = torch.full((batch,), float(lmbda_t), device=h.device)
+    start = _trial(synthesis, h, x, current, coded, metric, graph=True)
     d_current, grad = start.score, _gradient(start)
     gamma = torch.zeros(batch, device=h.device)
     probes = torch.tensor(gammas, device=h.device)
@@ -169,12 +172,12 @@ def adapt(
     for it in range(steps):
         if it == 0:
             cands = _round16(current[:, None, :] - probes[None, :, None] * grad[:, None, :])
-            best = _probe_scores(synthesis, h, x, cands, metric, chunk).argmin(1)
+            best = _probe_scores(synthesis, h, x, cands, coded, metric, chunk).argmin(1)
             gamma = probes[best]
             cand = cands[torch.arange(batch, device=h.device), best]
         else:
             cand = _round16(current - gamma[:, None] * grad)
-        trial = _trial(synthesis, h, x, cand, metric, graph=it + 1 < steps)
+        trial = _trial(synthesis, h, x, cand, coded, metric, graph=it + 1 < steps)
         better = trial.score < d_current
         if better.any():
             current = torch.where(better[:, None], cand, current)

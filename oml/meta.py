@@ -42,6 +42,12 @@ step (second order). Ψ learns λ^k responses that one λ step can use, while
 decoding at λ_t stays trained. (Measured in docs/RESULTS.md: it buys larger
 adaptation gains with worse plain decoding, partly through a shortcut, a shift
 shared by all images that the step then undoes.)
+
+A fifth mode, ``offset``, closes that shortcut: Ψ is not the modulators but
+λ-offset branches added to them (:class:`~oml.models.modulator.LambdaOffset`),
+which are exactly 0 at λ^k = λ_t. Plain decoding cannot change, so the
+objective is the loss after the λ step alone, and whatever is learnt is a
+response to λ^k ≠ λ_t that online adaptation can use.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from oml.models.synthesis import ModulatedSynthesis
 from oml.models.variable_rate import VariableRateModel
 
 META_PREFIX = "modulators."
+OFFSET_PREFIX = "offsets."
 
 
 class MetaMode(str, Enum):
@@ -69,18 +76,21 @@ class MetaMode(str, Enum):
     MAML1 = "maml1"  # first-order MAML: the inner gradient is a constant
     MULTI = "multi"  # ablation baseline: plain multi-λ training, no inner step
     ONLINE = "online"  # adaptation-aware: the inner step moves each crop's λ vector (Eq. 5), not Ψ
+    OFFSET = "offset"  # online's inner step, training only the λ-offset branches: plain decoding unchanged
 
 
 class FrozenCode(NamedTuple):
     """One mini-batch as the frozen encoder leaves it.
 
     ``x``: the crops ``(B,3,H,W)`` in [0, 1]; ``h``: ``synthesis.prefix(ŷ, λ_t)``
-    ``(B,C,h,w)``; ``bpp``: estimated bits per pixel of each crop ``(B,)``.
+    ``(B,C,h,w)``; ``bpp``: estimated bits per pixel of each crop ``(B,)``;
+    ``lmbda_t``: the coded λ_t of each crop ``(B,)``.
     """
 
     x: Tensor
     h: Tensor
     bpp: Tensor
+    lmbda_t: Tensor
 
 
 class MetaTask(NamedTuple):
@@ -118,16 +128,22 @@ class MetaStepResult(NamedTuple):
     grad_norm: float
 
 
-def meta_parameters(synthesis: ModulatedSynthesis) -> dict[str, nn.Parameter]:
-    """Ψ: the modulators' parameters, keyed by their names inside ``synthesis``."""
-    return {name: p for name, p in synthesis.named_parameters() if name.startswith(META_PREFIX)}
+def meta_parameters(synthesis: ModulatedSynthesis, mode: MetaMode | str = MetaMode.MAML2) -> dict[str, nn.Parameter]:
+    """Ψ, keyed by their names inside ``synthesis``: the modulators' parameters, or in
+    ``offset`` mode the λ-offset branches' (which the decoder must have)."""
+    prefix = META_PREFIX
+    if MetaMode(mode) is MetaMode.OFFSET:
+        if synthesis.offsets is None:
+            raise ValueError("meta mode 'offset' needs a decoder with λ-offset branches (ModulatedSynthesis(offsets=True))")
+        prefix = OFFSET_PREFIX
+    return {name: p for name, p in synthesis.named_parameters() if name.startswith(prefix)}
 
 
-def prepare_meta(model: VariableRateModel) -> dict[str, nn.Parameter]:
+def prepare_meta(model: VariableRateModel, mode: MetaMode | str = MetaMode.MAML2) -> dict[str, nn.Parameter]:
     """Freeze everything but Ψ, put the model in eval mode (rounding quantisers) and return Ψ."""
     model.eval()
     model.requires_grad_(False)
-    psi = meta_parameters(model.synthesis)
+    psi = meta_parameters(model.synthesis, mode)
     for p in psi.values():
         p.requires_grad_(True)
     return psi
@@ -205,8 +221,9 @@ def encode_frozen(model: VariableRateModel, x: Tensor, lmbda: float) -> FrozenCo
     quality, lmbda_t = encoder_quality(model, lmbda)
     y = model.analyze(x, quality, lmbda_t)
     y_hat, bits = latent_and_bits(model.kind, model.encoders[str(quality)], y)
-    h = model.synthesis.prefix(y_hat, torch.full((x.shape[0],), lmbda_t, dtype=x.dtype, device=x.device))
-    return FrozenCode(x, h, bits / (x.shape[-2] * x.shape[-1]))
+    coded = torch.full((x.shape[0],), lmbda_t, dtype=x.dtype, device=x.device)
+    h = model.synthesis.prefix(y_hat, coded)
+    return FrozenCode(x, h, bits / (x.shape[-2] * x.shape[-1]), coded)
 
 
 class _Suffix(nn.Module):
@@ -216,8 +233,8 @@ class _Suffix(nn.Module):
         super().__init__()
         self.synthesis = synthesis
 
-    def forward(self, h: Tensor, lambdas: Tensor) -> Tensor:
-        return self.synthesis.suffix(h, lambdas)
+    def forward(self, h: Tensor, lambdas: Tensor, lmbda_t: Tensor) -> Tensor:
+        return self.synthesis.suffix(h, lambdas, lmbda_t)
 
 
 def decode(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: FrozenCode, lmbda: float | Tensor) -> Tensor:
@@ -226,7 +243,7 @@ def decode(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: Froze
     if not isinstance(lmbda, Tensor):
         lmbda = torch.full((code.h.shape[0], synthesis.num_lambdas), lmbda, dtype=code.h.dtype, device=code.h.device)
     params = {"synthesis." + name: value for name, value in psi.items()}
-    return functional_call(_Suffix(synthesis), params, (code.h, lmbda))
+    return functional_call(_Suffix(synthesis), params, (code.h, lmbda, code.lmbda_t))
 
 
 def task_loss(x_hat: Tensor, code: FrozenCode, lmbda: float) -> tuple[Tensor, Tensor]:
@@ -267,23 +284,33 @@ def multi_lambda_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor]
 
 
 def lambda_step(
-    synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: FrozenCode, lmbda: float, step: float
+    synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], code: FrozenCode, lmbda: float, step: float | Sequence[float]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One differentiable λ-vector step per crop, as online adaptation takes it.
 
     From λ^1 = … = λ^K = λ, each crop moves its log λ vector by ``step`` along
     the normalised gradient of its MSE; the step stays a function of Ψ
-    (``create_graph``). Returns the MSE per crop ``(B,)`` before and after,
-    and the adapted λ vectors ``(B,K)``.
+    (``create_graph``). Several step lengths make a line search, as the
+    adaptation's step-size probes do: each crop keeps the length whose MSE is
+    lowest. Returns the MSE per crop ``(B,)`` before and after, and the adapted
+    λ vectors ``(B,K)``.
     """
+    steps = [float(step)] if isinstance(step, (int, float)) else [float(s) for s in step]
     shape = (code.h.shape[0], synthesis.num_lambdas)
     log_lambdas = torch.full(shape, math.log(lmbda), dtype=code.h.dtype, device=code.h.device, requires_grad=True)
     before = F.mse_loss(decode(synthesis, psi, code, log_lambdas.exp()), code.x, reduction="none").flatten(1).mean(1)
     (grad,) = torch.autograd.grad(before.sum(), log_lambdas, create_graph=True)
     direction = grad / (grad.norm(dim=1, keepdim=True) + 1e-12)
-    adapted = (log_lambdas - step * direction).exp()
-    after = F.mse_loss(decode(synthesis, psi, code, adapted), code.x, reduction="none").flatten(1).mean(1)
-    return before, after, adapted
+    candidates = torch.stack([(log_lambdas - s * direction).exp() for s in steps], 1)  # (B, S, K)
+    errors = torch.stack(
+        [F.mse_loss(decode(synthesis, psi, code, candidates[:, i]), code.x, reduction="none").flatten(1).mean(1) for i in range(len(steps))], 1
+    )
+    after, best = errors.min(1)
+    return before, after, candidates[torch.arange(shape[0], device=best.device), best]
+
+
+# The offset mode's line search: these multiples of the λ step (a distance in log λ).
+OFFSET_STEP_LADDER = (1 / 9, 1 / 3, 1.0, 3.0)
 
 
 def _join(a: FrozenCode, b: FrozenCode) -> FrozenCode:
@@ -300,6 +327,21 @@ def online_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task
     return TaskLosses((before + after) / 2, before.detach(), after.detach(), mse1.mean().detach(), code.bpp.mean())
 
 
+def offset_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, step: float) -> TaskLosses:
+    """``offset`` mode: ``L_j(λ')`` after one :func:`lambda_step` with a line search over
+    ``step`` × :data:`OFFSET_STEP_LADDER`, over the crops of A_j and B_j.
+
+    Ψ is the λ-offset branches, which are 0 at λ^k = λ_t: ``L_j(λ_t)`` does not
+    depend on Ψ (up to float16 rounding of λ_t), so the loss after the step is the
+    whole objective and plain decoding cannot get worse.
+    """
+    code = _join(task.support, task.query)
+    mse0, mse1, _ = lambda_step(synthesis, psi, code, task.lmbda, [step * m for m in OFFSET_STEP_LADDER])
+    before = (task.lmbda * 255.0**2 * mse0 + code.bpp).mean()
+    after = (task.lmbda * 255.0**2 * mse1 + code.bpp).mean()
+    return TaskLosses(after, before.detach(), after.detach(), mse1.mean().detach(), code.bpp.mean())
+
+
 def task_losses(
     mode: MetaMode, synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, inner_lr: float, lambda_step_size: float = 0.5
 ) -> TaskLosses:
@@ -309,6 +351,8 @@ def task_losses(
         return multi_lambda_losses(synthesis, psi, task)
     if mode is MetaMode.ONLINE:
         return online_losses(synthesis, psi, task, lambda_step_size)
+    if mode is MetaMode.OFFSET:
+        return offset_losses(synthesis, psi, task, lambda_step_size)
     return maml_losses(synthesis, psi, task, inner_lr, second_order=mode is MetaMode.MAML2)
 
 

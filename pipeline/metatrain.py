@@ -137,8 +137,16 @@ def _from_training_checkpoint(state: dict, origin: str) -> VariableRateModel:
 
 
 def load_base_model(cfg: MetaTrainConfig) -> VariableRateModel:
-    """The frozen base model of the run (see :class:`MetaTrainConfig` for the sources)."""
+    """The frozen base model of the run (see :class:`MetaTrainConfig` for the sources); in
+    ``offset`` mode with fresh λ-offset branches unless its weights have some."""
     torch.manual_seed(cfg.seed)  # random weights (pretrained=False) must match on every worker
+    model = _load_base(cfg)
+    if MetaMode(cfg.mode) is MetaMode.OFFSET and model.synthesis.offsets is None:
+        model.synthesis.add_offsets()
+    return model
+
+
+def _load_base(cfg: MetaTrainConfig) -> VariableRateModel:
     if not cfg.weights:
         return load_model(cfg.model, cfg.quality, pretrained=cfg.pretrained, all_qualities=True)
     data = storage.read_bytes(cfg.weights)
@@ -219,7 +227,7 @@ def _train_loop(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     model = load_base_model(cfg).to(device)
-    psi = prepare_meta(model)
+    psi = prepare_meta(model, cfg.mode)
     optimizer = torch.optim.Adam(psi.values(), lr=cfg.outer_lr)
     log = _restore(ray.train.get_checkpoint(), cfg, model, optimizer, device)
     step, reported = len(log), len(log)

@@ -133,26 +133,32 @@ def test_online_lambda_step_lowers_each_crops_distortion():
     assert adapted.std(dim=0).sum() > 0  # each crop takes its own step
 
 
-def test_online_meta_gradient_differentiates_through_the_lambda_step():
-    """The online objective's Ψ-gradient matches central differences (float64), and differs from
-    the gradient that treats the adapted λ as a constant."""
-    model = tiny_model()
-    task = make_task(model, 0.0067, 0)
+def directional_derivatives(mode: MetaMode, model: VariableRateModel, task: MetaTask, step: float, seed: int):
+    """In float64: the meta-gradient of ``mode``'s objective along a random direction, and its
+    central difference; also returns Ψ and the task as float64."""
     model.double()
     task = task._replace(support=FrozenCode(*(t.double() for t in task.support)), query=FrozenCode(*(t.double() for t in task.query)))
-    psi = meta_parameters(model.synthesis)
-    step = 0.3
-    (grads, _) = meta_gradient(MetaMode.ONLINE, model.synthesis, psi, [task], 0.0, step)
-    gen = torch.Generator().manual_seed(2)
+    psi = meta_parameters(model.synthesis, mode)
+    (grads, _) = meta_gradient(mode, model.synthesis, psi, [task], 0.0, step)
+    gen = torch.Generator().manual_seed(seed)
     direction = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in psi.values()]
 
     def objective(shift: float) -> float:
         moved = {name: (p + shift * v).detach() for (name, p), v in zip(psi.items(), direction)}
-        return float(task_losses(MetaMode.ONLINE, model.synthesis, moved, task, 0.0, step).objective.detach())
+        return float(task_losses(mode, model.synthesis, moved, task, 0.0, step).objective.detach())
 
     eps = 1e-5
     numeric = (objective(eps) - objective(-eps)) / (2 * eps)
     analytic = float(sum((g * v).sum() for g, v in zip(grads, direction)))
+    return analytic, numeric, psi, task, direction
+
+
+def test_online_meta_gradient_differentiates_through_the_lambda_step():
+    """The online objective's Ψ-gradient matches central differences (float64), and differs from
+    the gradient that treats the adapted λ as a constant."""
+    model = tiny_model()
+    step = 0.3
+    analytic, numeric, psi, task, direction = directional_derivatives(MetaMode.ONLINE, model, make_task(model, 0.0067, 0), step, 2)
     assert analytic == pytest.approx(numeric, rel=1e-4)
     # Treating each λ' as a constant (no path through the step) gives another gradient.
     code = FrozenCode(*(torch.cat(pair) for pair in zip(task.support, task.query)))
@@ -266,3 +272,51 @@ def test_rate_estimate_matches_compressai_eval_forward(name):
         expected = sum(-torch.log2(p).flatten(1).sum(1) for p in out["likelihoods"].values())
         _, bits = latent_and_bits(ZOO[name].kind, base, base.g_a(x))
     torch.testing.assert_close(bits, expected, rtol=1e-5, atol=1e-2)
+
+
+def offset_model(seed: int = 0) -> VariableRateModel:
+    """:func:`tiny_model` with λ-offset branches of non-trivial weights, Ψ = the branches."""
+    torch.manual_seed(seed)
+    net = OMLHyperprior(N=16, M=24, offsets=True)
+    with torch.no_grad():
+        for mod in net.g_s.modulators:
+            mod.fc2.weight.normal_(0, 0.3)
+        for off in net.g_s.offsets:
+            off.fc2.weight.normal_(0, 0.3)
+    model = VariableRateModel("oml-default", "mean_scale", GROUP, {0: net}, net.g_s, net.M)
+    prepare_meta(model, MetaMode.OFFSET)
+    return model
+
+
+def test_offset_mode_trains_only_the_offset_branches_and_keeps_plain_decoding():
+    model = offset_model()
+    psi = meta_parameters(model.synthesis, MetaMode.OFFSET)
+    assert psi and all(name.startswith("offsets.") for name in psi)
+    assert all(p.requires_grad == name.startswith("offsets.") for name, p in model.synthesis.named_parameters())
+    y = torch.randn(1, 24, 4, 4)
+    lam = 0.0067
+    plain_lambdas = torch.full((1, 4), lam).half().float()
+    before_plain = model.synthesize(y, plain_lambdas, lam)
+    moved = plain_lambdas * torch.tensor([2.0, 0.5, 1.0, 3.0])
+    before_moved = model.synthesize(y, moved, lam)
+    state = snapshot(model)
+    optimizer = torch.optim.Adam(psi.values(), lr=1e-2)
+    for seed in range(3):
+        meta_step(MetaMode.OFFSET, model.synthesis, psi, optimizer, [make_task(model, lam, seed)], 0.0, lambda_step_size=0.5)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed and all(".offsets." in k or k.startswith("offsets.") for k in changed)
+    assert torch.equal(model.synthesize(y, plain_lambdas, lam), before_plain)
+    assert not torch.equal(model.synthesize(y, moved, lam), before_moved)
+
+
+def test_offset_meta_gradient_matches_finite_differences():
+    """Through the λ step and its line search (the best of four lengths per crop)."""
+    model = offset_model()
+    analytic, numeric, *_ = directional_derivatives(MetaMode.OFFSET, model, make_task(model, 0.0035, 3), 0.4, 5)
+    assert analytic != 0.0
+    assert analytic == pytest.approx(numeric, rel=1e-4)
+
+
+def test_offset_mode_needs_offset_branches():
+    with pytest.raises(ValueError, match="offset"):
+        meta_parameters(tiny_model().synthesis, MetaMode.OFFSET)

@@ -159,3 +159,62 @@ def test_half_precision_weights_keep_the_architecture_constants(random_default_m
     y = torch.randn(1, net.M, 4, 4) * 50
     _, likelihoods = net.gaussian_conditional(y, torch.full_like(y, 0.11), means=torch.zeros_like(y))
     assert torch.isfinite(-torch.log2(likelihoods)).all()
+
+
+def test_lambda_offset_is_zero_exactly_at_the_float16_coded_lambda():
+    from oml.models.modulator import LambdaOffset
+
+    off = LambdaOffset(8)
+    with torch.no_grad():
+        off.fc2.weight.normal_()
+    coded = torch.tensor([0.0018, 0.00512, 0.013])  # 0.00512 is not a float16 value
+    at_t = off(coded.half().float(), coded)
+    assert torch.equal(at_t, torch.zeros_like(at_t))
+    moved = off(coded * 1.5, coded)
+    assert moved.abs().min() > 0
+
+
+def test_offset_branches_leave_plain_decoding_unchanged():
+    """With λ-offset branches of any weights, λ^k = λ_t (as float16) decodes exactly as without them;
+    moved λ^k decode differently, and the branches need λ_t."""
+    from oml.models.synthesis import ModulatedSynthesis
+
+    torch.manual_seed(0)
+    blocks = [torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(3)]
+    plain = ModulatedSynthesis(blocks, (4, 4, 4))
+    with_offsets = ModulatedSynthesis(blocks, (4, 4, 4), offsets=True)
+    with_offsets.modulators.load_state_dict(plain.modulators.state_dict())
+    with torch.no_grad():
+        for mod in plain.modulators:
+            mod.fc2.weight.normal_(0, 0.3)
+        with_offsets.modulators.load_state_dict(plain.modulators.state_dict())
+        for off in with_offsets.offsets:
+            off.fc2.weight.normal_()
+    y, coded = torch.randn(2, 4, 8, 8), torch.tensor([0.0031, 0.0089])
+    lam = coded.half().float()[:, None].expand(-1, 3)
+    assert torch.equal(with_offsets(y, lam, coded), plain(y, lam, coded))
+    moved = lam * torch.tensor([1.0, 2.0, 0.5])
+    assert not torch.allclose(with_offsets(y, moved, coded), plain(y, moved, coded))
+    with pytest.raises(ValueError, match="lmbda_t"):
+        with_offsets.suffix(y, lam)
+
+
+def test_weights_with_offset_branches_load_with_them(tmp_path):
+    """A weights file holding λ-offset branches builds a decoder with them (and decodes as saved);
+    one without them keeps the paper's architecture."""
+    torch.manual_seed(1)
+    model = load_model("oml-default", pretrained=False)
+    assert model.synthesis.offsets is None
+    model.synthesis.add_offsets()
+    with torch.no_grad():
+        for off in model.synthesis.offsets:
+            off.fc2.weight.normal_(0, 0.3)
+    path = tmp_path / "offsets.pt"
+    save_weights(model, path)
+    loaded = load_model("oml-default", weights=path)
+    assert loaded.synthesis.offsets is not None
+    y, moved = torch.randn(1, 128, 2, 2), torch.tensor([[0.002, 0.004, 0.008, 0.001]])
+    assert torch.equal(loaded.synthesize(y, moved, 0.0035), model.synthesize(y, moved, 0.0035))
+    plain = tmp_path / "plain.pt"
+    save_weights(load_model("oml-default", pretrained=False), plain)
+    assert load_model("oml-default", weights=plain).synthesis.offsets is None

@@ -58,9 +58,11 @@ class OMLHyperprior(CompressionModel):
     Args:
         N: channels of the transforms' hidden layers and of the hyper-latent z.
         M: channels of the latent y.
+        offsets: give the decoder λ-offset branches
+            (:class:`~oml.models.modulator.LambdaOffset`).
     """
 
-    def __init__(self, N: int = 64, M: int = 128) -> None:
+    def __init__(self, N: int = 64, M: int = 128, offsets: bool = False) -> None:
         super().__init__()
         self.N, self.M = int(N), int(M)
         self.g_a = ConditionalAnalysis(N, M)
@@ -73,6 +75,7 @@ class OMLHyperprior(CompressionModel):
             ],
             channels=(N, N, N, 3),
             rate_gain_channels=M,
+            offsets=offsets,
         )
         self.h_a = nn.Sequential(
             conv(M, N, stride=1, kernel_size=3),

@@ -60,3 +60,37 @@ class Modulator(nn.Module):
     def forward(self, y: Tensor, lmbda: Tensor) -> Tensor:
         """Scale ``y`` of shape ``(B, C, H, W)`` by ``s(λ)`` with λ of shape ``(B,)``."""
         return y * self.scales(lmbda)[:, :, None, None]
+
+
+class LambdaOffset(nn.Module):
+    """Channel-wise log-scale offset driven by how far λ^k has moved from the coded λ_t.
+
+    Beyond the paper. A modulator sees only its own λ^k, and plain decoding uses
+    ``s_k(λ_t)`` at every coded λ_t, so on the coding range ``s_k`` is pinned by
+    plain decoding: moving λ^k can only borrow another quality's response. This
+    branch adds a response that exists only off the diagonal::
+
+        t = enc(λ_t),  d = enc(λ^k) − t
+        o(λ^k, λ_t) = FC_2(tanh(FC_1([d, t]))) − FC_2(tanh(FC_1([0, t])))
+        Y' = s_k(λ^k) · exp(o) · Y
+
+    λ_t enters rounded to float16, as the file carries λ*: ``o`` is exactly 0 when
+    λ^k is the float16 λ_t that plain decoding uses, so plain decoding is the same whatever
+    the branch's weights: training it (meta mode ``offset``) can only change
+    what online adaptation finds. ``FC_2`` starts at zero: a fresh branch is
+    the identity everywhere.
+    """
+
+    def __init__(self, channels: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(2, hidden)
+        self.fc2 = nn.Linear(hidden, channels, bias=False)
+        nn.init.zeros_(self.fc2.weight)
+
+    def forward(self, lmbda: Tensor, lmbda_t: Tensor) -> Tensor:
+        """λ^k and λ_t of shape ``(B,)`` → log-scale offsets ``(B, C)``, 0 where λ^k = λ_t."""
+        t = encode_lambda(lmbda_t.half().to(lmbda.dtype))
+        d = encode_lambda(lmbda) - t
+        moved = self.fc2(torch.tanh(self.fc1(torch.stack((d, t), -1))))
+        still = self.fc2(torch.tanh(self.fc1(torch.stack((torch.zeros_like(t), t), -1))))
+        return moved - still

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
-from oml.models.modulator import Modulator
+from oml.models.modulator import LambdaOffset, Modulator
 
 
 class ModulatedSynthesis(nn.Module):
@@ -31,6 +32,9 @@ class ModulatedSynthesis(nn.Module):
         channels: output channel count of each block.
         rate_gain_channels: channels of ŷ for a λ_t-driven rate gain, or ``None`` for none.
         hidden: width of the modulators' hidden FC layer.
+        offsets: add a :class:`~oml.models.modulator.LambdaOffset` branch to each
+            modulator (beyond the paper): a response to ``λ^k ≠ λ_t`` that leaves
+            plain decoding unchanged. :meth:`suffix` then needs λ_t.
     """
 
     def __init__(
@@ -39,6 +43,7 @@ class ModulatedSynthesis(nn.Module):
         channels: Sequence[int],
         rate_gain_channels: int | None = None,
         hidden: int = 64,
+        offsets: bool = False,
     ) -> None:
         super().__init__()
         if len(blocks) != len(channels):
@@ -46,6 +51,17 @@ class ModulatedSynthesis(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.modulators = nn.ModuleList(Modulator(c, hidden) for c in channels)
         self.rate_gain = Modulator(rate_gain_channels, hidden) if rate_gain_channels else None
+        self.offsets = None
+        if offsets:
+            self.add_offsets()
+
+    def add_offsets(self) -> None:
+        """Give every modulator a fresh λ-offset branch (the identity until trained)."""
+        if self.offsets is not None:
+            raise ValueError("this decoder has λ-offset branches already")
+        channels = [m.fc2.out_features for m in self.modulators]
+        ref = next(self.parameters())
+        self.offsets = nn.ModuleList(LambdaOffset(c) for c in channels).to(ref.device, ref.dtype)
 
     @property
     def num_lambdas(self) -> int:
@@ -57,18 +73,27 @@ class ModulatedSynthesis(nn.Module):
         h = self.rate_gain(y_hat, lmbda_t) if self.rate_gain is not None else y_hat
         return self.blocks[0](h)
 
-    def suffix(self, h: Tensor, lambdas: Tensor) -> Tensor:
-        """The rest, from :meth:`prefix`'s output and λ vectors ``(B,K)`` → x̂ ``(B,3,H,W)``."""
+    def suffix(self, h: Tensor, lambdas: Tensor, lmbda_t: Tensor | None = None) -> Tensor:
+        """The rest, from :meth:`prefix`'s output and λ vectors ``(B,K)`` → x̂ ``(B,3,H,W)``.
+
+        ``lmbda_t`` ``(B,)``, the coded λ, is needed only with offset branches.
+        """
         if lambdas.dim() != 2 or lambdas.shape[1] != self.num_lambdas:
             raise ValueError(f"lambdas must have shape (B, {self.num_lambdas}), got {tuple(lambdas.shape)}")
-        h = self.modulators[0](h, lambdas[:, 0])
-        for k in range(1, self.num_lambdas):
-            h = self.modulators[k](self.blocks[k](h), lambdas[:, k])
+        if self.offsets is not None and lmbda_t is None:
+            raise ValueError("this decoder has λ-offset branches: suffix() needs lmbda_t")
+        for k in range(self.num_lambdas):
+            if k:
+                h = self.blocks[k](h)
+            scales = self.modulators[k].scales(lambdas[:, k])
+            if self.offsets is not None:
+                scales = scales * torch.exp(self.offsets[k](lambdas[:, k], lmbda_t))
+            h = h * scales[:, :, None, None]
         return h
 
     def forward(self, y_hat: Tensor, lambdas: Tensor, lmbda_t: Tensor) -> Tensor:
         """Decode ŷ ``(B,M,h,w)`` with λ vectors ``(B,K)`` and coded λ_t ``(B,)`` → x̂ ``(B,3,H,W)``."""
-        return self.suffix(self.prefix(y_hat, lmbda_t), lambdas)
+        return self.suffix(self.prefix(y_hat, lmbda_t), lambdas, lmbda_t)
 
 
 def split_sequential(seq: nn.Sequential, starts: Sequence[int]) -> list[nn.Module]:

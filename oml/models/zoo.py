@@ -143,11 +143,16 @@ def _compressai_base(name: str, quality: int, pretrained: bool) -> torch.nn.Modu
         ) from None
 
 
-def _build(name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretrained: bool) -> VariableRateModel:
+def _has_offsets(state: dict) -> bool:
+    """Whether a weights file's tensors include λ-offset branches (meta mode ``offset``)."""
+    return any(".offsets." in k or k.startswith("offsets.") for k in state)
+
+
+def _build(name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretrained: bool, offsets: bool = False) -> VariableRateModel:
     entry = _entry(name)
     lambdas = {q: MSE_LAMBDAS[q] for q in group}
     if name == "oml-default":
-        net = OMLHyperprior()
+        net = OMLHyperprior(offsets=offsets)
         return VariableRateModel(name, entry.kind, lambdas, {0: net}, net.g_s, net.M)
     bases = {q: _compressai_base(name, q, pretrained) for q in sorted(set(qualities) | {max(group)})}
     top = bases[max(group)]
@@ -155,7 +160,7 @@ def _build(name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretra
     channels = [top.N] * (len(stages) - 1) + [3]
     for base in bases.values():
         del base.g_s  # only the group's shared, modulated decoder decodes
-    return VariableRateModel(name, entry.kind, lambdas, bases, ModulatedSynthesis(stages, channels), top.M)
+    return VariableRateModel(name, entry.kind, lambdas, bases, ModulatedSynthesis(stages, channels, offsets=offsets), top.M)
 
 
 def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
@@ -203,11 +208,13 @@ def load_model(
         if state["name"] != name:
             raise ModelUnavailableError(f"{path} holds weights of {state['name']}, not {name}")
         qualities = tuple(q for q in state["encoders"] if q in group) or qualities
-    model = _build(name, group, qualities, pretrained=pretrained and not from_file)
+    model = _build(name, group, qualities, pretrained=pretrained and not from_file, offsets=from_file and _has_offsets(state["state_dict"]))
     if from_file:
         _load_state(model, state["state_dict"], str(path))
     if modulators is not None:
         synth = {k[len("synthesis.") :]: v.float() for k, v in _load_weights_file(modulators)["state_dict"].items() if k.startswith("synthesis.")}
+        if _has_offsets(synth) and model.synthesis.offsets is None:
+            model.synthesis.add_offsets()
         model.synthesis.load_state_dict(synth)
     elif pretrained and not from_file and len(group) > 1:
         warnings.warn(f"{name}: no meta-trained modulators given; qualities below {max(group)} decode with the top quality's plain decoder", stacklevel=2)
