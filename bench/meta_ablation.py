@@ -1,7 +1,7 @@
 """Meta-training ablation on Kodak: the same base decoder with differently trained modulators.
 
 Each variant is an oml weights file of the default model (same encoder, same
-decoding blocks; only the modulators Ψ differ). For each, ``bench/adapt_study.py``
+decoding blocks; only the modulators Ψ, or their λ-offset branches, differ). For each, ``bench/adapt_study.py``
 codes Kodak at the given qualities and adapts every tile, so one run gives the
 plain rate-distortion point (N = 0) and the gain of online adaptation at each
 recorded N. Variants already measured (their summary exists) are not re-run, so
@@ -9,8 +9,9 @@ an interrupted ablation resumes. Writes ``<out>/ablation.json``,
 ``<out>/ablation.md`` (a table) and ``<out>/ablation.png``.
 
     python bench/meta_ablation.py --out docs/data/ablation \\
-        base=oml/weights/oml-default.pt multi=runs/meta/multi/oml-default-meta-multi.pt \\
-        maml2=runs/meta/maml2/oml-default-meta-maml2.pt online=runs/meta/online/oml-default-meta-online.pt
+        base=runs/meta/base.pt multi=runs/meta/multi/oml-default-meta-multi.pt \\
+        maml2=runs/meta/maml2/oml-default-meta-maml2.pt online=runs/meta/online/oml-default-meta-online.pt \\
+        offset=runs/meta/offset/oml-default-meta-offset.pt
 """
 
 from __future__ import annotations

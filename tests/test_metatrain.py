@@ -37,7 +37,7 @@ def test_job_imports_without_side_effects_and_has_help():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0] == "False"
-    assert "{maml2,maml1,multi,online}" in out and "--storage-path" in out and "--num-workers" in out
+    assert "{maml2,maml1,multi,online,offset}" in out and "--storage-path" in out and "--num-workers" in out
 
 
 @pytest.mark.parametrize("bad", [{"crop": 100}, {"mode": "maml3"}, {"steps": 0}, {"num_workers": 0}])
@@ -131,3 +131,21 @@ def test_gradients_are_averaged_across_gloo_workers(tmp_path):
     alone = [torch.ones(3)]
     _average_across_workers(alone)  # no process group: unchanged
     assert torch.equal(alone[0], torch.ones(3))
+
+
+def test_offset_mode_base_model_gets_branches_once(tmp_path):
+    """In offset mode the base model gets fresh λ-offset branches, identical on every worker; a
+    weights file that has branches already (a shipped model) keeps its own."""
+    from oml.models.zoo import save_weights
+
+    a, b = (load_base_model(MetaTrainConfig(pretrained=False, seed=3, mode="offset")) for _ in range(2))
+    assert a.synthesis.offsets is not None
+    for (name, p), q in zip(a.synthesis.offsets.named_parameters(), b.synthesis.offsets.parameters()):
+        assert torch.equal(p, q), name
+    assert load_base_model(MetaTrainConfig(pretrained=False, seed=3, mode="maml2")).synthesis.offsets is None
+    with torch.no_grad():
+        a.synthesis.offsets[0].fc2.weight.fill_(0.25)
+    path = tmp_path / "with_offsets.pt"
+    save_weights(a, path)
+    again = load_base_model(MetaTrainConfig(weights=str(path), mode="offset"))
+    assert torch.equal(again.synthesis.offsets[0].fc2.weight, a.synthesis.offsets[0].fc2.weight)

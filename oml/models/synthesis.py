@@ -12,6 +12,11 @@ plain variable-rate decoding and is never adapted, so ``block_1``'s output
 depends on no adapted λ^k: online adaptation computes it once (:meth:`prefix`)
 and reruns only :meth:`suffix`. With ``λ^1 = … = λ^K = λ_t`` this is plain
 variable-rate decoding.
+
+Optionally (beyond the paper) each modulator has a λ-offset branch
+(:class:`~oml.models.modulator.LambdaOffset`) that multiplies its scales by
+``exp(o_k(λ^k, λ_t))``, with ``o_k = 0`` at ``λ^k = λ_t``: plain decoding is the
+same with or without the branches, which only shape the response to moved λ^k.
 """
 
 from __future__ import annotations
