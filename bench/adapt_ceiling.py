@@ -28,8 +28,8 @@ from oml.models.zoo import load_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tile_ceiling(model, x: torch.Tensor, quality: int, steps: int, lr: float) -> tuple[float, float]:
-    """PSNR gain (dB) of free per-channel scales on one tile, and of λ* = λ_t (0 by definition): (gain, mse at λ_t)."""
+def tile_ceiling(model, x: torch.Tensor, quality: int, steps: int, lr: float) -> float:
+    """PSNR gain (dB) of free per-channel scales over plain decoding (λ* = λ_t) on one tile."""
     syn = model.synthesis
     lmbda = model.lambdas[quality]
     code = model.encode_latent(tiling.pad(x), quality, lmbda)
@@ -57,7 +57,7 @@ def tile_ceiling(model, x: torch.Tensor, quality: int, steps: int, lr: float) ->
         optimizer.step()
     with torch.no_grad():
         after = float(mse())
-    return 10 * math.log10(before / min(before, after)), before
+    return 10 * math.log10(before / min(before, after))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             image = decode_image(path.read_bytes())
             tile = tiling.tile_grid(*image.shape[1:])[0]
             x = tiling.split(image, [tile])[0].float().div(255).unsqueeze(0)
-            gain, _ = tile_ceiling(model, x, q, args.steps, args.lr)
+            gain = tile_ceiling(model, x, q, args.steps, args.lr)
             rows.append({"image": path.name, "quality": q, "gain_db": gain})
             print(f"{path.name} q{q}: free channel scales {gain:+.3f} dB", file=sys.stderr, flush=True)
     summary = {q: sum(r["gain_db"] for r in rows if r["quality"] == q) / len(paths) for q in args.qualities}

@@ -317,14 +317,23 @@ def _join(a: FrozenCode, b: FrozenCode) -> FrozenCode:
     return FrozenCode(*(torch.cat(pair) for pair in zip(a, b)))
 
 
-def online_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, step: float) -> TaskLosses:
-    """Adaptation-aware objective: ``(L_j(λ) + L_j(λ'))/2`` over the crops of A_j and B_j
-    together, λ' being each crop's vector after one :func:`lambda_step`."""
+def _losses_around_step(
+    synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, step: float | Sequence[float]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``L_j(λ)`` and ``L_j(λ')`` over the crops of A_j and B_j together, λ' being each crop's vector
+    after one :func:`lambda_step`; also the MSE after the step and the mean rate."""
     code = _join(task.support, task.query)
     mse0, mse1, _ = lambda_step(synthesis, psi, code, task.lmbda, step)
     before = (task.lmbda * 255.0**2 * mse0 + code.bpp).mean()
     after = (task.lmbda * 255.0**2 * mse1 + code.bpp).mean()
-    return TaskLosses((before + after) / 2, before.detach(), after.detach(), mse1.mean().detach(), code.bpp.mean())
+    return before, after, mse1.mean(), code.bpp.mean()
+
+
+def online_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, step: float) -> TaskLosses:
+    """Adaptation-aware objective: ``(L_j(λ) + L_j(λ'))/2`` over the crops of A_j and B_j
+    together, λ' being each crop's vector after one :func:`lambda_step`."""
+    before, after, mse, bpp = _losses_around_step(synthesis, psi, task, step)
+    return TaskLosses((before + after) / 2, before.detach(), after.detach(), mse.detach(), bpp)
 
 
 def offset_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task: MetaTask, step: float) -> TaskLosses:
@@ -335,11 +344,8 @@ def offset_losses(synthesis: ModulatedSynthesis, psi: Mapping[str, Tensor], task
     depend on Ψ (up to float16 rounding of λ_t), so the loss after the step is the
     whole objective and plain decoding cannot get worse.
     """
-    code = _join(task.support, task.query)
-    mse0, mse1, _ = lambda_step(synthesis, psi, code, task.lmbda, [step * m for m in OFFSET_STEP_LADDER])
-    before = (task.lmbda * 255.0**2 * mse0 + code.bpp).mean()
-    after = (task.lmbda * 255.0**2 * mse1 + code.bpp).mean()
-    return TaskLosses(after, before.detach(), after.detach(), mse1.mean().detach(), code.bpp.mean())
+    before, after, mse, bpp = _losses_around_step(synthesis, psi, task, [step * m for m in OFFSET_STEP_LADDER])
+    return TaskLosses(after, before.detach(), after.detach(), mse.detach(), bpp)
 
 
 def task_losses(

@@ -34,15 +34,18 @@ from .conftest import natural_image
 GROUP = {q: MSE_LAMBDAS[q] for q in (1, 2, 3, 4)}
 
 
-def tiny_model(seed: int = 0) -> VariableRateModel:
-    """The default architecture at N=16, M=24, with non-trivial random modulators."""
+def tiny_model(seed: int = 0, offsets: bool = False) -> VariableRateModel:
+    """The default architecture at N=16, M=24, with non-trivial random modulators; with
+    ``offsets``, also λ-offset branches of non-trivial weights, and Ψ = the branches."""
     torch.manual_seed(seed)
-    net = OMLHyperprior(N=16, M=24)
+    net = OMLHyperprior(N=16, M=24, offsets=offsets)
     with torch.no_grad():
         for mod in net.g_s.modulators:
             mod.fc2.weight.normal_(0, 0.3)
+        for off in net.g_s.offsets or ():
+            off.fc2.weight.normal_(0, 0.3)
     model = VariableRateModel("oml-default", "mean_scale", GROUP, {0: net}, net.g_s, net.M)
-    prepare_meta(model)
+    prepare_meta(model, MetaMode.OFFSET if offsets else MetaMode.MAML2)
     return model
 
 
@@ -274,22 +277,8 @@ def test_rate_estimate_matches_compressai_eval_forward(name):
     torch.testing.assert_close(bits, expected, rtol=1e-5, atol=1e-2)
 
 
-def offset_model(seed: int = 0) -> VariableRateModel:
-    """:func:`tiny_model` with λ-offset branches of non-trivial weights, Ψ = the branches."""
-    torch.manual_seed(seed)
-    net = OMLHyperprior(N=16, M=24, offsets=True)
-    with torch.no_grad():
-        for mod in net.g_s.modulators:
-            mod.fc2.weight.normal_(0, 0.3)
-        for off in net.g_s.offsets:
-            off.fc2.weight.normal_(0, 0.3)
-    model = VariableRateModel("oml-default", "mean_scale", GROUP, {0: net}, net.g_s, net.M)
-    prepare_meta(model, MetaMode.OFFSET)
-    return model
-
-
 def test_offset_mode_trains_only_the_offset_branches_and_keeps_plain_decoding():
-    model = offset_model()
+    model = tiny_model(offsets=True)
     psi = meta_parameters(model.synthesis, MetaMode.OFFSET)
     assert psi and all(name.startswith("offsets.") for name in psi)
     assert all(p.requires_grad == name.startswith("offsets.") for name, p in model.synthesis.named_parameters())
@@ -311,7 +300,7 @@ def test_offset_mode_trains_only_the_offset_branches_and_keeps_plain_decoding():
 
 def test_offset_meta_gradient_matches_finite_differences():
     """Through the λ step and its line search (the best of four lengths per crop)."""
-    model = offset_model()
+    model = tiny_model(offsets=True)
     analytic, numeric, *_ = directional_derivatives(MetaMode.OFFSET, model, make_task(model, 0.0035, 3), 0.4, 5)
     assert analytic != 0.0
     assert analytic == pytest.approx(numeric, rel=1e-4)
