@@ -8,19 +8,32 @@ Layout (little-endian)::
              | number of λ* sets S u8, each its metric name (u8 length + ASCII)
              | number of tiles u32
     tiles    per tile: z height u16 | z width u16 | strings u8, each (u32 length + bytes)
-             | S·K λ* values float16
+             | symbol check u32 (format 2) | S·K λ* values float16
     trailer  CRC-32 of everything before it, u32
 
 Tiles follow :func:`oml.tiling.tile_grid` (row-major, at most ``tile size``²).
 Each λ* set is one receiver choice (paper §4): ``plain`` (λ* = λ_t, no
 adaptation), ``psnr`` or ``ms-ssim``. The decoder runs the synthesis once per
 tile, with the chosen set.
+
+Format 2 (this build writes it) decodes to the same latent symbols on every
+machine: the entropy parameters are computed in exact integer arithmetic
+(:mod:`oml.models.exact`) from tables stored in the weights file, and each tile
+carries a CRC-32 of its symbols (``symbol check``) that every decoder verifies;
+a mismatch raises :class:`DesyncError` naming the tile. Reconstructions may
+still differ by one grey level between machines (the synthesis is float32).
+Format 1 files (no symbol check, float hyper-decoder) still decode, with a
+:class:`PortabilityWarning`: on a machine whose float results differ from the
+encoder's they can come back wrong, and nothing can detect it.
 """
 
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,12 +48,21 @@ from oml.models.latent import LatentCode
 from oml.models.variable_rate import VariableRateModel
 
 MAGIC = b"OMLC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PLAIN = "plain"
 
 
 class CodecError(ValueError):
     """Bytes that cannot be decoded here; the message says why."""
+
+
+class DesyncError(CodecError):
+    """A tile's decoded symbols do not match the encoder's (damaged stream or desynchronised decoder)."""
+
+
+class PortabilityWarning(UserWarning):
+    """A format-1 file: its symbols are only certain to decode on a machine with the encoder's float results."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +83,13 @@ class Header:
 
 
 class TileRecord(NamedTuple):
-    """One coded tile: z's shape, the entropy-coded strings and λ* ``(S, K)`` float16."""
+    """One coded tile: z's shape, the entropy-coded strings, λ* ``(S, K)`` float16 and the CRC-32
+    of its latent symbols (``None`` in format 1)."""
 
     z_shape: tuple[int, int]
     strings: list[bytes]
     lambdas: Tensor
+    check: int | None = None
 
 
 class TileStats(NamedTuple):
@@ -108,6 +132,8 @@ def pack_tile(t: TileRecord) -> bytes:
     out = [struct.pack("<HHB", *t.z_shape, len(t.strings))]
     for s in t.strings:
         out += [struct.pack("<I", len(s)), s]
+    if t.check is not None:
+        out.append(struct.pack("<I", t.check))
     out.append(t.lambdas.to(torch.float16).contiguous().numpy().astype("<f2").tobytes())
     return b"".join(out)
 
@@ -138,8 +164,7 @@ def _read_header(r: _Reader) -> Header:
     if r.take(4) != MAGIC:
         raise CodecError("not an oml-coded image (bad magic bytes)")
     (version,) = r.unpack("<B")
-    if version != FORMAT_VERSION:
-        raise CodecError(f"format version {version} is not supported; this build reads version {FORMAT_VERSION}")
+    _check_version(version)
     model = r.string()
     fingerprint = r.take(8)
     quality, lmbda, height, width, tile, k = r.unpack("<BfIIHB")
@@ -149,11 +174,17 @@ def _read_header(r: _Reader) -> Header:
     return Header(version, model, fingerprint, quality, lmbda, height, width, tile, k, metrics, num_tiles)
 
 
-def _read_tile(r: _Reader, num_sets: int, k: int) -> TileRecord:
+def _check_version(version: int) -> None:
+    if version not in READABLE_VERSIONS:
+        raise CodecError(f"format version {version} is not supported; this build reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+
+
+def _read_tile(r: _Reader, version: int, num_sets: int, k: int) -> TileRecord:
     zh, zw, n = r.unpack("<HHB")
     strings = [r.take(r.unpack("<I")[0]) for _ in range(n)]
+    check = r.unpack("<I")[0] if version >= 2 else None
     lam = np.frombuffer(r.take(2 * num_sets * k), dtype="<f2").astype(np.float16)
-    return TileRecord((zh, zw), strings, torch.from_numpy(lam.copy()).view(num_sets, k))
+    return TileRecord((zh, zw), strings, torch.from_numpy(lam.copy()).view(num_sets, k), check)
 
 
 def _verified(data: bytes) -> bytes:
@@ -161,8 +192,7 @@ def _verified(data: bytes) -> bytes:
         raise CodecError("not an oml-coded image (bad magic bytes)")
     if len(data) < 9:
         raise CodecError("truncated data: the byte string ends early")
-    if data[4] != FORMAT_VERSION:
-        raise CodecError(f"format version {data[4]} is not supported; this build reads version {FORMAT_VERSION}")
+    _check_version(data[4])
     body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
     if zlib.crc32(body) != crc:
         raise CodecError("damaged data: checksum mismatch")
@@ -181,13 +211,15 @@ def read(data: bytes) -> tuple[Header, list[TileRecord]]:
     expected = len(tiling.tile_grid(header.height, header.width, header.tile))
     if header.num_tiles != expected:
         raise CodecError(f"damaged header: {header.num_tiles} tiles for a {header.width}x{header.height} image (expected {expected})")
-    tiles = [_read_tile(r, len(header.metrics), header.num_lambdas) for _ in range(header.num_tiles)]
+    tiles = [_read_tile(r, header.version, len(header.metrics), header.num_lambdas) for _ in range(header.num_tiles)]
     if r.pos != len(r.data):
         raise CodecError(f"damaged data: {len(r.data) - r.pos} unexpected trailing bytes")
     return header, tiles
 
 
 def write(header: Header, tiles: list[TileRecord]) -> bytes:
+    if any((t.check is None) != (header.version < 2) for t in tiles):
+        raise ValueError(f"format {header.version} tiles {'carry no' if header.version < 2 else 'need a'} symbol check")
     body = pack_header(header) + b"".join(pack_tile(t) for t in tiles)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -248,6 +280,19 @@ def encode(
     bounded by the batch, whatever the image size.
     """
     _check_image(image)
+    with ieee_float32():
+        return _encode(model, image, quality, lmbda, adapt_config, tile_size, tile_batch)
+
+
+def _encode(
+    model: VariableRateModel,
+    image: Tensor,
+    quality: int | None,
+    lmbda: float | None,
+    adapt_config: AdaptConfig,
+    tile_size: int,
+    tile_batch: int | None,
+) -> Encoded:
     q, lmbda_t = model.resolve(quality, lmbda)
     lmbda_t = float(np.float32(lmbda_t))  # exactly the value the header carries
     device = model.device
@@ -270,7 +315,7 @@ def encode(
         for i, w in enumerate(work):
             chosen = torch.stack([s[i] for s in sets])
             recon = reconstruct_tile(model, w.code.y_hat, chosen[0], lmbda_t, w.tile)
-            record = TileRecord(w.code.z_shape, w.code.strings, chosen)
+            record = TileRecord(w.code.z_shape, w.code.strings, chosen, w.code.check)
             records.append(record)
             stats.append(TileStats(w.tile, len(pack_tile(record)), float(psnr(w.plain, w.pixels)), float(psnr(recon, w.pixels))))
             tiling.split(reconstruction, [w.tile])[0].copy_(recon)
@@ -316,7 +361,7 @@ def check_model(model: VariableRateModel, header: Header) -> None:
         raise CodecError(f"coded with K={header.num_lambdas} modulators, this model has {model.num_lambdas}")
     if header.quality != 0 and header.quality not in model.lambdas:
         raise CodecError(f"coded at quality {header.quality}, outside this model's group {sorted(model.lambdas)}")
-    expected = model.fingerprint(header.quality)
+    expected = model.fingerprint(header.quality, header.version)
     if header.fingerprint != expected:
         raise CodecError(
             f"coded with other weights of {header.model} (fingerprint {header.fingerprint.hex()}, "
@@ -325,16 +370,56 @@ def check_model(model: VariableRateModel, header: Header) -> None:
 
 
 def decode(model: VariableRateModel, data: bytes, metric: str | None = None) -> Tensor:
-    """Bytes → uint8 image ``(3, H, W)``, with the λ* set of ``metric`` (default: the first stored)."""
+    """Bytes → uint8 image ``(3, H, W)``, with the λ* set of ``metric`` (default: the first).
+
+    Raises:
+        DesyncError: a tile's decoded symbols do not match its stored check.
+    """
     header, records = read(data)
     check_model(model, header)
     index = select_set(header, metric)
     grid = tiling.tile_grid(header.height, header.width, header.tile)
     image = torch.empty((3, header.height, header.width), dtype=torch.uint8)
-    for tile, rec in zip(grid, records):
-        y_hat = model.decode_latent(rec.strings, rec.z_shape, header.quality).to(model.device)
-        tiling.split(image, [tile])[0].copy_(reconstruct_tile(model, y_hat, rec.lambdas[index], header.lmbda, tile))
+    if header.version < 2:
+        warnings.warn(
+            "format 1 file: decoded with the float hyper-decoder; on a machine whose float results differ from "
+            "the encoder's it can come back wrong undetected (re-encode to format 2)",
+            PortabilityWarning,
+            stacklevel=2,
+        )
+    with ieee_float32():
+        for number, (tile, rec) in enumerate(zip(grid, records)):
+            y_hat = decode_tile_latent(model, header, rec, number, tile)
+            tiling.split(image, [tile])[0].copy_(reconstruct_tile(model, y_hat.to(model.device), rec.lambdas[index], header.lmbda, tile))
     return image
+
+
+def decode_tile_latent(model: VariableRateModel, header: Header, rec: TileRecord, number: int, tile: tiling.Tile) -> Tensor:
+    """ŷ ``(1, M, h, w)`` of one tile record; raises :class:`DesyncError` when its symbol check fails."""
+    if header.version < 2:
+        return model.decode_latent_float(rec.strings, rec.z_shape, header.quality)
+    y_hat, check = model.decode_latent(rec.strings, rec.z_shape, header.quality)
+    if check != rec.check:
+        raise DesyncError(
+            f"desync in tile {number} (top {tile.top}, left {tile.left}): the decoded symbols do not match "
+            f"the encoder's (check {check:08x}, stored {rec.check:08x}); the latent data is damaged"
+        )
+    return y_hat
+
+
+@contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Plain float32 convolutions and matmuls while coding.
+
+    cuDNN convolutions default to TF32 (a 10-bit mantissa) on Ampere and later GPUs; a GPU
+    encoder's reconstruction would then differ from a CPU decoder's by several grey levels.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def select_set(header: Header, metric: str | None) -> int:

@@ -26,7 +26,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the archiving pipeline needs pyarrow: pip install 'oml-archive[pipeline]'") from exc
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 TILE_TYPE = pa.struct(
     [
@@ -37,6 +37,7 @@ TILE_TYPE = pa.struct(
         ("z_height", pa.int32()),
         ("z_width", pa.int32()),
         ("strings", pa.list_(pa.binary())),
+        ("check", pa.int64()),
         ("lambdas", pa.list_(pa.float16())),
         ("num_bytes", pa.int32()),
         ("bpp", pa.float64()),
@@ -105,6 +106,7 @@ def tile_row(stats: codec.TileStats, record: codec.TileRecord, reconstruction: T
         "z_height": record.z_shape[0],
         "z_width": record.z_shape[1],
         "strings": list(record.strings),
+        "check": record.check,
         "lambdas": record.lambdas.to(torch.float16).flatten().tolist(),
         "num_bytes": stats.num_bytes,
         "bpp": 8.0 * stats.num_bytes / (t.height * t.width),
@@ -166,6 +168,7 @@ def coded_bytes(row: dict[str, Any]) -> bytes:
             (t["z_height"], t["z_width"]),
             [bytes(s) for s in t["strings"]],
             torch.from_numpy(np.asarray(t["lambdas"], dtype=np.float16).reshape(shape)),
+            t.get("check"),
         )
         for t in row["tiles"]
     ]

@@ -178,6 +178,11 @@ def _save_default(model, out_path: str | Path, half: bool) -> Path:
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if half and any(p.dtype != torch.float16 and not torch.equal(p, p.half().float()) for p in model.parameters()):
+        with torch.no_grad():  # the stored tables must be those of the stored (rounded) weights
+            for p in model.parameters():
+                p.copy_(p.half().float())
+        model.update_entropy_models()
     save_weights(model, out_path, torch.float16 if half else torch.float32)
     return out_path
 

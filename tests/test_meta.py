@@ -25,7 +25,6 @@ from oml.meta import (
     task_losses,
 )
 from oml.models.default import OMLHyperprior
-from oml.models.latent import encode_latent
 from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import MSE_LAMBDAS
 
@@ -247,16 +246,18 @@ def test_per_quality_encoders_code_at_the_nearest_lambda_in_log_scale():
 
 
 def test_frozen_code_uses_the_test_time_latent():
-    """The decoder input seen in meta-training is the ŷ the codec actually transmits."""
+    """The decoder input seen in meta-training is the ŷ the codec transmits, up to the codec's
+    fixed-point means (a few 2^-16; a symbol may round the other way where y − μ is that close to .5)."""
     model = tiny_model()
     model.update_entropy_models()
     x = crops(1, 5)
     lam = 0.0042
     code = encode_frozen(model, x, lam)
-    net = model.encoders["0"]
-    y = model.analyze(x, 0, lam)
-    y_hat = encode_latent("mean_scale", net, y).y_hat
-    torch.testing.assert_close(code.h, model.synthesis.prefix(y_hat, torch.tensor([lam])))
+    y_hat = model.encode_latent(x, 0, lam).y_hat
+    y_float, _ = latent_and_bits("mean_scale", model.encoders["0"], model.analyze(x, 0, lam))
+    diff = (y_hat - y_float).abs()
+    assert float((diff > 1e-4).float().mean()) < 1e-3 and 0 < float(diff[diff <= 1e-4].max()) <= 1e-4
+    torch.testing.assert_close(code.h, model.synthesis.prefix(y_float, torch.tensor([lam])))
     assert code.bpp.shape == (1,) and float(code.bpp) > 0
 
 

@@ -8,8 +8,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from oml.models.latent import LatentCode, decode_latent, encode_latent
+from oml.models.latent import LatentCode, LatentCodec, decode_latent_float, latent_codec
 from oml.models.synthesis import ModulatedSynthesis
+
+# The entropy coders' tables: integer CDFs, their lengths and offsets, and the Gaussian scale table.
+TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
 class VariableRateModel(nn.Module):
@@ -43,7 +46,8 @@ class VariableRateModel(nn.Module):
         self.encoders = nn.ModuleDict({str(q): m for q, m in encoders.items()})
         self.synthesis = synthesis
         self.latent_channels = int(latent_channels)
-        self._fingerprints: dict[int, bytes] = {}
+        self._fingerprints: dict[tuple[int, int], bytes] = {}
+        self._codecs: dict[int, LatentCodec] = {}
 
     @property
     def device(self) -> torch.device:
@@ -90,34 +94,66 @@ class VariableRateModel(nn.Module):
             return enc.g_a(x, torch.full((x.shape[0],), lmbda, device=x.device, dtype=x.dtype))
         return enc.g_a(x)
 
+    def latent_codec(self, quality: int) -> LatentCodec:
+        """The exact entropy codec of ``quality``'s encoder (built once from the current weights and tables)."""
+        key = 0 if self.conditional else quality
+        if key not in self._codecs:
+            self._codecs[key] = latent_codec(self.kind, self._encoder(quality))
+        return self._codecs[key]
+
     @torch.no_grad()
     def encode_latent(self, x: Tensor, quality: int, lmbda: float) -> LatentCode:
         """Analysis and entropy coding of one padded tile ``(1,3,H,W)``."""
-        return encode_latent(self.kind, self._encoder(quality), self.analyze(x, quality, lmbda))
+        return self.latent_codec(quality).encode(self.analyze(x, quality, lmbda))
 
     @torch.no_grad()
-    def decode_latent(self, strings: list[bytes], z_shape: tuple[int, int], quality: int) -> Tensor:
-        """Strings → ŷ ``(1,M,h,w)``, bit-identical to the encoder's ŷ."""
-        return decode_latent(self.kind, self._encoder(quality), strings, z_shape, self.latent_channels)
+    def decode_latent(self, strings: list[bytes], z_shape: tuple[int, int], quality: int) -> tuple[Tensor, int]:
+        """Strings → (ŷ ``(1,M,h,w)`` on the CPU, bit-identical to the encoder's ŷ on any machine; CRC-32 of the symbols)."""
+        return self.latent_codec(quality).decode(strings, z_shape)
+
+    @torch.no_grad()
+    def decode_latent_float(self, strings: list[bytes], z_shape: tuple[int, int], quality: int) -> Tensor:
+        """Format 1: strings → ŷ through the float hyper-decoder (machine-dependent symbols)."""
+        return decode_latent_float(self.kind, self._encoder(quality), strings, z_shape, self.latent_channels)
 
     def synthesize(self, y_hat: Tensor, lambdas: Tensor, lmbda_t: float) -> Tensor:
         """Modulated decoder: ŷ ``(B,M,h,w)``, λ vectors ``(B,K)``, coded λ_t → x̂ ``(B,3,16h,16w)`` (not clamped)."""
         return self.synthesis(y_hat, lambdas, torch.full((y_hat.shape[0],), lmbda_t, device=y_hat.device))
 
-    def fingerprint(self, quality: int) -> bytes:
-        """8-byte SHA-256 digest of the parameters that decoding at ``quality`` depends on."""
-        key = 0 if self.conditional else quality
+    def fingerprint(self, quality: int, version: int = 2) -> bytes:
+        """8-byte SHA-256 digest of what decoding at ``quality`` depends on.
+
+        Format 1 digests the parameters; format 2 adds the entropy coder's integer tables and
+        scale table, which decoding now takes from the weights file instead of rebuilding.
+        """
+        key = (0 if self.conditional else quality, version)
         if key not in self._fingerprints:
             digest = hashlib.sha256(self.name.encode())
             for module in (self._encoder(quality), self.synthesis):
                 for pname, p in sorted(module.named_parameters()):
                     digest.update(pname.encode())
                     digest.update(p.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+            if version >= 2:
+                for bname, b in sorted(self._encoder(quality).named_buffers()):
+                    if bname.rsplit(".", 1)[-1] in TABLE_BUFFERS:
+                        digest.update(bname.encode())
+                        digest.update(b.detach().cpu().contiguous().numpy().tobytes())
             self._fingerprints[key] = digest.digest()[:8]
         return self._fingerprints[key]
 
-    def update_entropy_models(self) -> None:
-        """Build the entropy coders' CDF tables (after loading or training weights)."""
+    def has_tables(self) -> bool:
+        """Whether every entropy model has its CDF tables."""
+        return all(b.numel() > 0 for n, b in self.named_buffers() if n.rsplit(".", 1)[-1] in TABLE_BUFFERS)
+
+    def update_entropy_models(self, force: bool = True) -> None:
+        """Build the entropy coders' CDF tables from the learned densities (after training weights).
+
+        Tables are float computations (``erfc``, sigmoids) whose results can differ between
+        machines: a model is built once, then its tables travel in its weights file. With
+        ``force=False`` only entropy models without tables are built.
+        """
         for enc in self.encoders.values():
-            enc.update(force=True)
+            if force or any(b.numel() == 0 for n, b in enc.named_buffers() if n.rsplit(".", 1)[-1] in TABLE_BUFFERS):
+                enc.update(force=True)
         self._fingerprints.clear()
+        self._codecs.clear()

@@ -31,7 +31,7 @@ import torch
 
 from oml.models.default import OMLHyperprior
 from oml.models.synthesis import ModulatedSynthesis, split_sequential
-from oml.models.variable_rate import VariableRateModel
+from oml.models.variable_rate import TABLE_BUFFERS, VariableRateModel
 
 # CompressAI's MSE-trained λ for qualities 1–8.
 MSE_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
@@ -97,10 +97,6 @@ def _load_weights_file(path: str | Path) -> dict:
     return state
 
 
-# Entropy-coder tables that ``update()`` derives from the weights: never stored.
-_DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-
-
 # Constants that the architecture sets when it is built (GDN's reparametrisation pedestal and
 # bounds, the entropy models' lower bounds): never stored, and ignored in files that have them.
 # (Stored as float16 they would round: the likelihood bound 1e-9 becomes 0.)
@@ -111,16 +107,27 @@ def _is_constant(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in _CONSTANT_BUFFERS
 
 
+def is_table(key: str) -> bool:
+    """Whether ``key`` names an entropy-coder table (integer CDFs, offsets, lengths, scale table)."""
+    return key.rsplit(".", 1)[-1] in TABLE_BUFFERS
+
+
 def is_derived_buffer(key: str) -> bool:
-    """Whether ``key`` names a buffer that is not part of a weights file: entropy-coder tables
-    that ``update()`` derives, or a constant of the architecture."""
-    return key.rsplit(".", 1)[-1] in _DERIVED_BUFFERS or _is_constant(key)
+    """Whether ``key`` names a buffer that is not a trained tensor: an entropy-coder table
+    (which ``update()`` derives from the weights) or a constant of the architecture."""
+    return is_table(key) or _is_constant(key)
 
 
 def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
-    """Save a model's weights as an oml weights file (``dtype`` for floating tensors; CDF tables and
-    architecture constants left out)."""
-    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items() if not is_derived_buffer(k)}
+    """Save a model's weights as an oml weights file: floating tensors as ``dtype``, the entropy
+    coder's tables exactly as they are (int32 CDFs, float32 scale table), architecture constants
+    left out. The tables are built here if missing, so the file decodes alike on every machine."""
+    model.update_entropy_models(force=False)
+    state = {}
+    for k, v in model.state_dict().items():
+        if _is_constant(k):
+            continue
+        state[k] = v if is_table(k) or not v.is_floating_point() else v.to(dtype)
     encoders = sorted(int(q) for q in model.encoders)
     torch.save({"format": WEIGHTS_FORMAT, "name": model.name, "encoders": encoders, "state_dict": state}, path)
 
@@ -166,6 +173,8 @@ def _build(name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretra
 def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
     expected = {k for k in model.state_dict() if not is_derived_buffer(k)}
     state = {k: v for k, v in state.items() if not _is_constant(k)}
+    tables = {k: v for k, v in state.items() if is_table(k)}
+    state = {k: v for k, v in state.items() if not is_table(k)}
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise ModelUnavailableError(
@@ -173,6 +182,20 @@ def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
             f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})"
         )
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    _load_tables(model, tables, origin)
+
+
+def _load_tables(model: torch.nn.Module, tables: dict, origin: str) -> None:
+    """Install stored entropy-coder tables exactly (older files have none: they are built at load)."""
+    buffers = dict(model.named_buffers())
+    unknown = set(tables) - {k for k in buffers if is_table(k)}
+    if unknown:
+        raise ModelUnavailableError(f"{origin} has entropy tables this architecture lacks (e.g. {sorted(unknown)[:3]})")
+    for key, value in tables.items():
+        if key.endswith("scale_table") != value.is_floating_point():
+            raise ModelUnavailableError(f"{origin}: entropy table {key} has the wrong type {value.dtype}")
+        owner, name = key.rsplit(".", 1)
+        model.get_submodule(owner).register_buffer(name, value.to(buffers[key].dtype).clone())
 
 
 def load_model(
@@ -218,5 +241,5 @@ def load_model(
         model.synthesis.load_state_dict(synth)
     elif pretrained and not from_file and len(group) > 1:
         warnings.warn(f"{name}: no meta-trained modulators given; qualities below {max(group)} decode with the top quality's plain decoder", stacklevel=2)
-    model.update_entropy_models()
+    model.update_entropy_models(force=False)
     return model.eval()
