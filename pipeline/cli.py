@@ -128,7 +128,11 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         key = (header.model, quality if header.quality else 0)
         if key not in models:
             models[key] = load_model(header.model, quality, weights=args.weights)
-        image = codec.decode(models[key], data, metric=args.metric)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", codec.PortabilityWarning)
+            image = codec.decode(models[key], data, metric=args.metric)
+        for w in caught:
+            tqdm.write(f"warning: {src}: {w.message}", file=sys.stderr)
         _write(dst, encode_png(image))
         return f"{src} -> {dst}: {header.width}x{header.height}"
 
@@ -152,12 +156,19 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{quality}, λ_t={header.lmbda:.5g}, format v{header.version}")
         print(f"  {len(data)} bytes, {8 * len(data) / pixels:.4f} bpp, {header.num_tiles} tiles of at most {header.tile}px, "
               f"K={header.num_lambdas}, λ* sets: {', '.join(header.metrics)}")
+        print(f"  {_portability(header.version)}")
         if args.tiles:
             grid = tiling.tile_grid(header.height, header.width, header.tile)
             for tile, rec in zip(grid, records):
                 lam = "; ".join(f"{m}: " + " ".join(f"{v:.5g}" for v in rec.lambdas[i].tolist()) for i, m in enumerate(header.metrics))
                 print(f"  tile ({tile.top},{tile.left}) {tile.width}x{tile.height}: {sum(map(len, rec.strings))} bytes; λ* {lam}")
     return 1 if failed else 0
+
+
+def _portability(version: int) -> str:
+    if version >= 2:
+        return "portable: exact integer entropy decoding, symbols checked per tile (CRC-32)"
+    return "not portable: format 1 decodes its symbols with float arithmetic and has no symbol check; re-encode to format 2"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -77,3 +77,25 @@ def test_decoded_file_matches_encoder_reconstruction(tmp_path, weights, random_d
     main(["decompress", str(tmp_path / "a.oml"), "-o", str(tmp_path / "a.png.out.png"), "--weights", weights])
     restored = torch.from_numpy(np.asarray(Image.open(tmp_path / "a.png.out.png")).copy()).permute(2, 0, 1)
     assert torch.equal(restored, codec.decode(random_default_model, data))
+
+
+def test_a_damaged_symbol_stream_is_reported_as_desync(tmp_path, capsys):
+    """A byte changed inside a tile's y string, with the file's checksum made valid again: the
+    decoder's symbol check names the file and tile, exit status 1, no image written (shipped
+    model: a random one codes almost nothing but zeros, which survive damage)."""
+    src = tmp_path / "a.png"
+    _png(src, natural_image(128, 128))
+    coded = tmp_path / "a.oml"
+    assert main(["compress", str(src), "-o", str(coded)]) == 0
+    header, records = codec.read(coded.read_bytes())
+    y = bytearray(records[0].strings[0])
+    y[len(y) // 2] ^= 0x5A
+    records[0] = records[0]._replace(strings=[bytes(y), records[0].strings[1]])
+    coded.write_bytes(codec.write(header, records))
+    capsys.readouterr()
+    assert main(["decompress", str(coded), "-o", str(tmp_path / "out.png")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {coded}: desync in tile 0 (top 0, left 0)" in err and "Traceback" not in err
+    assert not (tmp_path / "out.png").exists()
+    assert main(["info", str(coded)]) == 0
+    assert "portable: exact integer entropy decoding" in capsys.readouterr().out

@@ -280,6 +280,26 @@ def test_verify_reports_damaged_records_and_changed_sources(archived, tmp_path):
     assert report.exit_code == 0 and report.results[0].checks == {"checks_source": "source changed since compression", "bit_exact": True}
 
 
+def test_a_desynchronised_tile_is_in_the_summary_not_in_the_output(archived, tmp_path):
+    """A row whose decoded symbols do not match its symbol check (here the check itself is
+    altered; a desynchronised decoder looks the same): one failure naming the tile, recorded in
+    decompress-summary.json, no PNG, exit status 1, the other images restored."""
+    _, out, _ = archived
+    copy = tmp_path / "archive"
+    shutil.copytree(out, copy)
+    shard = copy / "shards" / "shard-000000.parquet"
+    table = pq.read_table(shard).to_pylist()
+    victim = next(r for r in table if r["path"] == "a.png")
+    victim["tiles"][1]["check"] ^= 1
+    shard.write_bytes(schema.to_parquet(table))
+    report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))
+    assert (report.selected, report.restored, report.failed, report.exit_code) == (3, 2, 1, 1)
+    summary = json.loads((tmp_path / "png" / "decompress-summary.json").read_text())
+    [problem] = summary["problems"]
+    assert problem["path"] == "a.png" and problem["status"] == "failed" and "desync in tile 1" in problem["reason"]
+    assert not (tmp_path / "png" / "a.png").exists()
+
+
 def test_decompress_refuses_what_is_not_an_archive(tmp_path):
     with pytest.raises(ValueError, match="not an oml archive"):
         archive.run_decompress(DecompressConfig(str(tmp_path), str(tmp_path / "png")))
