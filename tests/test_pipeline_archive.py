@@ -70,6 +70,16 @@ def snapshot(out: Path, pattern: str = "*") -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "shards").glob(pattern))}
 
 
+def edited_copy(out: Path, copy: Path, path: str, edit) -> Path:
+    """A copy of the archive ``out`` whose row for ``path`` (in the first shard) went through ``edit``."""
+    shutil.copytree(out, copy)
+    shard = copy / "shards" / "shard-000000.parquet"
+    table = pq.read_table(shard).to_pylist()
+    edit(next(r for r in table if r["path"] == path))
+    shard.write_bytes(schema.to_parquet(table))
+    return copy
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     yield start_local_ray()
@@ -256,13 +266,11 @@ def test_decompress_a_selection(archived, tmp_path):
 
 def test_verify_reports_damaged_records_and_changed_sources(archived, tmp_path):
     inp, out, _ = archived
-    copy = tmp_path / "archive"
-    shutil.copytree(out, copy)
-    shard = copy / "shards" / "shard-000000.parquet"
-    table = pq.read_table(shard).to_pylist()
-    victim = next(r for r in table if r["path"] == "a.png")
-    victim["tiles"][0]["lambdas"][0] = 0.5  # a flipped λ* value: still decodable, no longer the coded file
-    shard.write_bytes(schema.to_parquet(table))
+
+    def flip_lambda(row: dict) -> None:
+        row["tiles"][0]["lambdas"][0] = 0.5  # a flipped λ* value: still decodable, no longer the coded file
+
+    copy = edited_copy(out, tmp_path / "archive", "a.png", flip_lambda)
     report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), select=("a.png",), verify=True, progress=False))
     assert (report.mismatched, report.exit_code) == (1, 1)
     assert "coded checksum" in report.results[0].reason
@@ -285,13 +293,11 @@ def test_a_desynchronised_tile_is_in_the_summary_not_in_the_output(archived, tmp
     altered; a desynchronised decoder looks the same): one failure naming the tile, recorded in
     decompress-summary.json, no PNG, exit status 1, the other images restored."""
     _, out, _ = archived
-    copy = tmp_path / "archive"
-    shutil.copytree(out, copy)
-    shard = copy / "shards" / "shard-000000.parquet"
-    table = pq.read_table(shard).to_pylist()
-    victim = next(r for r in table if r["path"] == "a.png")
-    victim["tiles"][1]["check"] ^= 1
-    shard.write_bytes(schema.to_parquet(table))
+
+    def alter_check(row: dict) -> None:
+        row["tiles"][1]["check"] ^= 1
+
+    copy = edited_copy(out, tmp_path / "archive", "a.png", alter_check)
     report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))
     assert (report.selected, report.restored, report.failed, report.exit_code) == (3, 2, 1, 1)
     summary = json.loads((tmp_path / "png" / "decompress-summary.json").read_text())
