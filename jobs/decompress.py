@@ -1,7 +1,7 @@
 """Restore images from an archive made by jobs/compress.py as PNG files.
 
     python jobs/decompress.py --input archive/ --output restored/
-    python jobs/decompress.py --input s3://bucket/archive --output restored/ --select 'holidays/*.jpg' --verify
+    python jobs/decompress.py --input s3://bucket/archive --output restored/ --select 'holidays/*.jpg' --verify --sources s3://bucket/photos
 
 Exit status: 0 all restored (and verified), 1 some failed or differ, 2 bad arguments.
 """
@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="archive folder or s3://bucket/prefix")
     p.add_argument("--output", required=True, help="folder or s3://bucket/prefix for the PNG files")
     p.add_argument("--select", nargs="+", default=[], metavar="PATTERN", help="source URIs, paths relative to the input, or globs (default: all)")
-    p.add_argument("--verify", action="store_true", help="check checksums and PSNR against those recorded at compression")
+    p.add_argument("--verify", action="store_true", help="check the records' checksums, symbols and reconstruction hashes (and PSNR with --sources)")
+    p.add_argument("--sources", help="folder or s3:// prefix holding the original files at their archived paths, for --verify's PSNR check")
     p.add_argument("--metric", choices=("plain", "psnr", "ms-ssim"), help="which stored λ* set to decode with (default: the first)")
     p.add_argument("--psnr-tolerance", type=float, default=0.01, help="dB allowed between verified and recorded PSNR")
     p.add_argument("--weights", help="local oml weights file (default: as recorded in the archive)")
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             verify=args.verify,
             metric=args.metric,
             psnr_tolerance=args.psnr_tolerance,
+            sources=args.sources,
             model=ModelConfig(weights=args.weights) if args.weights else None,
             ray=RayConfig(args.address, args.num_cpus, args.workers),
             progress=not args.no_progress,

@@ -41,7 +41,7 @@ from oml import codec, tiling
 from oml.adapt import AdaptConfig
 from oml.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError, decode_image, encode_png
 from oml.models.variable_rate import VariableRateModel
-from oml.models.zoo import DEFAULT_MODEL, load_model, quality_group
+from oml.models.zoo import DEFAULT_MODEL, ModelUnavailableError, load_model, quality_group
 from pipeline import schema, storage
 
 PLAN_FORMAT = "oml-archive-plan/1"
@@ -68,6 +68,7 @@ class ModelConfig:
     weights: str | None = None
     pretrained: bool = True
     seed: int = 0
+    download: bool = True
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ class DecompressConfig:
     ``select``: source URIs, relative paths or glob patterns of either (empty:
     every image). ``metric``: which stored λ* set to decode with (default: the
     first). ``model``: ``None`` uses the one recorded in the archive's plan.
+    ``sources``: a folder the user names that holds the original files at the
+    rows' paths; ``verify`` then also checks PSNR against them. Nothing a row
+    names is ever fetched.
     """
 
     input: str
@@ -145,6 +149,7 @@ class DecompressConfig:
     verify: bool = False
     metric: str | None = None
     psnr_tolerance: float = 0.01
+    sources: str | None = None
     model: ModelConfig | None = None
     ray: RayConfig = RayConfig()
     progress: bool = True
@@ -282,7 +287,7 @@ def get_model(cfg: ModelConfig, quality: int, device: str = "cpu") -> VariableRa
         _MODEL_CACHE.clear()
         if not cfg.pretrained and cfg.weights is None:
             torch.manual_seed(cfg.seed)  # random weights: identical on every worker
-        model = load_model(cfg.name, quality, weights=cfg.weights, pretrained=cfg.pretrained)
+        model = load_model(cfg.name, quality, weights=cfg.weights, pretrained=cfg.pretrained, download=cfg.download)
         _MODEL_CACHE[key] = model.to(device)
     return _MODEL_CACHE[key]
 
@@ -717,12 +722,21 @@ def _matches(row_source: str, row_path: str, patterns: Sequence[str]) -> bool:
 
 
 def png_names(paths: Sequence[str]) -> dict[str, str]:
-    """Relative output name per relative source path: the suffix becomes ``.png``, unless two sources would collide."""
-    stem = {p: posixpath.splitext(p)[0] + ".png" for p in paths}
-    counts: dict[str, int] = {}
-    for name in stem.values():
-        counts[name] = counts.get(name, 0) + 1
-    return {p: (name if counts[name] == 1 else p + ".png") for p, name in stem.items()}
+    """Relative output name per relative source path, all distinct: the suffix becomes ``.png``;
+    sources that would collide keep their suffix (``a.jpg.png``), and any name still taken gets a
+    counter (``a.png.2.png``), in sorted order, so the names are the same on every run."""
+    names = {p: posixpath.splitext(p)[0] + ".png" for p in paths}
+    clashing = {n for n in names.values() if list(names.values()).count(n) > 1}
+    names = {p: (p + ".png" if n in clashing else n) for p, n in names.items()}
+    taken: set[str] = set()
+    for p in sorted(names, key=lambda q: (names[q], q)):
+        name, i = names[p], 1
+        while name in taken:
+            i += 1
+            name = posixpath.splitext(names[p])[0] + f".{i}.png"
+        names[p] = name
+        taken.add(name)
+    return names
 
 
 @dataclass(frozen=True)
@@ -734,6 +748,7 @@ class ShardDecoder:
     metric: str | None = None
     psnr_tolerance: float = 0.01
     threads: int = 1
+    sources: str | None = None
 
     def __call__(self, job: DecodeJob) -> list[DecodedImage]:
         torch.set_num_threads(self.threads)
@@ -747,11 +762,11 @@ class ShardDecoder:
         data = schema.coded_bytes(row)
         if self.verify and schema.sha256(data) != row["coded_sha256"]:
             return result("mismatch", "archive record damaged: coded checksum differs")
-        model_cfg = dataclasses.replace(self.model, name=row["model"])
+        model_cfg = dataclasses.replace(self.model, name=row["model"], download=False)  # never fetch what a row names
         try:
             model = get_model(model_cfg, row["quality"] or 1)
             image = codec.decode(model, data, metric=self.metric)
-        except (codec.CodecError, ValueError) as exc:
+        except (codec.CodecError, ValueError, ModelUnavailableError) as exc:
             return result("failed", f"cannot decode: {exc}")
         storage.write_bytes(output, encode_png(image))
         if not self.verify:
@@ -760,19 +775,24 @@ class ShardDecoder:
         return self._verify(row, stored, result)
 
     def _verify(self, row: dict[str, Any], image: torch.Tensor, result: Callable[..., DecodedImage]) -> DecodedImage:
-        """Compare with compression time: bit-exact tiles, and PSNR against the source when it is unchanged."""
+        """Compare with compression time, from the archive's own records: the coded bytes' hash
+        (checked before decoding), the symbols (format 2: every tile's check), each tile's
+        reconstruction hash, and, when the user named a ``sources`` folder, PSNR against the
+        source file at the row's path there. A row's ``source`` URI is never opened."""
         grid = schema.tile_grid(row)
         parts = tiling.split(image, grid)
         bit_exact = all(schema.pixels_sha256(p) == t["reconstruction_sha256"] for p, t in zip(parts, row["tiles"]))
+        if not bit_exact and row["format_version"] < 2:
+            return result("mismatch", "reconstruction differs from compression time (format 1: no symbol check)", bit_exact=False)
+        if self.sources is None:
+            return result("ok", bit_exact=bit_exact, checks_source="no --sources given")
         try:
-            source = storage.read_bytes(row["source"])
-        except OSError:
+            source = storage.read_bytes(storage.join(self.sources, storage.safe_relative(row["path"])))
+        except (OSError, ValueError):
             source = None
         if source is None or schema.sha256(source) != row["source_sha256"]:
             why = "source unavailable" if source is None else "source changed since compression"
-            if bit_exact:
-                return result("ok", checks_source=why, bit_exact=True)
-            return result("mismatch", f"reconstruction differs from compression time ({why}, no PSNR check)", bit_exact=False)
+            return result("ok", checks_source=why, bit_exact=bit_exact)
         original = decode_image(source, max_pixels=max(DEFAULT_MAX_PIXELS, row["width"] * row["height"]))
         errors = [abs(schema.psnr(p, o) - t["psnr_after"]) for p, o, t in zip(parts, tiling.split(original, grid), row["tiles"])]
         worst = max(0.0 if math.isnan(e) else e for e in errors)  # NaN: both PSNRs are inf (exact tiles)
@@ -782,21 +802,33 @@ class ShardDecoder:
         return result("ok", bit_exact=bit_exact, max_psnr_error=worst)
 
 
-def _decode_jobs(root: str, select: Sequence[str], output: str) -> list[DecodeJob]:
-    """Selected rows per committed shard, with their output URIs."""
+def _decode_jobs(root: str, select: Sequence[str], output: str) -> tuple[list[DecodeJob], list[DecodedImage]]:
+    """Selected rows per committed shard, with their output URIs; and the rows refused before
+    decoding (a path that would leave the output folder, an output that is the row's source)."""
     markers = storage.glob(storage.join(root, "shards", "shard-*.done.json"))
     shards = [m[: -len(".done.json")] + ".parquet" for m in markers]
-    chosen: list[tuple[str, str]] = []
+    chosen: list[tuple[str, str, str]] = []
+    refused: list[DecodedImage] = []
     for shard in shards:
         table = schema.read_parquet(storage.read_bytes(shard), columns=["source", "path"])
         for source, path in zip(table.column("source").to_pylist(), table.column("path").to_pylist()):
-            if not select or _matches(source, path, select):
-                chosen.append((shard, path))
-    names = png_names([p for _, p in chosen])
+            if select and not _matches(source, path, select):
+                continue
+            try:
+                storage.safe_relative(path)
+            except ValueError as exc:
+                refused.append(DecodedImage(source, path, "", "failed", f"not restored: {exc} (damaged or forged archive row)", {}))
+                continue
+            chosen.append((shard, source, path))
+    names = png_names([p for _, _, p in chosen])
     jobs: dict[str, dict[str, str]] = {}
-    for shard, path in chosen:
-        jobs.setdefault(shard, {})[path] = storage.join(output, names[path])
-    return [DecodeJob(s, o) for s, o in jobs.items()]
+    for shard, source, path in chosen:
+        target = storage.join(output, names[path])
+        if target == source:
+            refused.append(DecodedImage(source, path, target, "failed", "not restored: the output would overwrite its source", {}))
+            continue
+        jobs.setdefault(shard, {})[path] = target
+    return [DecodeJob(s, o) for s, o in jobs.items()], refused
 
 
 def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], list[DecodedImage]] | None = None) -> DecompressReport:
@@ -811,13 +843,17 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], list
     plan = storage.read_json(plan_uri(root))
     model = config.model or ModelConfig(**plan["model"])
     output = storage.normalize(config.output)
-    jobs = _decode_jobs(root, config.select, output)
-    if not jobs:
+    if output == plan.get("input"):
+        raise ValueError(f"{storage.redact(output)} is the archive's input folder: restored images would replace the originals; choose another output")
+    jobs, refused = _decode_jobs(root, config.select, output)
+    if not jobs and not refused:
         raise ValueError("no archived image matches the selection" if config.select else "the archive has no images yet")
-    decoder = decoder or ShardDecoder(model, config.verify, config.metric, config.psnr_tolerance, max(1, int(config.ray.cpus_per_worker)))
-    total = sum(len(j.outputs) for j in jobs)
+    sources = storage.normalize(config.sources) if config.sources else None
+    decoder = decoder or ShardDecoder(model, config.verify, config.metric, config.psnr_tolerance, max(1, int(config.ray.cpus_per_worker)), sources)
+    total = sum(len(j.outputs) for j in jobs) + len(refused)
     progress = Progress("decompress", total, 0, config.progress)
-    results: list[DecodedImage] = []
+    results: list[DecodedImage] = list(refused)
+    progress.update(0, len(refused))
 
     def finished(batch: list[DecodedImage]) -> None:
         results.extend(batch)

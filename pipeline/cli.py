@@ -50,7 +50,7 @@ def _outputs(files: list[Path], inputs: Sequence[str], out: str, suffix: str) ->
     """One output path per input: ``out`` itself for a single file, else ``out/<relative name><suffix>``."""
     target = Path(out)
     if len(files) == 1 and not Path(inputs[0]).is_dir() and not target.is_dir():
-        return [target]
+        return _not_inputs([target], files)
     if target.exists() and not target.is_dir():
         raise UserError(f"{out} must be a folder when there are several inputs")
     roots = [Path(i) for i in inputs if Path(i).is_dir()]
@@ -61,6 +61,14 @@ def _outputs(files: list[Path], inputs: Sequence[str], out: str, suffix: str) ->
         paths.append(target / rel.with_suffix(suffix))
     if len(set(paths)) != len(paths):
         raise UserError("two inputs would write the same output file; give them distinct names")
+    return _not_inputs(paths, files)
+
+
+def _not_inputs(paths: list[Path], files: list[Path]) -> list[Path]:
+    sources = {f.resolve() for f in files}
+    for path in paths:
+        if path.resolve() in sources:
+            raise UserError(f"{path} is also an input: writing it would destroy the original; choose another output")
     return paths
 
 
@@ -127,7 +135,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
             raise codec.CodecError(f"coded with model {header.model!r}, which this build does not know")
         key = (header.model, quality if header.quality else 0)
         if key not in models:
-            models[key] = load_model(header.model, quality, weights=args.weights)
+            models[key] = load_model(header.model, quality, weights=args.weights, download=False)  # the file names it
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", codec.PortabilityWarning)
             image = codec.decode(models[key], data, metric=args.metric)

@@ -61,6 +61,22 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
 
+def safe_relative(path: str) -> str:
+    """``path`` if it is a plain relative ``/``-separated path that stays inside any folder it is
+    joined to; otherwise ValueError. (Archive rows carry paths; a row must not place a file.)"""
+    parts = path.split("/")
+    if (
+        not path
+        or "\\" in path
+        or "\0" in path
+        or path.startswith("/")
+        or ":" in parts[0]
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise ValueError(f"unsafe path {path!r}: not a plain relative path")
+    return path
+
+
 def redact(uri: str) -> str:
     """``uri`` for printing: any ``user:password@`` part is removed."""
     parts = urlsplit(uri)

@@ -99,3 +99,31 @@ def test_a_damaged_symbol_stream_is_reported_as_desync(tmp_path, capsys):
     assert not (tmp_path / "out.png").exists()
     assert main(["info", str(coded)]) == 0
     assert "portable: exact integer entropy decoding" in capsys.readouterr().out
+
+
+def test_an_input_is_never_an_output(tmp_path, weights, capsys):
+    src = tmp_path / "p.png"
+    _png(src, natural_image(40, 40))
+    original = src.read_bytes()
+    assert main(["compress", str(src), "-o", str(src), "--weights", weights]) == 2
+    assert "is also an input" in capsys.readouterr().err and src.read_bytes() == original
+    coded = tmp_path / "p.oml"
+    assert main(["compress", str(src), "-o", str(coded), "--weights", weights]) == 0
+    data = coded.read_bytes()
+    assert main(["decompress", str(coded), "-o", str(coded), "--weights", weights]) == 2
+    assert "is also an input" in capsys.readouterr().err and coded.read_bytes() == data
+
+
+def test_decoding_never_downloads_the_model_a_file_names(tmp_path, monkeypatch, capsys):
+    """A header naming a CompressAI model whose weights are not cached: a one-line error, no fetch."""
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("decoder tried to download"))
+    header = codec.Header(2, "mbt2018-mean", bytes(8), 3, 0.0067, 64, 64, 512, 4, ("plain",), 1)
+    record = codec.TileRecord((4, 4), [b"", b""], torch.zeros(1, 4, dtype=torch.float16), 0)
+    forged = tmp_path / "forged.oml"
+    forged.write_bytes(codec.write(header, [record]))
+    assert main(["decompress", str(forged), "-o", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert "not in the local cache" in err and "never downloads" in err and "Traceback" not in err

@@ -243,7 +243,7 @@ def test_no_inputs_is_an_error(tmp_path):
 
 def test_decompress_all_with_verify(archived, model, tmp_path):
     inp, out, _ = archived
-    report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png"), verify=True, progress=False))
+    report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png"), verify=True, sources=str(inp), progress=False))
     assert (report.selected, report.restored, report.mismatched, report.exit_code) == (3, 3, 0, 0)
     assert all(r.checks["bit_exact"] and r.checks["max_psnr_error"] == 0.0 for r in report.results)
     for name in GOOD:
@@ -282,7 +282,7 @@ def test_verify_reports_damaged_records_and_changed_sources(archived, tmp_path):
     assert plan["files"] == 8
     (inp / "sub" / "b.png").write_bytes((inp / "sub" / "b.png").read_bytes() + b"\0")
     try:
-        report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png2"), select=("sub/b.png",), verify=True, progress=False))
+        report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png2"), select=("sub/b.png",), verify=True, sources=str(inp), progress=False))
     finally:
         shutil.copy(moved / "sub" / "b.png", inp / "sub" / "b.png")
     assert report.exit_code == 0 and report.results[0].checks == {"checks_source": "source changed since compression", "bit_exact": True}
@@ -304,6 +304,75 @@ def test_a_desynchronised_tile_is_in_the_summary_not_in_the_output(archived, tmp
     [problem] = summary["problems"]
     assert problem["path"] == "a.png" and problem["status"] == "failed" and "desync in tile 1" in problem["reason"]
     assert not (tmp_path / "png" / "a.png").exists()
+
+
+def test_rows_cannot_place_files_or_make_the_decoder_fetch(archived, tmp_path):
+    """Forged rows: paths that climb out or are absolute are refused and listed; a source URI
+    pointing at a local server or a secret file is never opened, even under --verify; nothing is
+    written outside the output folder; the other images are restored."""
+    import http.server
+    import threading
+
+    _, out, _ = archived
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    paths = {"a.png": "../../escaped.png", "sub/b.png": str(tmp_path / "absolute.png")}
+
+    def forge(row: dict) -> None:
+        if row["path"] == "sub/deeper/c.jpg":  # decodable: --verify must not follow its source
+            row["source"] = f"http://127.0.0.1:{server.server_port}/fetch-me"
+            return
+        row["source"] = str(secret)
+        row["path"] = paths[row["path"]]
+
+    try:
+        copy = tmp_path / "archive"
+        shutil.copytree(out, copy)
+        for shard in (copy / "shards").glob("*.parquet"):
+            table = pq.read_table(shard).to_pylist()
+            for row in table:
+                if row["path"] in paths or row["path"] == "sub/deeper/c.jpg":
+                    forge(row)
+            shard.write_bytes(schema.to_parquet(table))
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), verify=True, progress=False))
+    finally:
+        server.shutdown()
+    assert hits == []
+    assert (report.selected, report.restored, report.failed, report.exit_code) == (3, 1, 2, 1)
+    refused = {r.path: r.reason for r in report.results if r.status == "failed"}
+    assert set(refused) == set(paths.values()) and all("unsafe path" in why for why in refused.values())
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert [p for p in after if p not in before and p.parts[0] != "png"] == []
+    assert not (tmp_path.parent / "escaped.png").exists() and not (tmp_path / "absolute.png").exists()
+    [restored] = [r for r in report.results if r.status == "ok"]
+    assert restored.path == "sub/deeper/c.jpg" and restored.checks == {"bit_exact": True, "checks_source": "no --sources given"}
+
+
+def test_output_names_never_collide():
+    names = archive.png_names(["a.png", "a.jpg", "a.png.png", "b/c.tif", "b/c.tiff", "b/c.tif.png"])
+    assert len(set(names.values())) == 6
+    assert names == archive.png_names(list(reversed(names)))  # the same on every run
+    assert names["a.jpg"] == "a.jpg.png"
+
+
+def test_restoring_into_the_input_folder_is_refused(archived):
+    inp, out, _ = archived
+    with pytest.raises(ValueError, match="input folder"):
+        archive.run_decompress(DecompressConfig(str(out), str(inp), progress=False))
 
 
 def test_decompress_refuses_what_is_not_an_archive(tmp_path):

@@ -132,12 +132,21 @@ def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype 
     torch.save({"format": WEIGHTS_FORMAT, "name": model.name, "encoders": encoders, "state_dict": state}, path)
 
 
-def _compressai_base(name: str, quality: int, pretrained: bool) -> torch.nn.Module:
+def _compressai_base(name: str, quality: int, pretrained: bool, download: bool = True) -> torch.nn.Module:
     from compressai.zoo import image_models
     from compressai.zoo.image import model_urls
 
     if not pretrained:
         return image_models[name](quality=quality, metric="mse", pretrained=False)
+    if not download:
+        url = model_urls.get(name, {}).get("mse", {}).get(quality, "")
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if not cached.is_file():
+            raise ModelUnavailableError(
+                f"{name} quality {quality} is not in the local cache ({cached}); decoding never downloads "
+                f"(a file names its model, so a download would let any file make this machine fetch): "
+                f"get {url} yourself, or pass --weights"
+            )
     try:
         return image_models[name](quality=quality, metric="mse", pretrained=True, progress=False)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -155,13 +164,15 @@ def _has_offsets(state: dict) -> bool:
     return any(".offsets." in k or k.startswith("offsets.") for k in state)
 
 
-def _build(name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretrained: bool, offsets: bool = False) -> VariableRateModel:
+def _build(
+    name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretrained: bool, offsets: bool = False, download: bool = True
+) -> VariableRateModel:
     entry = _entry(name)
     lambdas = {q: MSE_LAMBDAS[q] for q in group}
     if name == "oml-default":
         net = OMLHyperprior(offsets=offsets)
         return VariableRateModel(name, entry.kind, lambdas, {0: net}, net.g_s, net.M)
-    bases = {q: _compressai_base(name, q, pretrained) for q in sorted(set(qualities) | {max(group)})}
+    bases = {q: _compressai_base(name, q, pretrained, download) for q in sorted(set(qualities) | {max(group)})}
     top = bases[max(group)]
     stages = split_sequential(copy.deepcopy(top.g_s), entry.splits)
     channels = [top.N] * (len(stages) - 1) + [3]
@@ -206,6 +217,7 @@ def load_model(
     modulators: str | Path | None = None,
     pretrained: bool = True,
     all_qualities: bool = False,
+    download: bool = True,
 ) -> VariableRateModel:
     """Build the quality group of ``name`` that contains ``quality``, with its weights.
 
@@ -218,6 +230,8 @@ def load_model(
         pretrained: ``False`` builds random weights (tests, training from scratch).
         all_qualities: load every encoder of the group (meta-training), not just
             ``quality``'s (CompressAI bases keep one encoder per quality).
+        download: let CompressAI fetch missing pretrained weights. Decoders pass ``False``:
+            the model id comes from the file being decoded.
 
     Raises:
         ModelUnavailableError: weights are missing or cannot be downloaded.
@@ -231,7 +245,9 @@ def load_model(
         if state["name"] != name:
             raise ModelUnavailableError(f"{path} holds weights of {state['name']}, not {name}")
         qualities = tuple(q for q in state["encoders"] if q in group) or qualities
-    model = _build(name, group, qualities, pretrained=pretrained and not from_file, offsets=from_file and _has_offsets(state["state_dict"]))
+    model = _build(
+        name, group, qualities, pretrained=pretrained and not from_file, offsets=from_file and _has_offsets(state["state_dict"]), download=download
+    )
     if from_file:
         _load_state(model, state["state_dict"], str(path))
     if modulators is not None:
