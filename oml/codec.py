@@ -204,14 +204,39 @@ def read_header(data: bytes) -> Header:
     return _read_header(_Reader(_verified(data)))
 
 
+MAX_TILE = 4096
+MAX_LAMBDAS = 64
+
+
+def _check_header(h: Header, remaining: int) -> None:
+    """Bounds on every header field, before anything is allocated from them (a forged header with
+    a valid checksum must cost no more than its own bytes)."""
+    if h.tile % tiling.MULTIPLE or not tiling.MULTIPLE <= h.tile <= MAX_TILE:
+        raise CodecError(f"damaged header: tile size {h.tile} (expected a multiple of {tiling.MULTIPLE} up to {MAX_TILE})")
+    if h.height < 1 or h.width < 1:
+        raise CodecError(f"damaged header: image size {h.width}x{h.height}")
+    if not 1 <= h.num_lambdas <= MAX_LAMBDAS or not h.metrics or len(set(h.metrics)) != len(h.metrics):
+        raise CodecError(f"damaged header: K={h.num_lambdas}, λ* sets {list(h.metrics)}")
+    expected = -(-h.height // h.tile) * -(-h.width // h.tile)
+    if h.num_tiles != expected:
+        raise CodecError(f"damaged header: {h.num_tiles} tiles for a {h.width}x{h.height} image (expected {expected})")
+    smallest = 5 + (4 if h.version >= 2 else 0) + 2 * len(h.metrics) * h.num_lambdas
+    if h.num_tiles * smallest > remaining:
+        raise CodecError(f"damaged data: {h.num_tiles} tiles cannot fit in {remaining} bytes")
+
+
 def read(data: bytes) -> tuple[Header, list[TileRecord]]:
-    """Parse and verify a whole coded image."""
+    """Parse and verify a whole coded image: checksum, header bounds, every tile's z shape."""
     r = _Reader(_verified(data))
     header = _read_header(r)
-    expected = len(tiling.tile_grid(header.height, header.width, header.tile))
-    if header.num_tiles != expected:
-        raise CodecError(f"damaged header: {header.num_tiles} tiles for a {header.width}x{header.height} image (expected {expected})")
-    tiles = [_read_tile(r, header.version, len(header.metrics), header.num_lambdas) for _ in range(header.num_tiles)]
+    _check_header(header, len(r.data) - r.pos)
+    tiles = []
+    for number, tile in enumerate(tiling.tile_grid(header.height, header.width, header.tile)):
+        rec = _read_tile(r, header.version, len(header.metrics), header.num_lambdas)
+        expected = tuple(side // tiling.MULTIPLE for side in tiling.padded_size(tile.height, tile.width))
+        if rec.z_shape != expected or len(rec.strings) != 2:
+            raise CodecError(f"damaged data: tile {number} has z shape {rec.z_shape} and {len(rec.strings)} strings (expected {expected} and 2)")
+        tiles.append(rec)
     if r.pos != len(r.data):
         raise CodecError(f"damaged data: {len(r.data) - r.pos} unexpected trailing bytes")
     return header, tiles
@@ -280,6 +305,8 @@ def encode(
     bounded by the batch, whatever the image size.
     """
     _check_image(image)
+    if not tiling.MULTIPLE <= tile_size <= MAX_TILE or tile_size % tiling.MULTIPLE:
+        raise ValueError(f"tile size {tile_size} is not a multiple of {tiling.MULTIPLE} between {tiling.MULTIPLE} and {MAX_TILE}")
     with ieee_float32():
         return _encode(model, image, quality, lmbda, adapt_config, tile_size, tile_batch)
 
@@ -369,13 +396,16 @@ def check_model(model: VariableRateModel, header: Header) -> None:
         )
 
 
-def decode(model: VariableRateModel, data: bytes, metric: str | None = None) -> Tensor:
+def decode(model: VariableRateModel, data: bytes, metric: str | None = None, max_pixels: int | None = None) -> Tensor:
     """Bytes → uint8 image ``(3, H, W)``, with the λ* set of ``metric`` (default: the first).
 
     Raises:
+        CodecError: damaged or forged data, another model, or more than ``max_pixels`` pixels.
         DesyncError: a tile's decoded symbols do not match its stored check.
     """
     header, records = read(data)
+    if max_pixels is not None and header.height * header.width > max_pixels:
+        raise CodecError(f"{header.width}x{header.height} is over the limit of {max_pixels} pixels (raise it with --max-pixels)")
     check_model(model, header)
     index = select_set(header, metric)
     grid = tiling.tile_grid(header.height, header.width, header.tile)

@@ -760,8 +760,8 @@ class ShardDecoder:
             return DecodedImage(row["source"], row["path"], output, status, reason, checks)
 
         data = schema.coded_bytes(row)
-        if self.verify and schema.sha256(data) != row["coded_sha256"]:
-            return result("mismatch", "archive record damaged: coded checksum differs")
+        if schema.sha256(data) != row["coded_sha256"]:  # always: a damaged row must not restore as wrong pixels
+            return result("failed", "archive record damaged: coded checksum differs")
         model_cfg = dataclasses.replace(self.model, name=row["model"], download=False)  # never fetch what a row names
         try:
             model = get_model(model_cfg, row["quality"] or 1)

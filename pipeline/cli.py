@@ -138,7 +138,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
             models[key] = load_model(header.model, quality, weights=args.weights, download=False)  # the file names it
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", codec.PortabilityWarning)
-            image = codec.decode(models[key], data, metric=args.metric)
+            image = codec.decode(models[key], data, metric=args.metric, max_pixels=args.max_pixels)
         for w in caught:
             tqdm.write(f"warning: {src}: {w.message}", file=sys.stderr)
         _write(dst, encode_png(image))
@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output PNG (one input) or folder")
     p.add_argument("--metric", choices=(codec.PLAIN, *METRICS), help="which stored λ* set to decode with (default: the first)")
     p.add_argument("--weights", help="local oml weights file instead of the model's default source")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (forged headers)")
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("eval", help="rate-distortion on a folder of images against JPEG, WebP and AVIF")

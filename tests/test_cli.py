@@ -121,7 +121,7 @@ def test_decoding_never_downloads_the_model_a_file_names(tmp_path, monkeypatch, 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("decoder tried to download"))
     header = codec.Header(2, "mbt2018-mean", bytes(8), 3, 0.0067, 64, 64, 512, 4, ("plain",), 1)
-    record = codec.TileRecord((4, 4), [b"", b""], torch.zeros(1, 4, dtype=torch.float16), 0)
+    record = codec.TileRecord((1, 1), [b"", b""], torch.zeros(1, 4, dtype=torch.float16), 0)
     forged = tmp_path / "forged.oml"
     forged.write_bytes(codec.write(header, [record]))
     assert main(["decompress", str(forged), "-o", str(tmp_path / "out.png")]) == 2

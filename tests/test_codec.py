@@ -138,3 +138,47 @@ def test_batched_tiles_keep_every_invariant(random_default_model):
     assert len(enc.tiles) == 9
     assert torch.equal(codec.decode(random_default_model, enc.data), enc.reconstruction)
     assert all(t.psnr_after >= t.psnr_before for t in enc.tiles)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(height=10**9, width=10**9), "tiles for a|cannot fit"),
+        (dict(height=0), "image size"),
+        (dict(tile=65472), "tile size"),
+        (dict(tile=100), "tile size"),
+        (dict(metrics=()), "λ\\* sets"),
+        (dict(metrics=("psnr", "psnr")), "λ\\* sets"),
+        (dict(num_lambdas=0), "K=0"),
+    ],
+)
+def test_forged_headers_with_valid_checksums_are_refused_before_allocation(coded, change, message):
+    """Header fields are bounded before anything is sized from them: a forged header costs no
+    more than its own bytes (a 10⁹×10⁹ image is refused, not allocated)."""
+    _, enc = coded
+    header, records = codec.read(enc.data)
+    forged = codec.write(header.__class__(**{**header.__dict__, **change}), records)
+    with pytest.raises(codec.CodecError, match=message):
+        codec.read(forged)
+
+
+def test_forged_tile_shapes_are_refused(coded):
+    _, enc = coded
+    header, records = codec.read(enc.data)
+    for z_shape in ((0, 0), (60000, 60000), (records[0].z_shape[0] + 1, records[0].z_shape[1])):
+        bad = [records[0]._replace(z_shape=z_shape), *records[1:]]
+        with pytest.raises(codec.CodecError, match="tile 0 has z shape"):
+            codec.read(codec.write(header, bad))
+    with pytest.raises(codec.CodecError, match="strings"):
+        codec.read(codec.write(header, [records[0]._replace(strings=records[0].strings[:1]), *records[1:]]))
+
+
+def test_decoding_is_bounded_by_max_pixels(random_default_model, coded):
+    image, enc = coded
+    with pytest.raises(codec.CodecError, match="over the limit"):
+        codec.decode(random_default_model, enc.data, max_pixels=image.shape[1] * image.shape[2] - 1)
+
+
+def test_tile_sizes_the_format_cannot_hold_are_refused_at_encoding(random_default_model):
+    with pytest.raises(ValueError, match="tile size 70016"):
+        codec.encode(random_default_model, natural_image(64, 64), quality=1, tile_size=70016)

@@ -271,9 +271,10 @@ def test_verify_reports_damaged_records_and_changed_sources(archived, tmp_path):
         row["tiles"][0]["lambdas"][0] = 0.5  # a flipped λ* value: still decodable, no longer the coded file
 
     copy = edited_copy(out, tmp_path / "archive", "a.png", flip_lambda)
-    report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), select=("a.png",), verify=True, progress=False))
-    assert (report.mismatched, report.exit_code) == (1, 1)
-    assert "coded checksum" in report.results[0].reason
+    for verify in (True, False):  # checked on every decode, not only under --verify
+        report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / f"png{verify}"), select=("a.png",), verify=verify, progress=False))
+        assert (report.failed, report.exit_code) == (1, 1)
+        assert "coded checksum" in report.results[0].reason and not (tmp_path / f"png{verify}" / "a.png").exists()
 
     # A source edited after compression: the bit-exact reconstruction check still passes.
     moved = tmp_path / "inputs"
@@ -296,6 +297,7 @@ def test_a_desynchronised_tile_is_in_the_summary_not_in_the_output(archived, tmp
 
     def alter_check(row: dict) -> None:
         row["tiles"][1]["check"] ^= 1
+        row["coded_sha256"] = schema.sha256(schema.coded_bytes(row))  # a consistent record
 
     copy = edited_copy(out, tmp_path / "archive", "a.png", alter_check)
     report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))
