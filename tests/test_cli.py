@@ -127,3 +127,33 @@ def test_decoding_never_downloads_the_model_a_file_names(tmp_path, monkeypatch, 
     assert main(["decompress", str(forged), "-o", str(tmp_path / "out.png")]) == 2
     err = capsys.readouterr().err
     assert "not in the local cache" in err and "never downloads" in err and "Traceback" not in err
+
+
+def _forged_weights(path, weights, edit):
+    state = torch.load(weights, weights_only=True)
+    edit(state["state_dict"])
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    "name,make,message",
+    [
+        ("random", lambda p, w: p.write_bytes(bytes(range(256)) * 4), "not an oml weights file"),
+        ("empty", lambda p, w: p.write_bytes(b""), "not an oml weights file"),
+        ("text", lambda p, w: p.write_text("weights"), "not an oml weights file"),
+        ("missing", lambda p, w: _forged_weights(p, w, lambda sd: sd.pop(next(k for k in sd if "g_a" in k))), "missing tensors"),
+        ("shape", lambda p, w: _forged_weights(p, w, lambda sd: sd.update({next(k for k in sd if k.endswith("weight")): torch.zeros(3, 3)})), "size mismatch"),
+        ("cdf-shape", lambda p, w: _forged_weights(p, w, lambda sd: sd.update({next(k for k in sd if k.endswith("gaussian_conditional._quantized_cdf")): torch.zeros(2, 2, dtype=torch.int32)})), "inconsistent shapes"),
+        ("cdf-values", lambda p, w: _forged_weights(p, w, lambda sd: sd[next(k for k in sd if k.endswith("entropy_bottleneck._quantized_cdf"))].mul_(-1)), "not a valid table"),
+    ],
+)
+def test_bad_weights_files_are_one_line_errors(tmp_path, weights, capsys, name, make, message):
+    """Each of these crashed or segfaulted the range coder before; now: exit 2, one line."""
+    bad = tmp_path / f"{name}.pt"
+    make(bad, weights)
+    src = tmp_path / "a.png"
+    _png(src, natural_image(64, 64))
+    assert main(["compress", str(src), "-o", str(tmp_path / "a.oml"), "--weights", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "a.oml").exists()

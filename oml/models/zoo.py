@@ -91,8 +91,11 @@ def _load_weights_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelUnavailableError(f"weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for foreign bytes; all mean the same here
+        raise ModelUnavailableError(f"{path} is not an oml weights file (unreadable: {type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT or not isinstance(state.get("state_dict"), dict):
         raise ModelUnavailableError(f"{path} is not an oml weights file (expected format {WEIGHTS_FORMAT})")
     return state
 
@@ -192,7 +195,13 @@ def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
             f"{origin} does not match the architecture: {len(missing)} missing tensors "
             f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})"
         )
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    if any(not isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelUnavailableError(f"{origin} holds entries that are not tensors")
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise ModelUnavailableError(f"{origin} does not match the architecture: {first.strip()}") from None
     _load_tables(model, tables, origin)
 
 
@@ -207,6 +216,27 @@ def _load_tables(model: torch.nn.Module, tables: dict, origin: str) -> None:
             raise ModelUnavailableError(f"{origin}: entropy table {key} has the wrong type {value.dtype}")
         owner, name = key.rsplit(".", 1)
         model.get_submodule(owner).register_buffer(name, value.to(buffers[key].dtype).clone())
+    for owner in {k.rsplit(".", 1)[0] for k in tables}:
+        _check_tables(model.get_submodule(owner), f"{origin}: {owner}")
+
+
+def _check_tables(em: torch.nn.Module, origin: str) -> None:
+    """Stored CDF tables are trusted by a C++ range coder: check them as it needs them."""
+    cdf, lengths, offsets = em._quantized_cdf, em._cdf_length, em._offset
+    if cdf.numel() == 0:
+        return
+    top = 1 << int(em.entropy_coder_precision)
+    rows = cdf.shape[0] if cdf.dim() == 2 else -1
+    if rows < 1 or lengths.shape != (rows,) or offsets.shape != (rows,):
+        raise ModelUnavailableError(f"{origin}: entropy tables of inconsistent shapes {tuple(cdf.shape)}, {tuple(lengths.shape)}, {tuple(offsets.shape)}")
+    if hasattr(em, "scale_table") and em.scale_table.shape != (rows,):
+        raise ModelUnavailableError(f"{origin}: {rows} CDFs for {em.scale_table.numel()} scales")
+    if hasattr(em, "quantiles") and em.quantiles.shape[0] != rows:
+        raise ModelUnavailableError(f"{origin}: {rows} CDFs for {em.quantiles.shape[0]} channels")
+    for i, n in enumerate(lengths.tolist()):
+        row = cdf[i, :n] if 3 <= n <= cdf.shape[1] else None
+        if row is None or row[0] != 0 or row[-1] != top or not bool((row[1:] > row[:-1]).all()):
+            raise ModelUnavailableError(f"{origin}: CDF {i} is not a valid table (length {n})")
 
 
 def load_model(
