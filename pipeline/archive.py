@@ -11,8 +11,9 @@ Layout of an archive at ``OUT`` (local folder or ``s3://bucket/prefix``)::
 Shards are the sorted input listing cut every ``shard_size`` files, so shard
 ``i`` always holds the same files. A shard is written by one Ray task (retried
 when its worker dies): the Parquet file first, then its done marker. A re-run
-skips every shard that has a marker and redoes the others, overwriting any
-half-written Parquet file, so rows are never duplicated or lost.
+skips every shard whose marker is intact and names its Parquet file's size and
+SHA-256, and redoes the others (no marker, damaged marker, truncated or missing
+file), so rows are never duplicated or lost and damage is repaired.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from oml.models.zoo import DEFAULT_MODEL, ModelUnavailableError, load_model, qua
 from pipeline import schema, storage
 
 PLAN_FORMAT = "oml-archive-plan/1"
-MARKER_FORMAT = "oml-archive-shard/1"
+MARKER_FORMAT = "oml-archive-shard/2"
 
 # Reading a source can fail for good (the file is gone or unreadable: recorded
 # as a failed input) or for a while (network, throttling: the shard is retried).
@@ -188,6 +189,8 @@ class ShardResult:
     sum_psnr_after: float
     failures: tuple[Failure, ...]
     seconds: dict[str, float]
+    parquet_bytes: int = 0
+    parquet_sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -196,10 +199,20 @@ class ShardResult:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ShardResult:
-        kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls)}
-        kwargs["sources"] = tuple(kwargs["sources"])
-        kwargs["failures"] = tuple(Failure(**f) for f in kwargs["failures"])
-        return cls(**kwargs)
+        """Raises ValueError for anything but a marker of this format (damaged, forged, older)."""
+        try:
+            if d.get("format") != MARKER_FORMAT:
+                raise ValueError(f"marker format {d.get('format')!r}, expected {MARKER_FORMAT}")
+            kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls)}
+            kwargs["sources"] = tuple(kwargs["sources"])
+            kwargs["failures"] = tuple(Failure(**f) for f in kwargs["failures"])
+            return cls(**kwargs)
+        except (AttributeError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a shard marker ({type(exc).__name__}: {exc})") from None
+
+    def matches(self, parquet: bytes | None) -> bool:
+        """Whether ``parquet`` is the file this marker committed (size and SHA-256)."""
+        return parquet is not None and len(parquet) == self.parquet_bytes and schema.sha256(parquet) == self.parquet_sha256
 
 
 @dataclass(frozen=True)
@@ -345,7 +358,8 @@ class ShardEncoder:
             else:
                 rows.append(row)
         start = time.perf_counter()
-        storage.write_bytes(shard_uri(self.output, shard.index), schema.to_parquet(rows))
+        parquet = schema.to_parquet(rows)
+        storage.write_bytes(shard_uri(self.output, shard.index), parquet)
         seconds["write"] += time.perf_counter() - start
         result = ShardResult(
             index=shard.index,
@@ -359,6 +373,8 @@ class ShardEncoder:
             sum_psnr_after=sum(r["psnr_after"] for r in rows),
             failures=tuple(failures),
             seconds={k: round(v, 4) for k, v in seconds.items()},
+            parquet_bytes=len(parquet),
+            parquet_sha256=schema.sha256(parquet),
         )
         storage.write_json(marker_uri(self.output, shard.index), result.to_json())  # the commit, always last
         return result
@@ -544,12 +560,30 @@ def _check_plan(old: dict[str, Any], new: dict[str, Any], root: str) -> None:
     )
 
 
+def read_marker(uri: str) -> tuple[ShardResult | None, str]:
+    """A done marker and its Parquet file: (the marker, "") when the file is the one it committed,
+    else (None, why not)."""
+    try:
+        result = ShardResult.from_json(storage.read_json(uri))
+    except (OSError, ValueError) as exc:
+        return None, f"damaged marker {posixpath.basename(uri)}: {exc}"
+    try:
+        parquet = storage.read_bytes(uri[: -len(".done.json")] + ".parquet")
+    except OSError:
+        parquet = None
+    if not result.matches(parquet):
+        what = "missing" if parquet is None else f"{len(parquet)} bytes, not the {result.parquet_bytes} committed, or another hash"
+        return None, f"shard {result.index}: its Parquet file is {what}"
+    return result, ""
+
+
 def _committed(root: str, shards: Sequence[Shard]) -> dict[int, ShardResult]:
-    """Shards that have a done marker (and so a complete Parquet file)."""
+    """Shards whose done marker is intact and whose Parquet file is the one it committed; any other
+    shard (no marker, damaged marker, truncated or missing file) is redone, which repairs it."""
     found = {}
     for uri in storage.glob(storage.join(root, "shards", "shard-*.done.json")):
-        result = ShardResult.from_json(storage.read_json(uri))
-        if result.index < len(shards) and result.sources == tuple(f.relative_path for f in shards[result.index].files):
+        result, _ = read_marker(uri)
+        if result is not None and result.index < len(shards) and result.sources == tuple(f.relative_path for f in shards[result.index].files):
             found[result.index] = result
     return found
 
@@ -802,14 +836,20 @@ class ShardDecoder:
         return result("ok", bit_exact=bit_exact, max_psnr_error=worst)
 
 
-def _decode_jobs(root: str, select: Sequence[str], output: str) -> tuple[list[DecodeJob], list[DecodedImage]]:
-    """Selected rows per committed shard, with their output URIs; and the rows refused before
-    decoding (a path that would leave the output folder, an output that is the row's source)."""
-    markers = storage.glob(storage.join(root, "shards", "shard-*.done.json"))
-    shards = [m[: -len(".done.json")] + ".parquet" for m in markers]
+def _decode_jobs(root: str, select: Sequence[str], output: str, expected_shards: int) -> tuple[list[DecodeJob], list[DecodedImage]]:
+    """Selected rows per committed shard, with their output URIs; and what is refused before
+    decoding: a path that would leave the output folder, an output that is the row's source, a
+    shard whose marker or Parquet file is damaged or missing (named, so nothing goes unreported)."""
     chosen: list[tuple[str, str, str]] = []
     refused: list[DecodedImage] = []
-    for shard in shards:
+    committed: set[int] = set()
+    for marker in storage.glob(storage.join(root, "shards", "shard-*.done.json")):
+        result, why = read_marker(marker)
+        if result is None:
+            refused.append(DecodedImage("", posixpath.basename(marker), "", "failed", f"not restored: {why}; re-run compress to repair it", {}))
+            continue
+        committed.add(result.index)
+        shard = shard_uri(root, result.index)
         table = schema.read_parquet(storage.read_bytes(shard), columns=["source", "path"])
         for source, path in zip(table.column("source").to_pylist(), table.column("path").to_pylist()):
             if select and not _matches(source, path, select):
@@ -820,6 +860,8 @@ def _decode_jobs(root: str, select: Sequence[str], output: str) -> tuple[list[De
                 refused.append(DecodedImage(source, path, "", "failed", f"not restored: {exc} (damaged or forged archive row)", {}))
                 continue
             chosen.append((shard, source, path))
+    for index in sorted(set(range(expected_shards)) - committed):
+        refused.append(DecodedImage("", f"shard-{index:06d}", "", "failed", "not restored: shard not committed (compression unfinished or its marker lost); re-run compress", {}))
     names = png_names([p for _, _, p in chosen])
     jobs: dict[str, dict[str, str]] = {}
     for shard, source, path in chosen:
@@ -845,7 +887,8 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], list
     output = storage.normalize(config.output)
     if output == plan.get("input"):
         raise ValueError(f"{storage.redact(output)} is the archive's input folder: restored images would replace the originals; choose another output")
-    jobs, refused = _decode_jobs(root, config.select, output)
+    expected_shards = -(-int(plan.get("files", 0)) // max(1, int(plan.get("shard_size", 1))))
+    jobs, refused = _decode_jobs(root, config.select, output, expected_shards)
     if not jobs and not refused:
         raise ValueError("no archived image matches the selection" if config.select else "the archive has no images yet")
     sources = storage.normalize(config.sources) if config.sources else None

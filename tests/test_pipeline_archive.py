@@ -70,13 +70,22 @@ def snapshot(out: Path, pattern: str = "*") -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "shards").glob(pattern))}
 
 
+def rewrite_shard(shard: Path, table: list[dict]) -> None:
+    """Write ``table`` as the shard's Parquet file and re-seal its marker (as a forger would)."""
+    data = schema.to_parquet(table)
+    shard.write_bytes(data)
+    marker = shard.with_name(shard.name.replace(".parquet", ".done.json"))
+    sealed = json.loads(marker.read_text()) | {"parquet_bytes": len(data), "parquet_sha256": schema.sha256(data)}
+    marker.write_text(json.dumps(sealed))
+
+
 def edited_copy(out: Path, copy: Path, path: str, edit) -> Path:
     """A copy of the archive ``out`` whose row for ``path`` (in the first shard) went through ``edit``."""
     shutil.copytree(out, copy)
     shard = copy / "shards" / "shard-000000.parquet"
     table = pq.read_table(shard).to_pylist()
     edit(next(r for r in table if r["path"] == path))
-    shard.write_bytes(schema.to_parquet(table))
+    rewrite_shard(shard, table)
     return copy
 
 
@@ -194,6 +203,33 @@ def test_unfinished_shard_is_redone_without_duplicates(archived, tmp_path):
     assert (report.shards_written, report.shards_skipped, report.exit_code) == (1, 2, 1)
     assert sorted(r["path"] for r in rows(copy)) == sorted(GOOD)
     assert snapshot(copy, "*.parquet") == snapshot(out, "*.parquet")  # markers differ only in timings
+
+
+@pytest.mark.parametrize(
+    "damage,why",
+    [
+        (lambda d: (d / "shard-000001.parquet").write_bytes((d / "shard-000001.parquet").read_bytes()[:100]), "its Parquet file is 100 bytes"),
+        (lambda d: (d / "shard-000001.parquet").unlink(), "its Parquet file is missing"),
+        (lambda d: (d / "shard-000001.done.json").write_text("{}"), "damaged marker"),
+        (lambda d: (d / "shard-000001.done.json").write_text('{"format": "oml-arch'), "damaged marker"),
+        (lambda d: (d / "shard-000001.done.json").unlink(), "shard not committed"),
+    ],
+)
+def test_damaged_shards_are_named_by_decompress_and_repaired_by_compress(archived, tmp_path, damage, why):
+    """A truncated, missing or unmarked shard: decompress restores the rest and names it (exit 1);
+    the next compress run redoes exactly that shard, after which everything restores."""
+    inp, out, _ = archived
+    copy = tmp_path / "archive"
+    shutil.copytree(out, copy)
+    damage(copy / "shards")
+    report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))
+    assert report.exit_code == 1 and report.restored == 1  # a.png; shard 1 held sub/b.png and sub/deeper/c.jpg
+    assert any(why in r.reason for r in report.results if r.status == "failed"), [r.reason for r in report.results]
+    again = archive.run_compress(config(inp, copy))
+    assert (again.shards_written, again.shards_skipped) == (1, 2)
+    assert snapshot(copy, "*.parquet") == snapshot(out, "*.parquet")
+    report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png2"), progress=False))
+    assert (report.selected, report.restored, report.exit_code) == (3, 3, 0)
 
 
 def test_a_killed_worker_loses_nothing(archived, tmp_path):
@@ -348,7 +384,7 @@ def test_rows_cannot_place_files_or_make_the_decoder_fetch(archived, tmp_path):
             for row in table:
                 if row["path"] in paths or row["path"] == "sub/deeper/c.jpg":
                     forge(row)
-            shard.write_bytes(schema.to_parquet(table))
+            rewrite_shard(shard, table)
         before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
         report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), verify=True, progress=False))
     finally:
