@@ -420,7 +420,8 @@ def decode(model: VariableRateModel, data: bytes, metric: str | None = None, max
     with ieee_float32():
         for number, (tile, rec) in enumerate(zip(grid, records)):
             y_hat = decode_tile_latent(model, header, rec, number, tile)
-            tiling.split(image, [tile])[0].copy_(reconstruct_tile(model, y_hat.to(model.device), rec.lambdas[index], header.lmbda, tile))
+            lambdas = rec.lambdas[index] if index is not None else torch.full((header.num_lambdas,), header.lmbda).half()
+            tiling.split(image, [tile])[0].copy_(reconstruct_tile(model, y_hat.to(model.device), lambdas, header.lmbda, tile))
     return image
 
 
@@ -452,10 +453,13 @@ def ieee_float32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def select_set(header: Header, metric: str | None) -> int:
-    """Index of the λ* set for ``metric`` (``None``: the first)."""
+def select_set(header: Header, metric: str | None) -> int | None:
+    """Index of the λ* set for ``metric`` (``None``: the first); ``None`` for ``plain`` in a file
+    that stores only adapted sets (plain decoding needs no stored set: λ* = λ_t)."""
     if metric is None:
         return 0
+    if metric == PLAIN and PLAIN not in header.metrics:
+        return None
     if metric not in header.metrics:
         raise CodecError(f"no λ* set for {metric!r} in this file; it has {', '.join(header.metrics)}")
     return header.metrics.index(metric)

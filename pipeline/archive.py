@@ -535,7 +535,7 @@ class Progress:
 def _plan(cfg: CompressConfig, files: Sequence[storage.SourceFile], fingerprint: str) -> dict[str, Any]:
     return {
         "format": PLAN_FORMAT,
-        "input": storage.normalize(cfg.input),
+        "input": storage.redact(storage.normalize(cfg.input)),
         "model": dataclasses.asdict(cfg.model),
         "coding": dataclasses.asdict(cfg.coding),
         "fingerprint": fingerprint,

@@ -126,8 +126,10 @@ def test_adapted_sets_and_metric_choice(random_default_model):
     assert tiles[0].lambdas.shape == (2, 4)
     assert torch.equal(codec.decode(random_default_model, enc.data, metric="psnr"), enc.reconstruction)
     codec.decode(random_default_model, enc.data, metric="ms-ssim")
-    with pytest.raises(codec.CodecError, match="no λ\\* set for 'plain'"):
-        codec.decode(random_default_model, enc.data, metric="plain")
+    plain = codec.encode(random_default_model, image, quality=1)  # λ* = λ_t: what 'plain' must give
+    assert torch.equal(codec.decode(random_default_model, enc.data, metric="plain"), plain.reconstruction)
+    with pytest.raises(codec.CodecError, match="no λ\\* set for 'psnr'"):
+        codec.decode(random_default_model, plain.data, metric="psnr")
     for t in enc.tiles:
         assert t.psnr_after >= t.psnr_before
 
