@@ -58,6 +58,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels}")
+                frames = int(getattr(img, "n_frames", 1))
+                if frames > 1:  # archiving the first frame would lose the rest without a word
+                    raise ImageDecodeError(f"animated image with {frames} frames: only still images are archived")
                 img = ImageOps.exif_transpose(img)
                 img.load()
                 rgb = _to_rgb8(img)

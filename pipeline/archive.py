@@ -85,6 +85,8 @@ class CodingConfig:
     def __post_init__(self) -> None:
         AdaptConfig(steps=self.steps, metrics=self.metrics)  # same checks, same messages
         tiling.tile_grid(1, 1, self.tile)
+        if self.tile > codec.MAX_TILE:
+            raise ValueError(f"tile size {self.tile} is over the format's limit of {codec.MAX_TILE}")
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
 

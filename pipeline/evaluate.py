@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from oml import baselines, codec
 from oml.adapt import AdaptConfig
-from oml.imageio import IMAGE_SUFFIXES, decode_image
+from oml.imageio import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from oml.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
 from oml.models.zoo import DEFAULT_MODEL, load_model
 from pipeline.published import PUBLISHED_KODAK
@@ -79,7 +79,15 @@ def _images(cfg: EvalConfig) -> list[tuple[str, torch.Tensor]]:
         paths = paths[: cfg.limit]
     if not paths:
         raise ValueError(f"no images in {cfg.inputs}")
-    return [(p.name, decode_image(p.read_bytes())) for p in paths]
+    images = []
+    for p in paths:
+        try:
+            images.append((p.name, decode_image(p.read_bytes())))
+        except (ImageDecodeError, OSError) as exc:  # one bad file must not void the whole evaluation
+            print(f"eval: skipped {p}: {exc}", file=sys.stderr)
+    if not images:
+        raise ValueError(f"no readable images in {cfg.inputs}")
+    return images
 
 
 def _quality(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:

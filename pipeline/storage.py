@@ -104,6 +104,8 @@ def list_files(uri: str, suffixes: tuple[str, ...]) -> list[SourceFile]:
     if not fs.isdir(root):
         raise FileNotFoundError(f"no such file or folder: {redact(uri)}")
     wanted = tuple(s.lower() for s in suffixes)
+    if _is_local(fs):
+        return _walk_local(root, wanted)
     found = fs.find(root, withdirs=False, detail=True)
     prefix = root.rstrip("/") + "/"
     files = []
@@ -112,6 +114,25 @@ def list_files(uri: str, suffixes: tuple[str, ...]) -> list[SourceFile]:
             continue
         rel = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
         files.append(SourceFile(_uri(fs, path), rel.replace(os.sep, "/"), int(info.get("size") or 0)))
+    return sorted(files, key=lambda f: f.relative_path)
+
+
+def _walk_local(root: str, wanted: tuple[str, ...]) -> list[SourceFile]:
+    """A local listing that follows symbolic links to files and folders (as the ``oml`` command
+    does), visiting each real folder once, so a link loop ends."""
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders.sort()
+        for name in names:
+            path = os.path.join(folder, name)
+            if name.lower().endswith(wanted) and os.path.isfile(path):
+                rel = os.path.relpath(path, root).replace(os.sep, "/")
+                files.append(SourceFile(os.path.abspath(path), rel, os.path.getsize(path)))
     return sorted(files, key=lambda f: f.relative_path)
 
 

@@ -15,6 +15,7 @@ def test_eval_writes_json_and_plot(tmp_path, random_default_model, capsys):
     folder.mkdir()
     for i in range(2):
         Image.fromarray(natural_image(64, 96, seed=i).permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    (folder / "unreadable.png").write_bytes(b"not an image")  # skipped with a line, not fatal
     weights = tmp_path / "w.pt"
     save_weights(random_default_model, weights)
     code = main(["eval", str(folder), "-o", str(tmp_path / "out"), "--weights", str(weights), "--steps", "0", "2",
@@ -28,4 +29,5 @@ def test_eval_writes_json_and_plot(tmp_path, random_default_model, capsys):
     adapted, plain = result["curves"]["oml-default N=2"], result["curves"]["oml-default N=0"]
     assert all(a["psnr"] >= p["psnr"] - 1e-9 for a, p in zip(adapted, plain))
     assert (tmp_path / "out" / "rd.png").stat().st_size > 10_000
-    assert "BD-rate" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "BD-rate" in captured.out and "skipped" in captured.err and "unreadable.png" in captured.err

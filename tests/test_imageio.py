@@ -73,3 +73,11 @@ def test_bad_inputs_give_one_line_errors(data, match):
 def test_pixel_limit():
     with pytest.raises(ImageDecodeError, match="over the limit"):
         decode_image(_encode(_rgb(40, 30), "PNG"), max_pixels=1000)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animated_images_are_refused_not_cut_to_one_frame(fmt):
+    frames = [_rgb(), _rgb().transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    data = _encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(ImageDecodeError, match="animated image with 2 frames"):
+        decode_image(data)

@@ -145,6 +145,8 @@ def test_config_errors_are_clear():
         CodingConfig(steps=-1)
     with pytest.raises(ValueError, match="multiple of 64"):
         CodingConfig(tile=100)
+    with pytest.raises(ValueError, match="tile size 70016 is over the format's limit"):
+        CodingConfig(tile=70016)  # before: struct.error in every worker, and "run again"
     with pytest.raises(ValueError, match="shard_size"):
         CompressConfig("a", "b", shard_size=0)
 

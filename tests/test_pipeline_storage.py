@@ -41,3 +41,19 @@ def test_uri_spelling(tmp_path, monkeypatch):
     assert storage.join(str(tmp_path), "shards", "a.parquet") == str(tmp_path / "shards" / "a.parquet")
     assert storage.redact("s3://key:secret@bucket/p") == "s3://bucket/p"
     assert storage.redact("s3://bucket/p") == "s3://bucket/p"
+
+
+def test_listing_follows_symbolic_links_and_ends_on_loops(tmp_path):
+    """The Ray job lists what the oml command takes: linked files and folders, each real folder once."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "inner").mkdir(parents=True)
+    (elsewhere / "inner" / "x.png").write_bytes(b"x")
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"a")
+    os.symlink(elsewhere / "inner" / "x.png", root / "linked.png")
+    os.symlink(elsewhere, root / "linked-folder")
+    os.symlink(root, root / "loop")  # a folder that contains itself
+    os.symlink(tmp_path / "gone.png", root / "broken.png")
+    files = storage.list_files(str(root), (".png",))
+    assert [f.relative_path for f in files] == ["a.png", "linked-folder/inner/x.png", "linked.png"]
