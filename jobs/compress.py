@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from oml.imageio import DEFAULT_MAX_PIXELS
     from oml.models.zoo import ModelUnavailableError
+    from pipeline.storage import unreachable_errors
     from pipeline.archive import CodingConfig, CompressConfig, ModelConfig, RayConfig, run_compress
 
     try:
@@ -65,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModelUnavailableError) as exc:
         print(f"compress: error: {exc}", file=sys.stderr)
         return 2
+    except unreachable_errors() as exc:
+        print(f"compress: error: storage unreachable or refused ({type(exc).__name__}): {exc}", file=sys.stderr)
+        return 1
     print(
         f"archived {report.archived} of {report.images} images in {report.shards} shards "
         f"({report.shards_written} written, {report.shards_skipped} already committed); "

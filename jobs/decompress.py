@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from oml.models.zoo import ModelUnavailableError
+    from pipeline.storage import unreachable_errors
     from pipeline.archive import DecompressConfig, ModelConfig, RayConfig, run_decompress
 
     try:
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ModelUnavailableError) as exc:
         print(f"decompress: error: {exc}", file=sys.stderr)
         return 2
+    except unreachable_errors() as exc:
+        print(f"decompress: error: storage unreachable or refused ({type(exc).__name__}): {exc}", file=sys.stderr)
+        return 1
     print(f"restored {report.restored} of {report.selected} images; {report.failed} failed, {report.mismatched} differ from compression time")
     for r in report.results:
         if r.status != "ok":

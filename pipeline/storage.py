@@ -29,6 +29,19 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the archiving pipeline needs fsspec: pip install 'oml-archive[pipeline]'") from exc
 
 
+def unreachable_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean the storage could not be reached or refused the request
+    (network, endpoint, credentials): the jobs report them in one line."""
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # no S3 support installed
+        pass
+    return tuple(errors)
+
+
 class SourceFile(NamedTuple):
     """One listed input: its URI, its path relative to the listed root (``/``-separated), its size in bytes."""
 

@@ -179,3 +179,14 @@ def test_cluster_yaml_passes_rays_own_validation():
     assert any(t["resources"].get("GPU", 0) >= 1 and t["max_workers"] >= 1 for t in types.values())
     assert any("pip install -e" in c and "pipeline" in c for c in prepared["setup_commands"])
     assert prepared["file_mounts"] == {"~/oml": "."}
+
+
+def test_an_unreachable_object_store_is_one_line(monkeypatch, capsys):
+    """An S3 endpoint that is down (a closed port on 127.0.0.1): one line, exit 1, no traceback."""
+    port = free_port()  # nothing listens there
+    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1",
+                        "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}.items():
+        monkeypatch.setenv(name, value)
+    assert load_job("compress").main(["--input", "s3://bucket/in", "--output", "s3://bucket/out", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("compress: error: storage unreachable") == 1 and "Traceback" not in err
