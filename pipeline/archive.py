@@ -637,6 +637,7 @@ def run_compress(config: CompressConfig, encoder: Callable[[Shard], ShardResult]
         _check_plan(storage.read_json(plan_uri(root)), plan, root)
     else:
         storage.write_json(plan_uri(root), plan)
+    storage.remove_stale_temporaries(storage.join(root, "shards"))
     done = _committed(root, shards)
     run = _Run(shards, done, skipped=len(done))
     pending = [s for s in shards if s.index not in done]

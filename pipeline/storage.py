@@ -193,6 +193,17 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.invalidate_cache(posixpath.dirname(path))
 
 
+def remove_stale_temporaries(folder: str) -> int:
+    """Delete the temporary files that killed writers left in a local ``folder`` (``*.tmp`` of
+    :func:`write_bytes`); the caller makes sure no writer is running. Returns how many."""
+    if not is_local(folder) or not os.path.isdir(normalize(folder)):
+        return 0
+    stale = [e.path for e in os.scandir(normalize(folder)) if e.is_file() and e.name.endswith(".tmp")]
+    for path in stale:
+        os.remove(path)
+    return len(stale)
+
+
 def exists(uri: str) -> bool:
     fs, path = url_to_fs(uri)
     fs.invalidate_cache(posixpath.dirname(path))

@@ -201,7 +201,9 @@ def test_unfinished_shard_is_redone_without_duplicates(archived, tmp_path):
     # A crash after a partial Parquet write and before the done marker.
     (copy / "shards" / "shard-000001.done.json").unlink()
     (copy / "shards" / "shard-000001.parquet").write_bytes(b"PAR1 half written")
+    (copy / "shards" / "shard-000001.parquet.0123abcd.tmp").write_bytes(b"PAR1 a killed writer's")
     report = archive.run_compress(config(inp, copy))
+    assert not list((copy / "shards").glob("*.tmp"))
     assert (report.shards_written, report.shards_skipped, report.exit_code) == (1, 2, 1)
     assert sorted(r["path"] for r in rows(copy)) == sorted(GOOD)
     assert snapshot(copy, "*.parquet") == snapshot(out, "*.parquet")  # markers differ only in timings

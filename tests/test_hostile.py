@@ -1,0 +1,64 @@
+"""Forged .oml files with valid checksums, through the command a user runs: each is a one-line
+error, and the process stays small (headers are bounded before anything is allocated)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oml import codec
+from oml.models.zoo import load_model
+
+from .conftest import natural_image
+
+ROOT = Path(__file__).resolve().parents[1]
+FORGERIES = {
+    "huge-image": dict(height=60000, width=60000),
+    "huge-tile-count": dict(height=4000, width=4000, num_tiles=64),
+    # 65 535² tiles of 64 px: a consistent header whose grid alone, built as a list, took >12 GB
+    "astronomical-grid": dict(height=65535 * 64, width=65535 * 64, tile=64, num_tiles=65535**2),
+    "zero-size": dict(height=0, width=0, num_tiles=0),
+    "no-metric-sets": dict(metrics=()),
+    "oversized-tile": dict(tile=65472),
+    "zero-modulators": dict(num_lambdas=0),
+}
+
+
+@pytest.fixture(scope="module")
+def forged(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("forged")
+    model = load_model("oml-default", 1)
+    header, records = codec.read(codec.encode(model, natural_image(64, 64), quality=1).data)
+    paths = []
+    for name, change in FORGERIES.items():
+        path = folder / f"{name}.oml"
+        path.write_bytes(codec.write(header.__class__(**{**header.__dict__, **change}), records))
+        paths.append(path)
+    for name, z_shape in {"zero-z": (0, 0), "huge-z": (65535, 65535)}.items():
+        path = folder / f"{name}.oml"
+        path.write_bytes(codec.write(header, [records[0]._replace(z_shape=z_shape)]))
+        paths.append(path)
+    return folder, paths
+
+
+@pytest.mark.parametrize("command", ["info", "decompress"])
+def test_forged_headers_are_one_line_errors_in_bounded_memory(forged, command):
+    folder, paths = forged
+    extra = ["-o", str(folder / "out")] if command == "decompress" else []
+    argv = ["oml", command, *map(str, paths), *extra]
+    script = (  # the CLI, then its own peak resident memory on the last line
+        "import resource, runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n    runpy.run_module('pipeline.cli', run_name='__main__')\n"
+        "finally:\n    print('peak-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(paths) and all("damaged" in line for line in errors), run.stderr
+    peak_mib = int(run.stderr.rsplit("peak-kib ", 1)[1].split()[0]) / 1024
+    assert peak_mib < 1500, f"{peak_mib:.0f} MiB"  # torch and the model alone are about 500 MiB
+    assert not (folder / "out").exists()
