@@ -23,6 +23,7 @@ from oml import codec, tiling
 from oml.adapt import METRICS, AdaptConfig
 from oml.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError, decode_image, encode_png
 from oml.models.zoo import DEFAULT_MODEL, ModelUnavailableError, load_model, model_ids
+from pipeline.walk import walk_files
 
 CODED_SUFFIX = ".oml"
 
@@ -36,7 +37,7 @@ def _expand(inputs: Sequence[str], suffixes: tuple[str, ...]) -> list[Path]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+            files += [Path(p) for p, _ in walk_files(str(path), suffixes)]
         elif path.exists():
             files.append(path)
         else:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from oml.imageio import IMAGE_SUFFIXES
+from pipeline.walk import walk_files
 
 try:
     import fsspec
@@ -131,22 +132,7 @@ def list_files(uri: str, suffixes: tuple[str, ...]) -> list[SourceFile]:
 
 
 def _walk_local(root: str, wanted: tuple[str, ...]) -> list[SourceFile]:
-    """A local listing that follows symbolic links to files and folders (as the ``oml`` command
-    does), visiting each real folder once, so a link loop ends."""
-    files, seen = [], set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            subfolders[:] = []
-            continue
-        seen.add(real)
-        subfolders.sort()
-        for name in names:
-            path = os.path.join(folder, name)
-            if name.lower().endswith(wanted) and os.path.isfile(path):
-                rel = os.path.relpath(path, root).replace(os.sep, "/")
-                files.append(SourceFile(os.path.abspath(path), rel, os.path.getsize(path)))
-    return sorted(files, key=lambda f: f.relative_path)
+    return [SourceFile(os.path.abspath(path), rel, os.path.getsize(path)) for path, rel in walk_files(root, wanted)]
 
 
 def list_images(uri: str) -> list[str]:

@@ -157,3 +157,12 @@ def test_bad_weights_files_are_one_line_errors(tmp_path, weights, capsys, name, 
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "a.oml").exists()
+
+
+def test_folders_with_link_loops_are_walked_once(tmp_path, weights):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _png(folder / "a.png", natural_image(32, 32))
+    (folder / "loop").symlink_to(folder)
+    assert main(["compress", str(folder), "-o", str(tmp_path / "out"), "--weights", weights]) == 0
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.oml")] == ["a.oml"]
