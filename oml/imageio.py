@@ -43,6 +43,9 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_DEFLATE_MAX_RATIO = 1032
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
     """Encoded image bytes → uint8 tensor ``(3, H, W)`` following the module's policy.
 
@@ -58,6 +61,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageDecodeError(f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels}")
+                if img.format == "PNG" and h * (-(-w // 8) + 1) > _DEFLATE_MAX_RATIO * len(data):
+                    # deflate expands at most 1032:1 and a PNG row holds at least w/8 bytes and a
+                    # filter byte: these bytes cannot hold this image (a header-only bomb)
+                    raise ImageDecodeError(f"corrupt or truncated image: {len(data)} bytes cannot hold a {w}x{h} PNG")
                 frames = int(getattr(img, "n_frames", 1))
                 if frames > 1:  # archiving the first frame would lose the rest without a word
                     raise ImageDecodeError(f"animated image with {frames} frames: only still images are archived")

@@ -81,3 +81,19 @@ def test_animated_images_are_refused_not_cut_to_one_frame(fmt):
     data = _encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100)
     with pytest.raises(ImageDecodeError, match="animated image with 2 frames"):
         decode_image(data)
+
+
+def test_a_header_only_png_is_refused_before_its_pixels_are_allocated():
+    """12000² declared in 100-odd bytes: refused from the header (deflate expands at most 1032:1),
+    while a genuinely tiny-to-store large PNG (all one colour) still decodes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header_only = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    with pytest.raises(ImageDecodeError, match="cannot hold a 12000x12000 PNG"):  # said before load()
+        decode_image(header_only)
+    solid = _encode(Image.new("RGB", (2000, 1500), (10, 200, 30)), "PNG")
+    assert len(solid) * 1032 > 1500 * 251 and decode_image(solid).shape == (3, 1500, 2000)
