@@ -86,14 +86,14 @@ def coding_split(files: list[Path], model_cfg, coding) -> dict[str, float]:
     """Seconds per tile of each part of coding, on ``files``, in this process."""
     from oml import codec
     from oml.imageio import decode_image
-    from oml.models import variable_rate
+    from oml.models import latent, variable_rate
     from pipeline import archive
 
     model = archive.get_model(model_cfg, coding.quality)
     totals: dict[str, float] = {}
     patches = [
         _Timed(variable_rate.VariableRateModel, "analyze", "analysis", totals),
-        _Timed(variable_rate, "encode_latent", "entropy coding", totals),
+        _Timed(latent.LatentCodec, "encode", "entropy coding", totals),
         _Timed(codec, "_adapt_batch", "adaptation", totals),
     ]
     tiles, coding_total = 0, 0.0
