@@ -14,6 +14,17 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 KODAK = SHARED_DATA / "kodak"
 
 
+def kodak_image(name: str) -> Path:
+    """A Kodak file from ../shared beside the repository: skipped where it is absent, except in
+    CI (``CI`` set), where ../shared must be there and a missing file is a failure."""
+    path = KODAK / name
+    if not path.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI runs with ../shared beside the repository")
+        pytest.skip(f"{path} not available (../shared/data/kodak beside the repository)")
+    return path
+
+
 def start_local_ray():
     """A local Ray on 2 CPUs with a small object store, for the pipeline tests (the caller shuts it down)."""
     import ray

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,8 @@ from oml.baselines import (
 )
 from oml.metrics import psnr
 
-KODAK = Path("/work/shared/data/kodak")
+from .conftest import kodak_image
+
 
 
 def synthetic_image(height: int = 64, width: int = 96, seed: int = 0) -> torch.Tensor:
@@ -68,9 +68,7 @@ def test_default_qualities_are_sorted_and_long_enough() -> None:
 
 
 def test_kodak_jpeg_defaults_span_the_target_range() -> None:
-    path = KODAK / "kodim01.png"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+    path = kodak_image("kodim01.png")
     from oml.imageio import decode_image
 
     results = sweep(decode_image(path.read_bytes()), "jpeg")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,8 @@ import torch.nn.functional as F
 
 from oml.metrics import bd_psnr, bd_rate, bpp, ms_ssim, ms_ssim_db, ms_ssim_plan, mse, psnr
 
-KODAK = Path("/work/shared/data/kodak")
+from .conftest import kodak_image
+
 
 
 def natural_image(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -104,9 +104,7 @@ def test_ms_ssim_matches_pytorch_msssim() -> None:
 
 def test_ms_ssim_matches_pytorch_msssim_on_kodak() -> None:
     reference = pytest.importorskip("pytorch_msssim")
-    path = KODAK / "kodim23.png"
-    if not path.exists():
-        pytest.skip(f"{path} not available")
+    path = kodak_image("kodim23.png")
     from oml.imageio import decode_image
 
     x = decode_image(path.read_bytes())[:, :256, :384].float().div(255).unsqueeze(0)
