@@ -184,3 +184,19 @@ def test_decoding_is_bounded_by_max_pixels(random_default_model, coded):
 def test_tile_sizes_the_format_cannot_hold_are_refused_at_encoding(random_default_model):
     with pytest.raises(ValueError, match="tile size 70016"):
         codec.encode(random_default_model, natural_image(64, 64), quality=1, tile_size=70016)
+
+
+def test_every_tile_resembles_its_source_with_the_shipped_weights():
+    """Decoder = encoder is not enough: each tile, boundary tiles included (188 and 88 px sides
+    here), must be close to its source. A crop from the wrong corner of the padded output keeps
+    decoder = encoder but drops such tiles far below this floor."""
+    from oml import tiling
+    from oml.metrics import psnr
+
+    model = load_model("oml-default", 3)
+    image = natural_image(600, 700, seed=1)  # noisy on purpose: about 25–27 dB at quality 3
+    enc = codec.encode(model, image, quality=3, tile_size=256)
+    grid = tiling.tile_grid(600, 700, 256)
+    assert {(t.height, t.width) for t in grid} == {(256, 256), (256, 188), (88, 256), (88, 188)}
+    for tile, got, source in zip(grid, tiling.split(codec.decode(model, enc.data), grid), tiling.split(image, grid)):
+        assert float(psnr(got, source)) > 23.5, tile

@@ -140,6 +140,31 @@ def test_png_names_keep_distinct_sources_apart():
     assert names == {"a.jpg": "a.jpg.png", "a.png": "a.png.png", "b/c.tif": "b/c.png"}
 
 
+def test_the_marker_is_written_only_after_its_parquet_file(model, tmp_path, monkeypatch):
+    """A shard whose Parquet write fails leaves no marker (so it is redone); a finished shard's
+    marker names the very bytes on disk."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.png").write_bytes(encode_png(natural_image(64, 64)))
+    shard = archive.Shard(0, tuple(storage.list_files(str(inp), (".png",))))
+    encoder = archive.ShardEncoder(str(tmp_path / "out"), MODEL, CODING, model.fingerprint(CODING.quality).hex())
+    real = storage.write_bytes
+
+    def failing(uri, data):
+        if uri.endswith(".parquet"):
+            raise OSError("disk full")
+        real(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", failing)
+    with pytest.raises(OSError, match="disk full"):
+        encoder(shard)
+    assert not (tmp_path / "out" / "shards" / "shard-000000.done.json").exists()
+    monkeypatch.setattr(storage, "write_bytes", real)
+    result = encoder(shard)
+    marker, _ = archive.read_marker(str(tmp_path / "out" / "shards" / "shard-000000.done.json"))
+    assert marker == result and result.images == 1
+
+
 def test_config_errors_are_clear():
     with pytest.raises(ValueError, match="steps"):
         CodingConfig(steps=-1)
