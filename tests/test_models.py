@@ -62,14 +62,19 @@ def test_fresh_modulator_is_identity_and_positive():
     assert (mod.scales(torch.tensor([0.002, 0.05])) > 0).all()
 
 
-def test_equal_lambdas_are_plain_variable_rate_decoding(random_default_model):
-    """λ^1 = … = λ^K = λ_t gives the training-time decoder ``g_s(ŷ, λ)`` of the base network."""
+def test_the_decoder_scales_each_block_output_by_its_own_modulator(random_default_model):
+    """Y' = s(λ^k)·Y after decoding block k (paper Fig. 2), composed here by hand from the parts:
+    the rate gain r(λ_t), then block k followed by modulator k with λ^k, for k = 1 … 4."""
     model = random_default_model
-    net = model.encoders["0"]
-    y = torch.randn(1, net.M, 4, 4)
-    for lam in (0.0018, 0.005, 0.013):
-        plain = net.g_s(y, torch.full((1, 4), lam), torch.tensor([lam]))
-        assert torch.equal(model.synthesize(y, torch.full((1, 4), lam), lam), plain)
+    syn = model.synthesis
+    y = torch.randn(1, model.latent_channels, 4, 4)
+    lam = torch.tensor([[0.002, 0.004, 0.008, 0.016]])
+    with torch.no_grad():
+        h = syn.rate_gain(y, torch.tensor([0.005]))
+        for k, block in enumerate(syn.blocks):
+            h = block(h) * syn.modulators[k].scales(lam[:, k])[:, :, None, None]
+        assert len(syn.blocks) == len(syn.modulators) == 4
+        assert torch.equal(model.synthesize(y, lam, 0.005), h)
     other = model.synthesize(y, torch.tensor([[0.0018, 0.01, 0.05, 0.1]]), 0.005)
     assert not torch.equal(other, model.synthesize(y, torch.full((1, 4), 0.005), 0.005))
 
