@@ -125,7 +125,13 @@ def test_adapted_sets_and_metric_choice(random_default_model):
     assert header.metrics == ("psnr", "ms-ssim")
     assert tiles[0].lambdas.shape == (2, 4)
     assert torch.equal(codec.decode(random_default_model, enc.data, metric="psnr"), enc.reconstruction)
-    codec.decode(random_default_model, enc.data, metric="ms-ssim")
+    by_msssim = codec.decode(random_default_model, enc.data, metric="ms-ssim")
+    assert not torch.equal(tiles[0].lambdas[0], tiles[0].lambdas[1])  # so choosing the set matters
+    from oml import tiling
+
+    y_hat, _ = random_default_model.decode_latent(tiles[0].strings, tiles[0].z_shape, header.quality)
+    [tile] = tiling.tile_grid(96, 160)
+    assert torch.equal(by_msssim, codec.reconstruct_tile(random_default_model, y_hat, tiles[0].lambdas[1], header.lmbda, tile))
     plain = codec.encode(random_default_model, image, quality=1)  # λ* = λ_t: what 'plain' must give
     assert torch.equal(codec.decode(random_default_model, enc.data, metric="plain"), plain.reconstruction)
     with pytest.raises(codec.CodecError, match="no λ\\* set for 'psnr'"):
