@@ -80,19 +80,19 @@ def test_kodak_jpeg_defaults_span_the_target_range() -> None:
 
 
 @pytest.mark.parametrize(
-    ("image", "codec", "quality"),
+    ("image", "codec", "quality", "message"),
     [
-        (synthetic_image(), "png", 50),
-        (synthetic_image(), "jpeg", 0),
-        (synthetic_image(), "webp", 101),
-        (synthetic_image(), "avif", 50.5),
-        (synthetic_image().float() / 255, "jpeg", 50),
-        (synthetic_image()[:2], "jpeg", 50),
-        (synthetic_image()[None], "jpeg", 50),
+        (synthetic_image(), "png", 50, "unknown codec 'png'"),
+        (synthetic_image(), "jpeg", 0, "jpeg quality must be in"),
+        (synthetic_image(), "webp", 101, "webp quality must be in"),
+        (synthetic_image(), "avif", 50.5, "quality must be an int"),
+        (synthetic_image().float() / 255, "jpeg", 50, "expected a uint8 image"),
+        (synthetic_image()[:2], "jpeg", 50, "expected an RGB image"),
+        (synthetic_image()[None], "jpeg", 50, "expected an RGB image"),
     ],
 )
-def test_bad_inputs_raise_value_error(image: torch.Tensor, codec: str, quality: object) -> None:
-    with pytest.raises(ValueError):
+def test_bad_inputs_raise_value_error(image: torch.Tensor, codec: str, quality: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         evaluate(image, codec, quality)  # type: ignore[arg-type]
 
 

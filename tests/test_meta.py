@@ -226,9 +226,9 @@ def test_task_lambdas_cover_the_group_set_and_the_range_between():
     logs = torch.tensor([math.log(lam) for lam in continuous])
     mid = (math.log(min(lambdas)) + math.log(max(lambdas))) / 2
     assert 0.45 < float((logs < mid).double().mean()) < 0.55  # log-uniform: half below the log midpoint
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive values"):
         sample_task_lambdas(1, [], 0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="discrete_fraction"):
         sample_task_lambdas(1, lambdas, 1.5)
 
 

@@ -40,9 +40,12 @@ def test_job_imports_without_side_effects_and_has_help():
     assert "{maml2,maml1,multi,online,offset}" in out and "--storage-path" in out and "--num-workers" in out
 
 
-@pytest.mark.parametrize("bad", [{"crop": 100}, {"mode": "maml3"}, {"steps": 0}, {"num_workers": 0}])
-def test_config_refuses_bad_values(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "bad,message",
+    [({"crop": 100}, "multiple of 64"), ({"mode": "maml3"}, "not a valid MetaMode"), ({"steps": 0}, "steps must be >= 1"), ({"num_workers": 0}, "num_workers")],
+)
+def test_config_refuses_bad_values(bad, message):
+    with pytest.raises(ValueError, match=message):
         MetaTrainConfig(**bad)
 
 

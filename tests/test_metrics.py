@@ -60,19 +60,19 @@ def test_shapes_batched_and_unbatched() -> None:
 
 
 @pytest.mark.parametrize(
-    ("x", "y", "kwargs"),
+    ("x", "y", "kwargs", "message"),
     [
-        (torch.zeros(3, 8, 8), torch.zeros(3, 8, 9), {}),
-        (torch.zeros(8, 8), torch.zeros(8, 8), {}),
-        (torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8), {"data_range": 255.0}),
-        (torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), {"data_range": 0.0}),
-        (torch.zeros(3, 8, 8, dtype=torch.int64), torch.zeros(3, 8, 8, dtype=torch.int64), {}),
+        (torch.zeros(3, 8, 8), torch.zeros(3, 8, 9), {}, "same shape"),
+        (torch.zeros(8, 8), torch.zeros(8, 8), {}, "expected \\(C, H, W\\)"),
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8), {"data_range": 255.0}, "data_range must be 1.0"),
+        (torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), {"data_range": 0.0}, "data_range must be positive"),
+        (torch.zeros(3, 8, 8, dtype=torch.int64), torch.zeros(3, 8, 8, dtype=torch.int64), {}, "float or uint8"),
     ],
 )
-def test_bad_inputs_raise_value_error(x: torch.Tensor, y: torch.Tensor, kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+def test_bad_inputs_raise_value_error(x: torch.Tensor, y: torch.Tensor, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         psnr(x, y, **kwargs)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         ms_ssim(x, y, **kwargs)
 
 
@@ -139,7 +139,7 @@ def test_ms_ssim_plan_scales_with_size() -> None:
     assert small.window == 7 and small.weights == (1.0,)
     for h in (1, 11, 22, 50, 100, 160):
         assert sum(ms_ssim_plan(h, h).weights) == pytest.approx(1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 1x1"):
         ms_ssim_plan(0, 5)
 
 
@@ -147,7 +147,7 @@ def test_ms_ssim_db() -> None:
     assert ms_ssim_db(0.9) == pytest.approx(10.0)
     assert ms_ssim_db(1.0) == math.inf
     assert torch.allclose(ms_ssim_db(torch.tensor([0.9, 0.99])), torch.tensor([10.0, 20.0]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at most 1"):
         ms_ssim_db(1.5)
 
 
@@ -157,9 +157,9 @@ def test_ms_ssim_db() -> None:
 def test_bpp() -> None:
     assert bpp(768 * 512 // 8, 512, 768) == pytest.approx(1.0)
     assert bpp(0, 10, 10) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 1x1"):
         bpp(10, 0, 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-negative"):
         bpp(-1, 10, 10)
 
 
@@ -195,9 +195,9 @@ def test_bd_rate_errors() -> None:
         bd_rate(RATES, PSNRS, RATES, [p + 20 for p in PSNRS])
     with pytest.raises(ValueError, match="overlap"):
         bd_psnr(RATES, PSNRS, [100 * r for r in RATES], PSNRS)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="5 rates but 4 distortions"):
         bd_rate(RATES, PSNRS[:4], RATES, PSNRS)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rates must be positive"):
         bd_rate([0.0, *RATES[1:]], PSNRS, RATES, PSNRS)
 
 
