@@ -34,11 +34,14 @@ def test_png_is_lossless():
 
 
 def test_exif_orientation_is_applied():
+    """Pixels, not only the shape: orientation 6 shows the stored image turned 90° clockwise."""
     img = _rgb(40, 30)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise when shown
-    out = decode_image(_encode(img, "JPEG", exif=exif))
-    assert out.shape == (3, 40, 30)
+    out = decode_image(_encode(img, "PNG", exif=exif))
+    expected = torch.from_numpy(np.asarray(img.transpose(Image.Transpose.ROTATE_270)).copy()).permute(2, 0, 1)
+    assert out.shape == (3, 40, 30) and torch.equal(out, expected)
+    assert decode_image(_encode(img, "JPEG", exif=exif)).shape == (3, 40, 30)
 
 
 def test_grayscale_palette_rgba_and_16_bit():
