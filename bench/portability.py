@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -135,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     environments = decode_everywhere(jobs, work)
     curve = {key: [float(np.mean([c[key] for c in costs if c["quality"] == q])) for q in args.qualities]
              for key in ("bpp", "psnr", "format1_bpp", "format1_psnr")}
-    cost = bd_rate(curve["format1_bpp"], curve["format1_psnr"], curve["bpp"], curve["psnr"])
+    cost = bd_rate(curve["format1_bpp"], curve["format1_psnr"], curve["bpp"], curve["psnr"]) if len(args.qualities) >= 4 else math.nan
     summary = {"images": len(files), "qualities": args.qualities, "environments": environments, "curves": curve,
-               "bd_rate_format2_vs_format1_percent": round(cost, 3), "per_image": costs}
+               "bd_rate_format2_vs_format1_percent": None if math.isnan(cost) else round(cost, 3), "per_image": costs}
     (out / "portability.json").write_text(json.dumps(summary, indent=1))
     for f in work.iterdir():
         f.unlink()
     work.rmdir()
-    print(f"BD-rate of format 2 against format 1: {cost:+.3f} %")
+    print(f"BD-rate of format 2 against format 1: {cost:+.3f} %" if not math.isnan(cost) else "BD-rate needs 4 qualities or more")
     return 0
 
 

@@ -130,3 +130,21 @@ def test_float_hyper_decoder_desynchronises_and_is_detected(coded):
     for label, (status, _, reason) in decoded.items():
         assert status == "desync", f"{label}: {status} {reason}"
         assert "desync in tile 0" in reason
+
+
+@pytest.mark.slow
+def test_kodak_restores_everywhere(tmp_path):
+    """The RESULTS §4 measurement on a few Kodak images (run with ``-m slow``): format 2 restores
+    every file within one level in every environment; format 1 does not under TF32."""
+    from .conftest import kodak_image
+
+    folder = kodak_image("kodim01.png").parent
+    out = tmp_path / "portability"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "portability.py"), str(folder), "-o", str(out), "--limit", "3",
+                          "--qualities", "1", "4"], capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-2000:]
+    found = json.loads((out / "portability.json").read_text())["environments"]
+    for label, counts in found.items():
+        if label.startswith("format 2"):
+            assert counts["within_1_level"] == counts["files"] == 6, (label, counts)
+    assert found["format 1, TF32 convolutions"]["wrong"] > 0
