@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from oml.models.synthesis import ModulatedSynthesis
+from oml.names import METRICS
 
 GAMMAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
-METRICS = ("psnr", "ms-ssim")
 # λ is kept inside this range so log λ stays finite and float16 keeps precision.
 LAMBDA_MIN, LAMBDA_MAX = 1e-4, 1.0
 

@@ -46,11 +46,11 @@ from oml.adapt import AdaptConfig, adapt, distortion, to_pixels
 from oml.metrics import psnr
 from oml.models.latent import LatentCode
 from oml.models.variable_rate import VariableRateModel
+from oml.names import PLAIN
 
 MAGIC = b"OMLC"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-PLAIN = "plain"
 
 
 class CodecError(ValueError):

@@ -21,9 +21,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-DEFAULT_MAX_PIXELS = 150_000_000
+from oml.names import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+
 # File name endings of the inputs this policy covers (matched case-insensitively).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
 class ImageDecodeError(ValueError):

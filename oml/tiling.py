@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-TILE = 512
+from oml.names import TILE
+
 MULTIPLE = 64
 
 

@@ -19,13 +19,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from oml import codec, tiling
-from oml.adapt import METRICS, AdaptConfig
-from oml.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError, decode_image, encode_png
-from oml.models.zoo import DEFAULT_MODEL, ModelUnavailableError, load_model, model_ids
+from oml.names import CODED_SUFFIX, DEFAULT_MAX_PIXELS, DEFAULT_MODEL, IMAGE_SUFFIXES, METRICS, MODEL_IDS, PLAIN, TILE, ModelUnavailableError
 from pipeline.walk import walk_files
 
-CODED_SUFFIX = ".oml"
+# torch, CompressAI and the codec load only when a command runs: --help and argument errors answer at once.
 
 
 class UserError(Exception):
@@ -82,6 +79,9 @@ def _write(path: Path, data: bytes) -> None:
 
 def _run_each(items: list[tuple[Path, Path]], work: Callable[[Path, Path], str], desc: str) -> int:
     """Apply ``work`` to each (input, output); report failures one line each, keep going."""
+    from oml import codec
+    from oml.imageio import ImageDecodeError
+
     failed = 0
     bar = tqdm(items, desc=desc, unit="img", disable=len(items) < 2, file=sys.stderr)
     for src, dst in bar:
@@ -98,6 +98,11 @@ def _run_each(items: list[tuple[Path, Path]], work: Callable[[Path, Path], str],
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    from oml import codec
+    from oml.adapt import AdaptConfig
+    from oml.imageio import decode_image
+    from oml.models.zoo import load_model
+
     if args.quality is None and args.lmbda is None:
         args.quality = 3
     files = _expand(args.inputs, IMAGE_SUFFIXES)
@@ -124,6 +129,10 @@ def _first_quality(name: str) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
+    from oml import codec
+    from oml.imageio import encode_png
+    from oml.models.zoo import load_model
+
     files = _expand(args.inputs, (CODED_SUFFIX,))
     outs = _outputs(files, args.inputs, args.output, ".png")
     models: dict[tuple[str, int], object] = {}
@@ -132,7 +141,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         data = src.read_bytes()
         header = codec.read_header(data)
         quality = header.quality or _first_quality(header.model)
-        if header.model not in model_ids():
+        if header.model not in MODEL_IDS:
             raise codec.CodecError(f"coded with model {header.model!r}, which this build does not know")
         key = (header.model, quality if header.quality else 0)
         if key not in models:
@@ -149,6 +158,8 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from oml import codec, tiling
+
     failed = 0
     for name in args.inputs:
         path = Path(name)
@@ -207,18 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--quality", "-q", type=int, help="quality (default 3); see the model's groups")
     rate.add_argument("--lmbda", type=float, help="rate-distortion trade-off λ (λ-conditioned models take any value in range)")
-    p.add_argument("--model", default=DEFAULT_MODEL, choices=model_ids(), help=f"model id (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS, help=f"model id (default {DEFAULT_MODEL})")
     p.add_argument("--weights", help="local oml weights file instead of the model's default source")
     p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none)")
     p.add_argument("--metric", nargs="+", default=["psnr"], choices=METRICS, help="adapt for these metrics; one λ* set each")
-    p.add_argument("--tile", type=int, default=tiling.TILE, help="tile size in pixels (multiple of 64, default 512)")
+    p.add_argument("--tile", type=int, default=TILE, help="tile size in pixels (multiple of 64, default 512)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="restore .oml files to PNG")
     p.add_argument("inputs", nargs="+", metavar="FILE", help=".oml files or folders")
     p.add_argument("-o", "--output", required=True, help="output PNG (one input) or folder")
-    p.add_argument("--metric", choices=(codec.PLAIN, *METRICS), help="which stored λ* set to decode with (default: the first)")
+    p.add_argument("--metric", choices=(PLAIN, *METRICS), help="which stored λ* set to decode with (default: the first)")
     p.add_argument("--weights", help="local oml weights file instead of the model's default source")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (forged headers)")
     p.set_defaults(func=cmd_decompress)
@@ -226,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="rate-distortion on a folder of images against JPEG, WebP and AVIF")
     p.add_argument("inputs", metavar="FOLDER", help="folder of images (e.g. ../shared/data/kodak)")
     p.add_argument("-o", "--output", required=True, help="folder for rd.json and rd.png")
-    p.add_argument("--model", default=DEFAULT_MODEL, choices=model_ids())
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS)
     p.add_argument("--weights", help="local oml weights file")
     p.add_argument("--quality", "-q", type=int, nargs="+", default=[1, 2, 3, 4], help="qualities to code (default 1 2 3 4)")
     p.add_argument("--steps", type=int, nargs="+", default=[0], help="adaptation iterations, one curve per value (default 0)")

@@ -168,3 +168,22 @@ def test_folders_with_link_loops_are_walked_once(tmp_path, weights):
     (folder / "loop").symlink_to(folder)
     assert main(["compress", str(folder), "-o", str(tmp_path / "out"), "--weights", weights]) == 0
     assert [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.oml")] == ["a.oml"]
+
+
+def test_help_and_argument_errors_load_no_model_code():
+    """--help and argument parsing import neither torch nor CompressAI (4 s before, well under 1 s now)."""
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline.cli as c; c.build_parser(); print(sorted(m for m in ('torch', 'compressai') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_light_names_match_the_modules_that_use_them():
+    from oml import adapt, codec, imageio, names, tiling
+    from oml.models import zoo
+
+    assert tuple(zoo.ZOO) == names.MODEL_IDS and zoo.DEFAULT_MODEL in zoo.ZOO
+    assert adapt.METRICS is names.METRICS and codec.PLAIN == names.PLAIN and tiling.TILE == names.TILE
+    assert imageio.IMAGE_SUFFIXES is names.IMAGE_SUFFIXES and zoo.ModelUnavailableError is names.ModelUnavailableError

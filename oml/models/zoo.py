@@ -32,16 +32,12 @@ import torch
 from oml.models.default import OMLHyperprior
 from oml.models.synthesis import ModulatedSynthesis, split_sequential
 from oml.models.variable_rate import TABLE_BUFFERS, VariableRateModel
+from oml.names import DEFAULT_MODEL, ModelUnavailableError
 
 # CompressAI's MSE-trained λ for qualities 1–8.
 MSE_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
 
 WEIGHTS_FORMAT = "oml-weights/1"
-DEFAULT_MODEL = "oml-default"
-
-
-class ModelUnavailableError(RuntimeError):
-    """Weights for a model cannot be found or fetched; the message says how to supply them."""
 
 
 @dataclass(frozen=True)
