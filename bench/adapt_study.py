@@ -153,7 +153,7 @@ def plot_change_maps(records: list[dict], kodak: Path, weights: str | None, metr
         pixels = tiling.split(image, [tile])[0]
         x = pixels.float().div(255).unsqueeze(0)
         code = model.encode_latent(tiling.pad(x), rec["quality"], rec["lambda_t"])
-        lam_t = torch.full((4,), rec["lambda_t"]).half()
+        lam_t = codec.plain_lambdas(model.num_lambdas, rec["lambda_t"])
         lam_star = torch.tensor(t["lambdas"][-1]).half()
         before = codec.reconstruct_tile(model, code.y_hat, lam_t, rec["lambda_t"], tile).float()
         after = codec.reconstruct_tile(model, code.y_hat, lam_star, rec["lambda_t"], tile).float()

@@ -49,7 +49,7 @@ def format1_encode(model, image: torch.Tensor, quality: int) -> tuple[bytes, tor
     m = model.encoders["0"]
     gc = m.gaussian_conditional
     grid = tiling.tile_grid(*image.shape[1:])
-    lam = torch.full((model.num_lambdas,), lmbda).half()
+    lam = codec.plain_lambdas(model.num_lambdas, lmbda)
     records, recon = [], torch.empty_like(image)
     for tile, pixels in zip(grid, tiling.split(image, grid)):
         y = model.analyze(tiling.pad(pixels.float().div(255).unsqueeze(0)), quality, lmbda)

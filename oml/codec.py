@@ -204,15 +204,16 @@ def read_header(data: bytes) -> Header:
     return _read_header(_Reader(_verified(data)))
 
 
-MAX_TILE = 4096
 MAX_LAMBDAS = 64
 
 
 def _check_header(h: Header, remaining: int) -> None:
     """Bounds on every header field, before anything is allocated from them (a forged header with
     a valid checksum must cost no more than its own bytes)."""
-    if h.tile % tiling.MULTIPLE or not tiling.MULTIPLE <= h.tile <= MAX_TILE:
-        raise CodecError(f"damaged header: tile size {h.tile} (expected a multiple of {tiling.MULTIPLE} up to {MAX_TILE})")
+    try:
+        tiling.check_tile_size(h.tile)
+    except ValueError as exc:
+        raise CodecError(f"damaged header: {exc}") from None
     if h.height < 1 or h.width < 1:
         raise CodecError(f"damaged header: image size {h.width}x{h.height}")
     if not 1 <= h.num_lambdas <= MAX_LAMBDAS or not h.metrics or len(set(h.metrics)) != len(h.metrics):
@@ -270,6 +271,11 @@ def reconstruct_tile(model: VariableRateModel, y_hat: Tensor, lambdas: Tensor, l
     return _to_uint8(tiling.crop(x_hat, tile.height, tile.width)[0]).cpu()
 
 
+def plain_lambdas(k: int, lmbda_t: float) -> Tensor:
+    """The λ* of no adaptation: λ_t for each of the K modulators, as float16 (how λ* is stored)."""
+    return torch.full((k,), lmbda_t).half()
+
+
 def _check_image(image: Tensor) -> None:
     if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a uint8 RGB image of shape (3, H, W), got {image.dtype} {tuple(image.shape)}")
@@ -305,8 +311,7 @@ def encode(
     bounded by the batch, whatever the image size.
     """
     _check_image(image)
-    if not tiling.MULTIPLE <= tile_size <= MAX_TILE or tile_size % tiling.MULTIPLE:
-        raise ValueError(f"tile size {tile_size} is not a multiple of {tiling.MULTIPLE} between {tiling.MULTIPLE} and {MAX_TILE}")
+    tiling.check_tile_size(tile_size)
     with ieee_float32():
         return _encode(model, image, quality, lmbda, adapt_config, tile_size, tile_batch)
 
@@ -327,7 +332,7 @@ def _encode(
     grid = tiling.tile_grid(height, width, tile_size)
     metrics = adapt_config.metrics if adapt_config.steps > 0 else (PLAIN,)
     k = model.num_lambdas
-    lam_t = torch.full((k,), lmbda_t).half()
+    lam_t = plain_lambdas(k, lmbda_t)
     batch = tile_batch or (8 if device.type == "cuda" else 1)
     records, stats = [], []
     reconstruction = torch.empty((3, height, width), dtype=torch.uint8)
@@ -352,7 +357,7 @@ def _encode(
 
 def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float, metric: str, cfg: AdaptConfig) -> list[Tensor]:
     """λ* ``(K,)`` float16 per tile for one metric; a tile keeps λ_t unless its decoded output improves."""
-    lam_t = torch.full((model.num_lambdas,), lmbda_t).half()
+    lam_t = plain_lambdas(model.num_lambdas, lmbda_t)
     found = [lam_t] * len(work)
     if metric == PLAIN:
         return found
@@ -420,7 +425,7 @@ def decode(model: VariableRateModel, data: bytes, metric: str | None = None, max
     with ieee_float32():
         for number, (tile, rec) in enumerate(zip(grid, records)):
             y_hat = decode_tile_latent(model, header, rec, number, tile)
-            lambdas = rec.lambdas[index] if index is not None else torch.full((header.num_lambdas,), header.lmbda).half()
+            lambdas = rec.lambdas[index] if index is not None else plain_lambdas(header.num_lambdas, header.lmbda)
             tiling.split(image, [tile])[0].copy_(reconstruct_tile(model, y_hat.to(model.device), lambdas, header.lmbda, tile))
     return image
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from oml.names import TILE
 
 MULTIPLE = 64
+MAX_TILE = 4096  # the byte format stores the tile side in 16 bits; larger tiles serve no purpose
 
 
 class Tile(NamedTuple):
@@ -27,12 +28,19 @@ class Tile(NamedTuple):
     width: int
 
 
+def check_tile_size(tile: int) -> None:
+    """ValueError unless ``tile`` is a positive multiple of :data:`MULTIPLE` up to :data:`MAX_TILE`."""
+    if tile <= 0 or tile % MULTIPLE:
+        raise ValueError(f"tile size must be a positive multiple of {MULTIPLE}, got {tile}")
+    if tile > MAX_TILE:
+        raise ValueError(f"tile size {tile} is over the format's limit of {MAX_TILE}")
+
+
 def tile_grid(height: int, width: int, tile: int = TILE) -> list[Tile]:
     """Row-major tiles of at most ``tile``² covering a ``height``×``width`` image."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
-    if tile <= 0 or tile % MULTIPLE:
-        raise ValueError(f"tile size must be a positive multiple of {MULTIPLE}, got {tile}")
+    check_tile_size(tile)
     return [
         Tile(top, left, min(tile, height - top), min(tile, width - left))
         for top in range(0, height, tile)

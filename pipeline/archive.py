@@ -28,6 +28,7 @@ import posixpath
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -84,9 +85,7 @@ class CodingConfig:
 
     def __post_init__(self) -> None:
         AdaptConfig(steps=self.steps, metrics=self.metrics)  # same checks, same messages
-        tiling.tile_grid(1, 1, self.tile)
-        if self.tile > codec.MAX_TILE:
-            raise ValueError(f"tile size {self.tile} is over the format's limit of {codec.MAX_TILE}")
+        tiling.check_tile_size(self.tile)
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
 
@@ -562,21 +561,28 @@ def _check_plan(old: dict[str, Any], new: dict[str, Any], root: str) -> None:
     )
 
 
-def read_marker(uri: str) -> tuple[ShardResult | None, str]:
-    """A done marker and its Parquet file: (the marker, "") when the file is the one it committed,
-    else (None, why not)."""
+class MarkerCheck(NamedTuple):
+    """A done marker read with its Parquet file: both when the file is the one the marker
+    committed, else ``None`` and why not."""
+
+    result: ShardResult | None
+    parquet: bytes | None
+    why: str
+
+
+def read_marker(uri: str) -> MarkerCheck:
     try:
         result = ShardResult.from_json(storage.read_json(uri))
     except (OSError, ValueError) as exc:
-        return None, f"damaged marker {posixpath.basename(uri)}: {exc}"
+        return MarkerCheck(None, None, f"damaged marker {posixpath.basename(uri)}: {exc}")
     try:
         parquet = storage.read_bytes(uri[: -len(".done.json")] + ".parquet")
     except OSError:
         parquet = None
     if not result.matches(parquet):
         what = "missing" if parquet is None else f"{len(parquet)} bytes, not the {result.parquet_bytes} committed, or another hash"
-        return None, f"shard {result.index}: its Parquet file is {what}"
-    return result, ""
+        return MarkerCheck(None, None, f"shard {result.index}: its Parquet file is {what}")
+    return MarkerCheck(result, parquet, "")
 
 
 def _committed(root: str, shards: Sequence[Shard]) -> dict[int, ShardResult]:
@@ -584,7 +590,7 @@ def _committed(root: str, shards: Sequence[Shard]) -> dict[int, ShardResult]:
     shard (no marker, damaged marker, truncated or missing file) is redone, which repairs it."""
     found = {}
     for uri in storage.glob(storage.join(root, "shards", "shard-*.done.json")):
-        result, _ = read_marker(uri)
+        result = read_marker(uri).result
         if result is not None and result.index < len(shards) and result.sources == tuple(f.relative_path for f in shards[result.index].files):
             found[result.index] = result
     return found
@@ -763,8 +769,8 @@ def png_names(paths: Sequence[str]) -> dict[str, str]:
     sources that would collide keep their suffix (``a.jpg.png``), and any name still taken gets a
     counter (``a.png.2.png``), in sorted order, so the names are the same on every run."""
     names = {p: posixpath.splitext(p)[0] + ".png" for p in paths}
-    clashing = {n for n in names.values() if list(names.values()).count(n) > 1}
-    names = {p: (p + ".png" if n in clashing else n) for p, n in names.items()}
+    uses = Counter(names.values())
+    names = {p: (p + ".png" if uses[n] > 1 else n) for p, n in names.items()}
     taken: set[str] = set()
     for p in sorted(names, key=lambda q: (names[q], q)):
         name, i = names[p], 1
@@ -847,13 +853,13 @@ def _decode_jobs(root: str, select: Sequence[str], output: str, expected_shards:
     refused: list[DecodedImage] = []
     committed: set[int] = set()
     for marker in storage.glob(storage.join(root, "shards", "shard-*.done.json")):
-        result, why = read_marker(marker)
-        if result is None:
-            refused.append(DecodedImage("", posixpath.basename(marker), "", "failed", f"not restored: {why}; re-run compress to repair it", {}))
+        check = read_marker(marker)
+        if check.result is None:
+            refused.append(DecodedImage("", posixpath.basename(marker), "", "failed", f"not restored: {check.why}; re-run compress to repair it", {}))
             continue
-        committed.add(result.index)
-        shard = shard_uri(root, result.index)
-        table = schema.read_parquet(storage.read_bytes(shard), columns=["source", "path"])
+        committed.add(check.result.index)
+        shard = shard_uri(root, check.result.index)
+        table = schema.read_parquet(check.parquet, columns=["source", "path"])  # the bytes just verified
         for source, path in zip(table.column("source").to_pylist(), table.column("path").to_pylist()):
             if select and not _matches(source, path, select):
                 continue

@@ -161,7 +161,7 @@ def test_the_marker_is_written_only_after_its_parquet_file(model, tmp_path, monk
     assert not (tmp_path / "out" / "shards" / "shard-000000.done.json").exists()
     monkeypatch.setattr(storage, "write_bytes", real)
     result = encoder(shard)
-    marker, _ = archive.read_marker(str(tmp_path / "out" / "shards" / "shard-000000.done.json"))
+    marker = archive.read_marker(str(tmp_path / "out" / "shards" / "shard-000000.done.json")).result
     assert marker == result and result.images == 1
 
 

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 FRACTION_BITS = 16
 RANGE_BITS = 12
 WEIGHT_BITS = 15
+LIMIT = math.ldexp(1.0, FRACTION_BITS + RANGE_BITS)  # largest fixed-point activation (integer units)
 _EXACT = 2.0**53
 
 
@@ -60,8 +61,7 @@ def _pow2(exponents: list[int]) -> Tensor:
 
 def to_fixed(x: Tensor) -> Tensor:
     """Real values → fixed-point integers (float64), clamped to the activation range."""
-    limit = math.ldexp(1.0, FRACTION_BITS + RANGE_BITS)
-    return torch.round(x.detach().double().cpu() * math.ldexp(1.0, FRACTION_BITS)).clamp_(-limit, limit)
+    return torch.round(x.detach().double().cpu() * math.ldexp(1.0, FRACTION_BITS)).clamp_(-LIMIT, LIMIT)
 
 
 def from_fixed(x: Tensor) -> Tensor:
@@ -84,9 +84,7 @@ class _Conv(NamedTuple):
         else:
             acc = F.conv2d(x, self.weight, None, self.stride, self.padding)
         acc = acc + self.bias.view(1, -1, 1, 1)
-        out = torch.floor(acc * self.inverse.view(1, -1, 1, 1) + 0.5)
-        limit = math.ldexp(1.0, FRACTION_BITS + RANGE_BITS)
-        return out.clamp_(-limit, limit)
+        return torch.floor(acc * self.inverse.view(1, -1, 1, 1) + 0.5).clamp_(-LIMIT, LIMIT)
 
 
 class _LeakyReLU(NamedTuple):
@@ -121,11 +119,10 @@ def _conv(module: nn.Module) -> _Conv:
     w_out = w.transpose(0, 1) if transposed else w  # (C_out, C_in, k, k)
     max_abs = w_out.abs().flatten(1).amax(1).tolist()
     exps = [WEIGHT_BITS - math.frexp(m)[1] if m > 0 else 0 for m in max_abs]
-    limit = math.ldexp(1.0, FRACTION_BITS + RANGE_BITS)
     while True:
         w_int = torch.round(w_out * _pow2(exps).view(-1, 1, 1, 1))
         b_int = torch.round(b * _pow2([e + FRACTION_BITS for e in exps]))
-        bound = (w_int.abs().flatten(1).sum(1) * limit + b_int.abs()).tolist()
+        bound = (w_int.abs().flatten(1).sum(1) * LIMIT + b_int.abs()).tolist()
         over = [i for i, v in enumerate(bound) if v >= _EXACT]
         if not over:
             break

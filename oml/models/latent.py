@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from compressai.ans import RansDecoder, RansEncoder
 from torch import Tensor, nn
 
-from oml.models.exact import FRACTION_BITS, RANGE_BITS, ExactNet, from_fixed, to_fixed
+from oml.models.exact import FRACTION_BITS, LIMIT, ExactNet, from_fixed, to_fixed
 
 LATENT_KINDS = ("scale", "mean_scale", "autoregressive")
 
@@ -51,14 +51,16 @@ class LatentCode(NamedTuple):
     check: int
 
 
-class DesyncError(ValueError):
-    """The decoded symbols do not match the encoder's: the stream is damaged or the decoder desynchronised."""
-
-
 def symbol_check(z_symbols: Tensor, y_symbols: Tensor) -> int:
     """CRC-32 of the z then y symbols, as little-endian int32 in C order."""
     crc = zlib.crc32(z_symbols.to(torch.int32).contiguous().numpy().astype("<i4").tobytes())
     return zlib.crc32(y_symbols.to(torch.int32).contiguous().numpy().astype("<i4").tobytes(), crc)
+
+
+def _padded(string: bytes, symbols: int) -> bytes:
+    """``string`` followed by zeros: a damaged or desynchronised stream reads past its end (one
+    32-bit word per symbol at most in normal mode) into zeros rather than into foreign memory."""
+    return string + bytes(4 * (symbols + 4))
 
 
 class _Tables(NamedTuple):
@@ -82,10 +84,9 @@ class _Tables(NamedTuple):
         )
 
     def decode(self, string: bytes, indexes: Tensor) -> Tensor:
-        # Zero padding: a damaged or desynchronised stream reads past its end (one 32-bit word per
-        # symbol at most in normal mode) into zeros rather than into foreign memory.
-        padded = string + bytes(4 * (indexes.numel() + 4))
-        values = RansDecoder().decode_with_indexes(padded, indexes.reshape(-1).int().tolist(), self.cdf, self.lengths, self.offsets)
+        values = RansDecoder().decode_with_indexes(
+            _padded(string, indexes.numel()), indexes.reshape(-1).int().tolist(), self.cdf, self.lengths, self.offsets
+        )
         return torch.tensor(values, dtype=torch.float64).view(indexes.shape)
 
 
@@ -199,7 +200,6 @@ class AutoregressiveCodec(LatentCodec):
         self.context = ExactNet(m.context_prediction)
         self.context.ops[0] = self.context.ops[0]._replace(padding=(0, 0))  # applied to a 5×5 crop
         self.entropy_parameters = ExactNet(m.entropy_parameters)
-        self.limit = 2.0 ** (FRACTION_BITS + RANGE_BITS)
 
     def _positions(self, params: Tensor, step) -> tuple[Tensor, Tensor]:
         """Run the context loop; ``step(h, w, indexes (M,), μ (M,))`` returns the symbols (M,) there."""
@@ -212,10 +212,11 @@ class AutoregressiveCodec(LatentCodec):
             for w in range(width):
                 ctx = self.context(y_fixed[:, :, h : h + _AR_KERNEL, w : w + _AR_KERNEL])
                 scales, means = self.entropy_parameters(torch.cat((params[:, :, h : h + 1, w : w + 1], ctx), 1)).view(2, channels)
-                s = step(h, w, self.indexes(scales), from_fixed(means))
+                mu = from_fixed(means)
+                s = step(h, w, self.indexes(scales), mu)
                 symbols[:, h, w] = s
-                y_hat[0, :, h, w] = s + from_fixed(means)
-                y_fixed[0, :, h + _AR_PAD, w + _AR_PAD] = (s * 2.0**FRACTION_BITS + means).clamp(-self.limit, self.limit)
+                y_hat[0, :, h, w] = s + mu
+                y_fixed[0, :, h + _AR_PAD, w + _AR_PAD] = (s * 2.0**FRACTION_BITS + means).clamp(-LIMIT, LIMIT)
         return symbols, y_hat
 
     def _encode_y(self, y: Tensor, params: Tensor) -> tuple[bytes, Tensor, Tensor]:
@@ -233,7 +234,7 @@ class AutoregressiveCodec(LatentCodec):
 
     def _decode_y(self, string: bytes, params: Tensor) -> tuple[Tensor, Tensor]:
         decoder = RansDecoder()
-        decoder.set_stream(string + bytes(4 * (params.numel() // 2 + 4)))  # see _Tables.decode
+        decoder.set_stream(_padded(string, params.numel() // 2))
 
         def step(h: int, w: int, indexes: Tensor, mu: Tensor) -> Tensor:
             idx = indexes.tolist()

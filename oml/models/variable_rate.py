@@ -15,6 +15,11 @@ from oml.models.synthesis import ModulatedSynthesis
 TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 
 
+def is_table(key: str) -> bool:
+    """Whether the buffer name ``key`` names an entropy-coder table."""
+    return key.rsplit(".", 1)[-1] in TABLE_BUFFERS
+
+
 class VariableRateModel(nn.Module):
     """Per-quality (or one λ-conditioned) encoder + hyperprior, and one decoder with K modulators.
 
@@ -135,15 +140,11 @@ class VariableRateModel(nn.Module):
                     digest.update(p.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
             if version >= 2:
                 for bname, b in sorted(self._encoder(quality).named_buffers()):
-                    if bname.rsplit(".", 1)[-1] in TABLE_BUFFERS:
+                    if is_table(bname):
                         digest.update(bname.encode())
                         digest.update(b.detach().cpu().contiguous().numpy().tobytes())
             self._fingerprints[key] = digest.digest()[:8]
         return self._fingerprints[key]
-
-    def has_tables(self) -> bool:
-        """Whether every entropy model has its CDF tables."""
-        return all(b.numel() > 0 for n, b in self.named_buffers() if n.rsplit(".", 1)[-1] in TABLE_BUFFERS)
 
     def update_entropy_models(self, force: bool = True) -> None:
         """Build the entropy coders' CDF tables from the learned densities (after training weights).
@@ -153,7 +154,7 @@ class VariableRateModel(nn.Module):
         ``force=False`` only entropy models without tables are built.
         """
         for enc in self.encoders.values():
-            if force or any(b.numel() == 0 for n, b in enc.named_buffers() if n.rsplit(".", 1)[-1] in TABLE_BUFFERS):
+            if force or any(b.numel() == 0 for n, b in enc.named_buffers() if is_table(n)):
                 enc.update(force=True)
         self._fingerprints.clear()
         self._codecs.clear()

@@ -31,7 +31,7 @@ import torch
 
 from oml.models.default import OMLHyperprior
 from oml.models.synthesis import ModulatedSynthesis, split_sequential
-from oml.models.variable_rate import TABLE_BUFFERS, VariableRateModel
+from oml.models.variable_rate import VariableRateModel, is_table
 from oml.names import DEFAULT_MODEL, ModelUnavailableError
 
 # CompressAI's MSE-trained λ for qualities 1–8.
@@ -104,11 +104,6 @@ _CONSTANT_BUFFERS = ("pedestal", "bound")
 
 def _is_constant(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in _CONSTANT_BUFFERS
-
-
-def is_table(key: str) -> bool:
-    """Whether ``key`` names an entropy-coder table (integer CDFs, offsets, lengths, scale table)."""
-    return key.rsplit(".", 1)[-1] in TABLE_BUFFERS
 
 
 def is_derived_buffer(key: str) -> bool:
