@@ -89,6 +89,13 @@ def update_ema(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: floa
             ema[name] = value.detach().clone()
 
 
+def eval_lambdas(cfg: BaseTrainConfig) -> list[float]:
+    """CompressAI's quality λ that lie in the training range (held-out evaluation points)."""
+    from oml.models.zoo import MSE_LAMBDAS
+
+    return [lm for lm in MSE_LAMBDAS.values() if cfg.lambda_low * 0.999 <= lm <= cfg.lambda_high * 1.001]
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -121,6 +128,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
         else:
             fresh_optimizer_at = step
         gen.manual_seed(cfg.seed + step)
+    held_lambdas = eval_lambdas(cfg)
     with open(log_path, "a") as log:
         log.write(json.dumps({"event": "start", "step": step, "config": dataclasses.asdict(cfg), "train_images": len(train_imgs), "held_out": len(held_imgs), "time": time.time()}) + "\n")
         t0, acc = time.time(), []
@@ -141,7 +149,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
                 log.flush()
                 t0, acc = time.time(), []
             if step % cfg.eval_every == 0 and held_imgs:
-                log.write(json.dumps({"step": step, "eval": evaluate(model, held_imgs, [0.0018, 0.0035, 0.0067, 0.013])}) + "\n")
+                log.write(json.dumps({"step": step, "eval": evaluate(model, held_imgs, held_lambdas)}) + "\n")
                 log.flush()
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 _save_atomic({"model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": dataclasses.asdict(cfg)}, ckpt_path)
