@@ -44,6 +44,28 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
 
 
 _DEFLATE_MAX_RATIO = 1032
+_JPEG_SOF = {0xC0 + n for n in range(16)} - {0xC4, 0xC8, 0xCC}  # start-of-frame markers
+
+
+def _jpeg_scan_bytes_needed(data: bytes, w: int, h: int) -> int:
+    """A lower bound on the bytes of a JPEG's entropy-coded data for a ``w``×``h`` frame.
+
+    The full-resolution component has ``⌈w/8⌉·⌈h/8⌉`` blocks; Huffman coding spends at least
+    one bit on each block's DC coefficient (the shortest code is one bit, and a progressive
+    file still codes every DC). Arithmetic-coded frames (SOF9 and up) can spend less, so they
+    get a 64 times weaker bound. Returns 0 when no frame header is found (Pillow decides).
+    """
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in _JPEG_SOF:
+            blocks = -(-w // 8) * -(-h // 8)
+            return blocks // 8 if marker < 0xC9 else blocks // 512
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return 0
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
@@ -65,12 +87,18 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
                     # deflate expands at most 1032:1 and a PNG row holds at least w/8 bytes and a
                     # filter byte: these bytes cannot hold this image (a header-only bomb)
                     raise ImageDecodeError(f"corrupt or truncated image: {len(data)} bytes cannot hold a {w}x{h} PNG")
+                if img.format == "JPEG" and len(data) < _jpeg_scan_bytes_needed(data, w, h):
+                    # libjpeg fills missing blocks with grey and Pillow passes that on: refuse
+                    raise ImageDecodeError(f"corrupt or truncated image: {len(data)} bytes cannot hold a {w}x{h} JPEG")
                 frames = int(getattr(img, "n_frames", 1))
                 if frames > 1:  # archiving the first frame would lose the rest without a word
                     raise ImageDecodeError(f"animated image with {frames} frames: only still images are archived")
-                img = ImageOps.exif_transpose(img)
                 img.load()
-                rgb = _to_rgb8(img)
+                # in place, and only when needed: a large image is held once, not copied
+                ImageOps.exif_transpose(img, in_place=True)
+                rgb = img if img.mode == "RGB" else _to_rgb8(img)
+                arr = np.array(rgb, dtype=np.uint8)
+                del rgb
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -79,8 +107,6 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
         raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
-    arr = np.array(rgb, dtype=np.uint8)
-    del rgb
     # A channel-first view of the one decoded copy: large images are not copied again.
     return torch.from_numpy(arr).permute(2, 0, 1)
 

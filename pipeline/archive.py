@@ -44,6 +44,7 @@ from oml.adapt import AdaptConfig
 from oml.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError, decode_image, encode_png
 from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import DEFAULT_MODEL, ModelUnavailableError, load_model, quality_group
+from pipeline import reaper as reaper_mod
 from pipeline import schema, storage
 
 PLAN_FORMAT = "oml-archive-plan/1"
@@ -434,12 +435,22 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
         return
     if cfg.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.address, log_to_driver=True)
+        reaper = None
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        reaper = reaper_mod.watch()  # stops the local instance if this driver is killed
+        try:
+            ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+        except BaseException:
+            if reaper is not None:
+                reaper.terminate()
+            raise
     try:
         yield ray
     finally:
         ray.shutdown()
+        if reaper is not None:
+            reaper.terminate()
+            reaper.wait()
 
 
 def _run_tasks(

@@ -100,3 +100,45 @@ def test_a_header_only_png_is_refused_before_its_pixels_are_allocated():
         decode_image(header_only)
     solid = _encode(Image.new("RGB", (2000, 1500), (10, 200, 30)), "PNG")
     assert len(solid) * 1032 > 1500 * 251 and decode_image(solid).shape == (3, 1500, 2000)
+
+
+def _jpeg_claiming(width: int, height: int, scan: bool) -> bytes:
+    """A valid small JPEG whose frame header claims ``width``×``height``; ``scan=False`` cuts the
+    entropy-coded data off (headers, then EOI), as a forged or badly truncated file would."""
+    import struct
+
+    data = bytearray(_encode(Image.new("RGB", (16, 16), (90, 120, 200)), "JPEG"))
+    sof = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    if not scan:
+        sos = data.find(b"\xff\xda")
+        data = data[: sos + 2 + struct.unpack_from(">H", data, sos + 2)[0]] + b"\xff\xd9"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_a_jpeg_too_short_for_its_frame_is_refused_not_filled_with_grey(scan):
+    """libjpeg fills what is missing with grey and Pillow passes that on without a word: a
+    12000² frame needs at least one bit per 8×8 block (281 250 bytes) whatever the content."""
+    with pytest.raises(ImageDecodeError, match="cannot hold a 12000x12000 JPEG"):
+        decode_image(_jpeg_claiming(12000, 12000, scan))
+    # the smallest legitimate files of a large frame still decode: one grey level, grey-scale,
+    # progressive with optimised tables, and the 4:2:0 default
+    for mode, kw in [("L", dict(quality=5, progressive=True, optimize=True)), ("RGB", dict(quality=5, subsampling=2, optimize=True))]:
+        assert decode_image(_encode(Image.new(mode, (4000, 3000), 128), "JPEG", **kw)).shape == (3, 3000, 4000)
+
+
+def test_header_only_tiff_and_webp_are_refused():
+    import struct
+
+    tiff = bytearray(_encode(Image.new("RGB", (16, 16)), "TIFF", compression="tiff_deflate"))
+    ifd = struct.unpack_from("<I", tiff, 4)[0]
+    for k in range(struct.unpack_from("<H", tiff, ifd)[0]):
+        tag, kind = struct.unpack_from("<HH", tiff, ifd + 2 + 12 * k)
+        if tag in (256, 257, 278):  # width, length, rows per strip
+            struct.pack_into("<H" if kind == 3 else "<I", tiff, ifd + 2 + 12 * k + 8, 12000)
+    webp = bytearray(_encode(Image.new("RGB", (16, 16), (1, 2, 3)), "WEBP", quality=50))
+    struct.pack_into("<HH", webp, webp.find(b"VP8 ") + 14, 12000, 12000)
+    for data in (bytes(tiff), bytes(webp)):
+        with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+            decode_image(data)
