@@ -46,6 +46,7 @@ from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import DEFAULT_MODEL, ModelUnavailableError, load_model, quality_group
 from pipeline import reaper as reaper_mod
 from pipeline import schema, storage
+from pipeline.walk import output_names
 
 PLAN_FORMAT = "oml-archive-plan/1"
 MARKER_FORMAT = "oml-archive-shard/2"
@@ -776,21 +777,8 @@ def _matches(row_source: str, row_path: str, patterns: Sequence[str]) -> bool:
 
 
 def png_names(paths: Sequence[str]) -> dict[str, str]:
-    """Relative output name per relative source path, all distinct: the suffix becomes ``.png``;
-    sources that would collide keep their suffix (``a.jpg.png``), and any name still taken gets a
-    counter (``a.png.2.png``), in sorted order, so the names are the same on every run."""
-    names = {p: posixpath.splitext(p)[0] + ".png" for p in paths}
-    uses = Counter(names.values())
-    names = {p: (p + ".png" if uses[n] > 1 else n) for p, n in names.items()}
-    taken: set[str] = set()
-    for p in sorted(names, key=lambda q: (names[q], q)):
-        name, i = names[p], 1
-        while name in taken:
-            i += 1
-            name = posixpath.splitext(names[p])[0] + f".{i}.png"
-        names[p] = name
-        taken.add(name)
-    return names
+    """Relative output name per relative source path, all distinct (:func:`pipeline.walk.output_names`)."""
+    return output_names(paths, ".png")
 
 
 @dataclass(frozen=True)

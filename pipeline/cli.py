@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from oml.names import CODED_SUFFIX, DEFAULT_MAX_PIXELS, DEFAULT_MODEL, IMAGE_SUFFIXES, METRICS, MODEL_IDS, PLAIN, TILE, ModelUnavailableError
-from pipeline.walk import walk_files
+from pipeline.walk import output_names, walk_files
 
 # torch, CompressAI and the codec load only when a command runs: --help and argument errors answer at once.
 
@@ -52,14 +52,15 @@ def _outputs(files: list[Path], inputs: Sequence[str], out: str, suffix: str) ->
     if target.exists() and not target.is_dir():
         raise UserError(f"{out} must be a folder when there are several inputs")
     roots = [Path(i) for i in inputs if Path(i).is_dir()]
-    paths = []
+    rels = []
     for f in files:
         root = next((r for r in roots if r in f.parents), None)
-        rel = f.relative_to(root) if root else Path(f.name)
-        paths.append(target / rel.with_suffix(suffix))
-    if len(set(paths)) != len(paths):
-        raise UserError("two inputs would write the same output file; give them distinct names")
-    return _not_inputs(paths, files)
+        rels.append((f.relative_to(root) if root else Path(f.name)).as_posix())
+    if len(set(rels)) != len(rels):  # the same file named twice, or two roots holding one name
+        twice = next(r for r in rels if rels.count(r) > 1)
+        raise UserError(f"two inputs are both called {twice}: give them distinct names or one folder")
+    names = output_names(rels, suffix)  # a.png and a.jpg become a.png.oml and a.jpg.oml
+    return _not_inputs([target / names[r] for r in rels], files)
 
 
 def _not_inputs(paths: list[Path], files: list[Path]) -> list[Path]:

@@ -143,6 +143,7 @@ def _forged_weights(path, weights, edit):
         ("random", lambda p, w: p.write_bytes(bytes(range(256)) * 4), "not an oml weights file"),
         ("empty", lambda p, w: p.write_bytes(b""), "not an oml weights file"),
         ("text", lambda p, w: p.write_text("weights"), "not an oml weights file"),
+        ("no-name", lambda p, w: torch.save({"format": "oml-weights/1", "state_dict": {}}, p), "damaged oml weights file"),
         ("missing", lambda p, w: _forged_weights(p, w, lambda sd: sd.pop(next(k for k in sd if "g_a" in k))), "missing tensors"),
         ("shape", lambda p, w: _forged_weights(p, w, lambda sd: sd.update({next(k for k in sd if k.endswith("weight")): torch.zeros(3, 3)})), "size mismatch"),
         ("cdf-shape", lambda p, w: _forged_weights(p, w, lambda sd: sd.update({next(k for k in sd if k.endswith("gaussian_conditional._quantized_cdf")): torch.zeros(2, 2, dtype=torch.int32)})), "inconsistent shapes"),
@@ -187,3 +188,14 @@ def test_the_light_names_match_the_modules_that_use_them():
     assert tuple(zoo.ZOO) == names.MODEL_IDS and zoo.DEFAULT_MODEL in zoo.ZOO
     assert adapt.METRICS is names.METRICS and codec.PLAIN == names.PLAIN and tiling.TILE == names.TILE
     assert imageio.IMAGE_SUFFIXES is names.IMAGE_SUFFIXES and zoo.ModelUnavailableError is names.ModelUnavailableError
+
+
+def test_colliding_names_in_a_folder_get_distinct_outputs_both_ways(tmp_path, weights):
+    """a.png, a.jpg and a.png.png used to stop the whole run: now each gets its own .oml and PNG."""
+    (tmp_path / "in").mkdir()
+    for i, (name, fmt) in enumerate([("a.png", "PNG"), ("a.jpg", "JPEG"), ("a.png.png", "PNG")]):
+        Image.fromarray(natural_image(48, 64, i).permute(1, 2, 0).numpy()).save(tmp_path / "in" / name, format=fmt)
+    assert main(["compress", str(tmp_path / "in"), "-o", str(tmp_path / "coded"), "--weights", weights, "-q", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "coded").iterdir()) == ["a.jpg.oml", "a.png.2.oml", "a.png.oml"]
+    assert main(["decompress", str(tmp_path / "coded"), "-o", str(tmp_path / "png"), "--weights", weights]) == 0
+    assert len(list((tmp_path / "png").iterdir())) == 3

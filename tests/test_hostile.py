@@ -95,3 +95,12 @@ def test_damaged_latent_strings_are_always_desync_never_a_crash_or_garbage():
         except codec.DesyncError:
             outcomes.append("desync")
     assert len(outcomes) > 100 and set(outcomes) == {"desync"}
+
+
+def test_the_probe_battery_finds_no_failure():
+    """bench/probes.py (the table in docs/RESULTS.md): every hostile or careless input through the
+    CLI and the Ray jobs is a clean error, a manifest entry or a correct result."""
+    run = subprocess.run([sys.executable, "bench/probes.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    failures = [line for line in run.stdout.splitlines() if line.startswith("FAIL")]
+    assert run.returncode == 0 and not failures, failures or run.stderr[-2000:]
+    assert "| **all** | **" in run.stdout

@@ -93,6 +93,8 @@ def _load_weights_file(path: str | Path) -> dict:
         raise ModelUnavailableError(f"{path} is not an oml weights file (unreadable: {type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT or not isinstance(state.get("state_dict"), dict):
         raise ModelUnavailableError(f"{path} is not an oml weights file (expected format {WEIGHTS_FORMAT})")
+    if not isinstance(state.get("name"), str) or not isinstance(state.get("encoders"), list | tuple) or not all(isinstance(q, int) for q in state["encoders"]):
+        raise ModelUnavailableError(f"{path} is a damaged oml weights file (no model name or encoder list)")
     return state
 
 
