@@ -104,21 +104,35 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from oml.imageio import decode_image
     from oml.models.zoo import load_model
 
-    if args.quality is None and args.lmbda is None:
+    from oml import ratecontrol
+
+    target = None
+    if args.target_psnr is not None:
+        target = ratecontrol.Target("psnr", args.target_psnr)
+    elif args.target_bpp is not None:
+        target = ratecontrol.Target("bpp", args.target_bpp)
+    elif args.quality is None and args.lmbda is None:
         args.quality = 3
     files = _expand(args.inputs, IMAGE_SUFFIXES)
     outs = _outputs(files, args.inputs, args.output, CODED_SUFFIX)
     quality = args.quality if args.quality is not None else 1
     model = load_model(args.model, quality if args.quality is not None else _first_quality(args.model), weights=args.weights)
+    if target is not None and not model.conditional:
+        raise UserError(f"{args.model} codes only its fixed qualities; --target-psnr/--target-bpp need a λ-conditioned model such as oml-default")
     cfg = AdaptConfig(steps=args.steps, metrics=tuple(args.metric))
 
     def work(src: Path, dst: Path) -> str:
         image = decode_image(src.read_bytes(), max_pixels=args.max_pixels)
-        enc = codec.encode(model, image, quality=args.quality, lmbda=args.lmbda, adapt_config=cfg, tile_size=args.tile)
+        note = ""
+        if target is None:
+            enc = codec.encode(model, image, quality=args.quality, lmbda=args.lmbda, adapt_config=cfg, tile_size=args.tile)
+        else:
+            result = ratecontrol.encode_to_target(model, image, target, cfg, tile_size=args.tile)
+            enc, note = result.encoded, "; " + ratecontrol.reached(result, target)
         _write(dst, enc.data)
         h, w = image.shape[1:]
-        psnr = sum(t.psnr_after * t.tile.height * t.tile.width for t in enc.tiles) / (h * w)
-        return f"{src} -> {dst}: {w}x{h}, {len(enc.data)} bytes, {8 * len(enc.data) / (h * w):.4f} bpp, tile-mean PSNR {psnr:.2f} dB"
+        psnr = ratecontrol.image_psnr(enc.reconstruction, image)
+        return f"{src} -> {dst}: {w}x{h}, {len(enc.data)} bytes, {8 * len(enc.data) / (h * w):.4f} bpp, PSNR {psnr:.2f} dB{note}"
 
     return _run_each(list(zip(files, outs)), work, "compress")
 
@@ -219,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--quality", "-q", type=int, help="quality (default 3); see the model's groups")
     rate.add_argument("--lmbda", type=float, help="rate-distortion trade-off λ (λ-conditioned models take any value in range)")
+    rate.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the λ whose file decodes closest to this PSNR (within 0.1 dB)")
+    rate.add_argument("--target-bpp", type=float, metavar="BPP", help="per image, the λ whose file is closest to this size in bits per pixel (within 3 %%)")
     p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS, help=f"model id (default {DEFAULT_MODEL})")
     p.add_argument("--weights", help="local oml weights file instead of the model's default source")
     p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none)")

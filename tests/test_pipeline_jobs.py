@@ -185,7 +185,8 @@ def test_an_unreachable_object_store_is_one_line(monkeypatch, capsys):
     """An S3 endpoint that is down (a closed port on 127.0.0.1): one line, exit 1, no traceback."""
     port = free_port()  # nothing listens there
     for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "1",
-                        "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}.items():
+                        "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():  # loopback only: no instance-metadata lookup
         monkeypatch.setenv(name, value)
     assert load_job("compress").main(["--input", "s3://bucket/in", "--output", "s3://bucket/out", "--no-progress"]) == 1
     err = capsys.readouterr().err
