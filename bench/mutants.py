@@ -138,17 +138,22 @@ def run_tests(repo: Path, tests: tuple[str, ...]) -> tuple[int, str]:
     return run.returncode, run.stdout + run.stderr
 
 
-_ASSERTION = re.compile(r"^(FAILED|ERROR) \S+ - (assert|AssertionError|Failed:|DID NOT RAISE|pytest\.fail)", re.M)
+# pytest's "E" lines name what ended each failing test: an assertion (``assert``, its rewritten
+# ``AssertionError``, or ``Failed:`` from pytest.raises / pytest.fail), or any other exception.
+_E_LINE = re.compile(r"^E\s+(\S.*)$", re.M)
+_ASSERTION = re.compile(r"^(assert\b|AssertionError|Failed: |DID NOT RAISE)")
 
 
 def verdict(code: int, output: str) -> tuple[str, str]:
     if code == 0:
         return "survived", "all its tests passed"
     failed = [line for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
-    if _ASSERTION.search(output) or any("AssertionError" in line or " - assert " in line for line in failed):
-        first = next((line for line in failed if "ssert" in line or "Failed:" in line), failed[0] if failed else "")
-        return "caught", first[:150]
-    return "crash", (failed[0] if failed else output.strip().splitlines()[-1] if output.strip() else f"exit {code}")[:150]
+    ends = _E_LINE.findall(output)
+    where = failed[0].split(" ", 1)[1].split(" - ")[0] if failed else f"exit {code}"
+    hit = next((e for e in ends if _ASSERTION.match(e)), None)
+    if hit:
+        return "caught", f"{where}: {hit}"[:170]
+    return "crash", f"{where}: {ends[0] if ends else output.strip().splitlines()[-1]}"[:170]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compress.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="folder or s3://bucket/prefix of images (recursive), or one image")
     p.add_argument("--output", required=True, help="archive folder or s3://bucket/prefix")
-    p.add_argument("--quality", type=int, default=3, help="quality (default 3)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--quality", type=int, help="quality (default 3)")
+    rate.add_argument("--lmbda", type=float, help="code every image at this λ (λ-conditioned models: any value in range)")
+    rate.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the λ whose file decodes closest to this PSNR (within 0.1 dB)")
+    rate.add_argument("--target-bpp", type=float, metavar="BPP", help="per image, the λ whose file is closest to this size (within 3 %%)")
     p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (default 0: none)")
     p.add_argument("--metric", nargs="+", default=["psnr"], choices=("psnr", "ms-ssim"), help="adapt for these metrics; one λ* set each")
     p.add_argument("--model", default="oml-default", help="model id (default oml-default)")
@@ -56,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             input=args.input,
             output=args.output,
             model=ModelConfig(args.model, args.weights, not args.random_weights, args.seed),
-            coding=CodingConfig(args.quality, args.steps, tuple(args.metric), args.tile, args.max_pixels or DEFAULT_MAX_PIXELS),
+            coding=CodingConfig(
+                args.quality or 3, args.steps, tuple(args.metric), args.tile, args.max_pixels or DEFAULT_MAX_PIXELS, args.lmbda,
+                ("psnr", args.target_psnr) if args.target_psnr is not None else ("bpp", args.target_bpp) if args.target_bpp is not None else None,
+            ),
             ray=RayConfig(args.address, args.num_cpus, args.workers, args.cpus_per_worker, args.num_gpus, args.max_retries),
             **options,
             shard_size=args.shard_size,

@@ -39,7 +39,7 @@ import torch
 # CompressAI's import triggers a torch deprecation warning that means nothing to a user (in every worker).
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
-from oml import codec, tiling
+from oml import codec, ratecontrol, tiling
 from oml.adapt import AdaptConfig
 from oml.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageDecodeError, decode_image, encode_png
 from oml.models.variable_rate import VariableRateModel
@@ -77,19 +77,32 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CodingConfig:
-    """How each image is coded: quality, online-adaptation ``steps`` per tile and ``metrics``, tile size."""
+    """How each image is coded: quality, online-adaptation ``steps`` per tile and ``metrics``, tile size.
+
+    ``lmbda`` codes every image at that λ instead of the quality's; ``target`` (``("psnr", dB)`` or
+    ``("bpp", bits)``) searches λ per image (:mod:`oml.ratecontrol`). ``quality`` still picks the
+    model's quality group (and is the coded quality when neither is given).
+    """
 
     quality: int = 3
     steps: int = 0
     metrics: tuple[str, ...] = ("psnr",)
     tile: int = tiling.TILE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    lmbda: float | None = None
+    target: tuple[str, float] | None = None
 
     def __post_init__(self) -> None:
         AdaptConfig(steps=self.steps, metrics=self.metrics)  # same checks, same messages
         tiling.check_tile_size(self.tile)
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.lmbda is not None and self.target is not None:
+            raise ValueError("give a λ or a target, not both")
+        if self.lmbda is not None and not (math.isfinite(self.lmbda) and self.lmbda > 0):
+            raise ValueError(f"λ must be a positive number, got {self.lmbda}")
+        if self.target is not None:
+            ratecontrol.Target(*self.target)  # same checks, same messages
 
     @property
     def adapt(self) -> AdaptConfig:
@@ -322,7 +335,12 @@ def encode_image(model: VariableRateModel, image: torch.Tensor, coding: CodingCo
     One :func:`oml.codec.encode` call, so tiles are batched on a GPU as the codec
     chooses; the codec keeps memory bounded by its tile batch.
     """
-    enc = codec.encode(model, image, quality=coding.quality, adapt_config=coding.adapt, tile_size=coding.tile)
+    if coding.target is not None:
+        enc = ratecontrol.encode_to_target(model, image, ratecontrol.Target(*coding.target), coding.adapt, coding.tile).encoded
+    elif coding.lmbda is not None:
+        enc = codec.encode(model, image, lmbda=coding.lmbda, adapt_config=coding.adapt, tile_size=coding.tile)
+    else:
+        enc = codec.encode(model, image, quality=coding.quality, adapt_config=coding.adapt, tile_size=coding.tile)
     header, records = codec.read(enc.data)
     parts = tiling.split(enc.reconstruction, [t.tile for t in enc.tiles])
     return header, enc.data, [schema.tile_row(s, r, p) for s, r, p in zip(enc.tiles, records, parts)]
@@ -550,7 +568,8 @@ def _plan(cfg: CompressConfig, files: Sequence[storage.SourceFile], fingerprint:
         "format": PLAN_FORMAT,
         "input": storage.redact(storage.normalize(cfg.input)),
         "model": dataclasses.asdict(cfg.model),
-        "coding": dataclasses.asdict(cfg.coding),
+        # options left unset are left out, so archives started before they existed still resume
+        "coding": {k: v for k, v in dataclasses.asdict(cfg.coding).items() if v is not None},
         "fingerprint": fingerprint,
         "extensions": sorted(e.lower() for e in cfg.extensions),
         "shard_size": cfg.shard_size,
@@ -609,7 +628,13 @@ def _committed(root: str, shards: Sequence[Shard]) -> dict[int, ShardResult]:
 
 
 def _fingerprint(cfg: CompressConfig) -> str:
-    return get_model(cfg.model, cfg.coding.quality).fingerprint(cfg.coding.quality).hex()
+    """The model's fingerprint; also checks, before any work, that it can code as asked."""
+    model = get_model(cfg.model, cfg.coding.quality)
+    if cfg.coding.target is not None and not model.conditional:
+        raise ValueError(f"{model.name} codes only its fixed qualities; --target-psnr/--target-bpp need a λ-conditioned model such as oml-default")
+    if cfg.coding.lmbda is not None:
+        model.resolve(lmbda=cfg.coding.lmbda)  # out of range: one error now, not one per image
+    return model.fingerprint(cfg.coding.quality).hex()
 
 
 @dataclass
@@ -729,6 +754,8 @@ def _summary(config: CompressConfig, root: str, run: _Run) -> dict[str, Any]:
         "output": storage.redact(root),
         "model": config.model.name,
         "quality": config.coding.quality,
+        **({"lmbda": config.coding.lmbda} if config.coding.lmbda is not None else {}),
+        **({"target": list(config.coding.target)} if config.coding.target is not None else {}),
         "steps": config.coding.steps,
         "metrics": list(config.coding.metrics),
         "images": run.images,
@@ -858,7 +885,11 @@ def _decode_jobs(root: str, select: Sequence[str], output: str, expected_shards:
             continue
         committed.add(check.result.index)
         shard = shard_uri(root, check.result.index)
-        table = schema.read_parquet(check.parquet, columns=["source", "path"])  # the bytes just verified
+        try:  # the bytes just verified; a file that matches its marker and still does not parse is named too
+            table = schema.read_parquet(check.parquet, columns=["source", "path"])
+        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+            refused.append(DecodedImage("", posixpath.basename(shard), "", "failed", f"not restored: its Parquet file cannot be read ({type(exc).__name__}: {exc})", {}))
+            continue
         for source, path in zip(table.column("source").to_pylist(), table.column("path").to_pylist()):
             if select and not _matches(source, path, select):
                 continue

@@ -445,3 +445,30 @@ def test_restoring_into_the_input_folder_is_refused(archived):
 def test_decompress_refuses_what_is_not_an_archive(tmp_path):
     with pytest.raises(ValueError, match="not an oml archive"):
         archive.run_decompress(DecompressConfig(str(tmp_path), str(tmp_path / "png")))
+
+
+def test_rate_control_in_the_ray_job_meets_reachable_targets_and_lists_the_rest(local_ray, tmp_path):
+    """--target-psnr on the job: each image's row holds the file that met the target, at its own λ;
+    an image that cannot reach it (noise) is a manifest entry naming the reachable range."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "smooth.png").write_bytes(encode_png(natural_image(128, 192, 0)))
+    (inp / "noise.png").write_bytes(encode_png(torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))))
+    from oml.ratecontrol import image_psnr
+
+    shipped = ModelConfig()
+    model = archive.get_model(shipped, 3)
+    smooth = natural_image(128, 192, 0)
+    ends = [image_psnr(codec.encode(model, smooth, lmbda=lm, tile_size=128).reconstruction, smooth) for lm in model.lambda_range]
+    target = round((ends[0] + ends[1]) / 2, 2)  # reachable for this image; far above what noise reaches
+    coding = CodingConfig(steps=0, tile=128, target=("psnr", target))
+    report = archive.run_compress(config(inp, tmp_path / "out", model=shipped, coding=coding))
+    assert (report.archived, report.failed, report.exit_code) == (1, 1, 1)
+    [row] = rows(tmp_path / "out")
+    restored = codec.decode(model, schema.coded_bytes(row))
+    assert abs(image_psnr(restored, smooth) - target) <= 0.1 and model.lambda_range[0] < row["lmbda"] < model.lambda_range[1]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    [entry] = manifest["failed"]
+    assert entry["path"] == "noise.png" and "outside what oml-default reaches on this image" in entry["reason"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["target"] == ["psnr", target]

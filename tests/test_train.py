@@ -42,7 +42,10 @@ def test_training_resumes_where_it_stopped(tmp_path):
 def test_committed_resume_point_continues_the_step_count(tmp_path):
     run_base_training(_config(tmp_path, tmp_path / "a", steps=2))
     point = save_resume_point(tmp_path / "a" / "last.pt", tmp_path / "resume.pt")
-    assert "optimizer" not in torch.load(point, weights_only=True)
+    compact = torch.load(point, weights_only=True)
+    assert "optimizer" not in compact and "ema" not in compact
+    average = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["ema"]
+    assert all(v.dtype == torch.float16 and torch.equal(v, average[k].half()) for k, v in compact["model"].items() if v.is_floating_point())
     run_base_training(_config(tmp_path, tmp_path / "b", steps=3, init=str(point)))
     assert _starts(tmp_path / "b" / "train_log.jsonl") == [2]
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
