@@ -133,15 +133,27 @@ def test_ray_job_submit_end_to_end(tmp_path):
         "OMP_NUM_THREADS": "1",
     }
     env.pop("RAY_ADDRESS", None)
-    gcs, dashboard = free_port(), free_port()
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--node-ip-address", "127.0.0.1",
-         "--temp-dir", str(temp_dir), "--disable-usage-stats"],
-        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+
+    def start_head() -> tuple[subprocess.Popen, int]:
+        """``ray start`` takes port numbers, not bound sockets: if another process takes a port
+        between free_port() and Ray binding it, the head exits, and the test starts another."""
+        for _ in range(3):
+            gcs, dashboard = free_port(), free_port()
+            head = subprocess.Popen(
+                [str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
+                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--node-ip-address", "127.0.0.1",
+                 "--temp-dir", str(temp_dir), "--disable-usage-stats"],
+                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+            try:
+                _wait_for_dashboard(dashboard, head)
+                return head, dashboard
+            except RuntimeError:  # exited: a port was taken
+                _stop(head)
+        raise RuntimeError("ray start failed three times")
+
+    head, dashboard = start_head()
     try:
-        _wait_for_dashboard(dashboard, head)
         # The job server can answer before its agent has registered ("No available agent to
         # submit job, please try again later"): nothing was submitted then, so try again.
         deadline = time.monotonic() + 90

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 
@@ -27,11 +26,9 @@ BUCKET = "oml-test"
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 endpoint on a free loopback port; credentials and endpoint only in the environment."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()  # bound before anything uses it: the port is the one the server holds
+    port = server.get_host_and_port()[1]
     names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED")
     saved = {k: os.environ.get(k) for k in names}
     os.environ.update(
