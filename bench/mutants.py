@@ -42,6 +42,11 @@ class Mutant:
     new: str
     tests: tuple[str, ...]
     what: str
+    also: tuple[tuple[str, str], ...] = ()  # further (old, new) edits of the same file
+
+    @property
+    def edits(self) -> tuple[tuple[str, str], ...]:
+        return ((self.old, self.new), *self.also)
 
 
 MUTANTS = [
@@ -63,7 +68,8 @@ MUTANTS = [
            "        storage.write_json(marker_uri(self.output, shard.index), result.to_json())  # the commit, always last\n"
            "        storage.write_bytes(shard_uri(self.output, shard.index), parquet)\n        return result",
            ("tests/test_pipeline_archive.py::test_the_marker_is_written_only_after_its_parquet_file",),
-           "the done marker is written before the Parquet file it commits (applied with the next edit)"),
+           "the done marker is written before the Parquet file it commits",
+           also=(("        storage.write_bytes(shard_uri(self.output, shard.index), parquet)\n        seconds", "        seconds"),)),
     Mutant("accept-always", "oml/codec.py", "return candidate if bool(d_new < d_old) else lam_t", "return candidate",
            ("tests/test_adapt_reference.py",), "the encoder keeps λ* even when the exact decoder scores it worse"),
     Mutant("softplus-to-exp", "oml/models/modulator.py", "return F.softplus(self.fc2(F.relu(self.fc1(u))))", "return torch.exp(self.fc2(F.relu(self.fc1(u))))",
@@ -118,15 +124,14 @@ def copy_tree(dest: Path) -> None:
         (dest.parent / "shared").symlink_to(shared)
 
 
-def apply(repo: Path, m: Mutant) -> None:
-    path = repo / m.file
-    text = path.read_text()
-    if text.count(m.old) != 1:
-        raise SystemExit(f"mutant {m.name}: the code it mutates is not found exactly once in {m.file}; update bench/mutants.py")
-    text = text.replace(m.old, m.new)
-    if m.name == "marker-before-parquet":  # the Parquet write moves after the marker
-        text = text.replace("        storage.write_bytes(shard_uri(self.output, shard.index), parquet)\n        seconds", "        seconds", 1)
-    path.write_text(text)
+def mutated(repo: Path, m: Mutant) -> str:
+    """The text of ``m.file`` in ``repo`` with the mutant's edits; each must match exactly once."""
+    text = (repo / m.file).read_text()
+    for old, new in m.edits:
+        if text.count(old) != 1:
+            raise SystemExit(f"mutant {m.name}: the code it mutates is not found exactly once in {m.file}; update bench/mutants.py")
+        text = text.replace(old, new)
+    return text
 
 
 def run_tests(repo: Path, tests: tuple[str, ...]) -> tuple[int, str]:
@@ -169,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         pristine = Path(tmp) / "pristine" / "repo"
         pristine.mkdir(parents=True)
         copy_tree(pristine)
-        for m in chosen:  # every mutant must apply to today's code
-            if (pristine / m.file).read_text().count(m.old) != 1:
-                raise SystemExit(f"mutant {m.name}: the code it mutates is not found exactly once in {m.file}; update bench/mutants.py")
+        texts = {m.name: mutated(pristine, m) for m in chosen}  # every mutant must apply to today's code
         if not args.no_baseline:
             tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
             code, output = run_tests(pristine, tests)
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(pristine, repo, symlinks=True)
             if (pristine.parent / "shared").exists():
                 (repo.parent / "shared").symlink_to((pristine.parent / "shared").resolve())
-            apply(repo, m)
+            (repo / m.file).write_text(texts[m.name])
             start = time.time()
             code, output = run_tests(repo, m.tests)
             status, detail = verdict(code, output)

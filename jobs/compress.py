@@ -52,9 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from oml.imageio import DEFAULT_MAX_PIXELS
     from oml.models.zoo import ModelUnavailableError
     from pipeline.storage import unreachable_errors
+    from oml.ratecontrol import target_from
     from pipeline.archive import CodingConfig, CompressConfig, ModelConfig, RayConfig, run_compress
 
     try:
+        target = target_from(args.target_psnr, args.target_bpp)
         options = {"extensions": tuple(args.extensions)} if args.extensions else {}
         config = CompressConfig(
             input=args.input,
@@ -62,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=ModelConfig(args.model, args.weights, not args.random_weights, args.seed),
             coding=CodingConfig(
                 args.quality or 3, args.steps, tuple(args.metric), args.tile, args.max_pixels or DEFAULT_MAX_PIXELS, args.lmbda,
-                ("psnr", args.target_psnr) if args.target_psnr is not None else ("bpp", args.target_bpp) if args.target_bpp is not None else None,
+                (target.kind, target.value) if target else None,
             ),
             ray=RayConfig(args.address, args.num_cpus, args.workers, args.cpus_per_worker, args.num_gpus, args.max_retries),
             **options,

@@ -23,8 +23,6 @@ from torch import Tensor
 
 from oml.names import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 
-# File name endings of the inputs this policy covers (matched case-insensitively).
-
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image this project can read; the message says why."""

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from oml import codec
 from oml.adapt import AdaptConfig
+from oml.metrics import psnr
 from oml.models.variable_rate import VariableRateModel
 
 # How close the search tries to get (the documented guarantee is looser: 0.1 dB and 3 %).
@@ -77,8 +78,20 @@ class RateControlled(NamedTuple):
 
 def image_psnr(reconstruction: Tensor, image: Tensor) -> float:
     """PSNR in dB of two uint8 ``(3, H, W)`` images (whole-image MSE, peak 255)."""
-    mse = (reconstruction.double() - image.double()).pow(2).mean().item()
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return float(psnr(reconstruction, image))
+
+
+def target_from(psnr_db: float | None, bpp: float | None) -> Target | None:
+    """The target the ``--target-psnr`` / ``--target-bpp`` flags ask for (at most one is given)."""
+    if psnr_db is not None:
+        return Target("psnr", psnr_db)
+    return Target("bpp", bpp) if bpp is not None else None
+
+
+def check_model(model: VariableRateModel) -> None:
+    """ValueError unless ``model`` codes a continuous λ (rate control searches over it)."""
+    if not model.conditional:
+        raise ValueError(f"{model.name} codes only its fixed qualities; --target-psnr/--target-bpp need a λ-conditioned model such as oml-default")
 
 
 def encode_to_target(
@@ -91,8 +104,7 @@ def encode_to_target(
 ) -> RateControlled:
     """Code uint8 ``image`` ``(3, H, W)`` so that its bpp or PSNR is as close to ``target`` as the
     model allows; raises :class:`TargetOutOfRange` when the target is not reachable."""
-    if not model.conditional:
-        raise ValueError(f"{model.name} codes only its fixed qualities; --target-psnr/--target-bpp need a λ-conditioned model such as oml-default")
+    check_model(model)
     encode = encode or codec.encode
     pixels = image.shape[1] * image.shape[2]
     kwargs = {"adapt_config": adapt_config} | ({"tile_size": tile_size} if tile_size else {})
@@ -143,4 +155,4 @@ def reached(result: RateControlled, target: Target) -> str:
     return f"target {target.describe(target.value)}: reached {target.describe(value)} at λ={result.lmbda:.5g} ({len(result.trials)} codings)"
 
 
-__all__ = ["Target", "TargetOutOfRange", "RateControlled", "encode_to_target", "image_psnr", "reached"]
+__all__ = ["Target", "TargetOutOfRange", "RateControlled", "check_model", "encode_to_target", "image_psnr", "reached", "target_from"]

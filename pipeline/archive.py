@@ -28,7 +28,6 @@ import posixpath
 import sys
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -630,8 +629,8 @@ def _committed(root: str, shards: Sequence[Shard]) -> dict[int, ShardResult]:
 def _fingerprint(cfg: CompressConfig) -> str:
     """The model's fingerprint; also checks, before any work, that it can code as asked."""
     model = get_model(cfg.model, cfg.coding.quality)
-    if cfg.coding.target is not None and not model.conditional:
-        raise ValueError(f"{model.name} codes only its fixed qualities; --target-psnr/--target-bpp need a λ-conditioned model such as oml-default")
+    if cfg.coding.target is not None:
+        ratecontrol.check_model(model)
     if cfg.coding.lmbda is not None:
         model.resolve(lmbda=cfg.coding.lmbda)  # out of range: one error now, not one per image
     return model.fingerprint(cfg.coding.quality).hex()

@@ -106,19 +106,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     from oml import ratecontrol
 
-    target = None
-    if args.target_psnr is not None:
-        target = ratecontrol.Target("psnr", args.target_psnr)
-    elif args.target_bpp is not None:
-        target = ratecontrol.Target("bpp", args.target_bpp)
-    elif args.quality is None and args.lmbda is None:
+    target = ratecontrol.target_from(args.target_psnr, args.target_bpp)
+    if target is None and args.quality is None and args.lmbda is None:
         args.quality = 3
     files = _expand(args.inputs, IMAGE_SUFFIXES)
     outs = _outputs(files, args.inputs, args.output, CODED_SUFFIX)
     quality = args.quality if args.quality is not None else 1
     model = load_model(args.model, quality if args.quality is not None else _first_quality(args.model), weights=args.weights)
-    if target is not None and not model.conditional:
-        raise UserError(f"{args.model} codes only its fixed qualities; --target-psnr/--target-bpp need a λ-conditioned model such as oml-default")
+    if target is not None:
+        ratecontrol.check_model(model)
     cfg = AdaptConfig(steps=args.steps, metrics=tuple(args.metric))
 
     def work(src: Path, dst: Path) -> str:
