@@ -47,6 +47,7 @@ from oml.metrics import psnr
 from oml.models.latent import LatentCode
 from oml.models.variable_rate import VariableRateModel
 from oml.names import PLAIN
+from oml.refine import RefineConfig, distortion_weight, rd_cost, refine
 
 MAGIC = b"OMLC"
 FORMAT_VERSION = 2
@@ -93,12 +94,14 @@ class TileRecord(NamedTuple):
 
 
 class TileStats(NamedTuple):
-    """Per tile: position, coded bytes (strings + λ*), and PSNR (dB) at λ_t and with the first λ* set."""
+    """Per tile: position, coded bytes (strings + λ*), PSNR (dB) at λ_t and with the first λ* set, and
+    whether latent refinement changed its latent."""
 
     tile: tiling.Tile
     num_bytes: int
     psnr_before: float
     psnr_after: float
+    refined: bool = False
 
 
 class Encoded(NamedTuple):
@@ -287,6 +290,7 @@ class _TileWork(NamedTuple):
     x: Tensor  # float (1, 3, h, w) on the model's device
     code: LatentCode
     plain: Tensor  # uint8 reconstruction at λ* = λ_t
+    refined: bool = False  # whether the latent is the refined one
 
 
 def encode(
@@ -298,6 +302,7 @@ def encode(
     adapt_config: AdaptConfig = AdaptConfig(),
     tile_size: int = tiling.TILE,
     tile_batch: int | None = None,
+    refine_config: RefineConfig = RefineConfig(),
 ) -> Encoded:
     """Code a uint8 image ``(3, H, W)`` at a quality or λ, adapting λ* per tile.
 
@@ -306,6 +311,10 @@ def encode(
     metric on the 8-bit reconstruction: a tile whose search found nothing
     better keeps λ_t.
 
+    With ``refine_config.iterations > 0`` each tile's latent is first refined
+    (:mod:`oml.refine`, for the first metric) and kept only where that lowers
+    the tile's exact RD cost; the λ* search then runs on the kept latent.
+
     Tiles are processed ``tile_batch`` at a time (default 8 on a GPU, 1 on a
     CPU); equally sized tiles of a batch are adapted together. Memory stays
     bounded by the batch, whatever the image size.
@@ -313,7 +322,7 @@ def encode(
     _check_image(image)
     tiling.check_tile_size(tile_size)
     with ieee_float32():
-        return _encode(model, image, quality, lmbda, adapt_config, tile_size, tile_batch)
+        return _encode(model, image, quality, lmbda, adapt_config, tile_size, tile_batch, refine_config)
 
 
 def _encode(
@@ -324,6 +333,7 @@ def _encode(
     adapt_config: AdaptConfig,
     tile_size: int,
     tile_batch: int | None,
+    refine_config: RefineConfig,
 ) -> Encoded:
     q, lmbda_t = model.resolve(quality, lmbda)
     lmbda_t = float(np.float32(lmbda_t))  # exactly the value the header carries
@@ -338,21 +348,63 @@ def _encode(
     reconstruction = torch.empty((3, height, width), dtype=torch.uint8)
     tiles = list(zip(grid, tiling.split(image, grid)))
     for start in range(0, len(tiles), batch):
-        work = []
-        for tile, pixels in tiles[start : start + batch]:
-            x = _to_float(pixels).to(device)
-            code = model.encode_latent(tiling.pad(x), q, lmbda_t)
-            work.append(_TileWork(tile, pixels, x, code, reconstruct_tile(model, code.y_hat, lam_t, lmbda_t, tile)))
+        work = _code_tiles(model, q, lmbda_t, tiles[start : start + batch], refine_config, adapt_config.metrics[0])
         sets = [_adapt_batch(model, work, lmbda_t, m, adapt_config) for m in metrics]
         for i, w in enumerate(work):
             chosen = torch.stack([s[i] for s in sets])
             recon = reconstruct_tile(model, w.code.y_hat, chosen[0], lmbda_t, w.tile)
             record = TileRecord(w.code.z_shape, w.code.strings, chosen, w.code.check)
             records.append(record)
-            stats.append(TileStats(w.tile, len(pack_tile(record)), float(psnr(w.plain, w.pixels)), float(psnr(recon, w.pixels))))
+            stats.append(TileStats(w.tile, len(pack_tile(record)), float(psnr(w.plain, w.pixels)), float(psnr(recon, w.pixels)), w.refined))
             tiling.split(reconstruction, [w.tile])[0].copy_(recon)
     header = Header(FORMAT_VERSION, model.name, model.fingerprint(q), q, lmbda_t, height, width, tile_size, k, metrics, len(grid))
     return Encoded(write(header, records), reconstruction, stats)
+
+
+def _groups(tiles: list[tiling.Tile]) -> list[list[int]]:
+    """Indexes of equally sized tiles, which can be processed as one batch."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, t in enumerate(tiles):
+        groups.setdefault((t.height, t.width), []).append(i)
+    return list(groups.values())
+
+
+def _code_tiles(
+    model: VariableRateModel, q: int, lmbda_t: float, tiles: list[tuple[tiling.Tile, Tensor]], refine_config: RefineConfig, metric: str
+) -> list[_TileWork]:
+    """Analysis, optional latent refinement and entropy coding of a batch of tiles.
+
+    A refined tile keeps its refined latent only if that lowers its exact RD cost
+    (:func:`oml.refine.rd_cost` on the coded bytes and the 8-bit output at λ_t), so refinement
+    never makes a tile worse.
+    """
+    coder = model.latent_codec(q)
+    lam_t = plain_lambdas(model.num_lambdas, lmbda_t)
+    work: list[_TileWork | None] = [None] * len(tiles)
+    for members in _groups([t for t, _ in tiles]):
+        x = torch.cat([_to_float(tiles[i][1]) for i in members]).to(model.device)
+        with torch.no_grad():
+            y = model.analyze(tiling.pad(x), q, lmbda_t)
+        for row, i in enumerate(members):
+            tile, pixels = tiles[i]
+            code = coder.encode(y[row : row + 1])
+            work[i] = _TileWork(tile, pixels, x[row : row + 1], code, reconstruct_tile(model, code.y_hat, lam_t, lmbda_t, tile))
+        if refine_config.iterations == 0:
+            continue
+        plain = torch.cat([_to_float(work[i].plain) for i in members]).to(x.device)
+        weight = distortion_weight(metric, plain, x)
+        y_ref, z_ref, _ = refine(model, q, lmbda_t, x, y, refine_config, metric, weight)
+        for row, i in enumerate(members):
+            w = work[i]
+            code = coder.encode(y_ref[row : row + 1], z_ref[row : row + 1])
+            recon = reconstruct_tile(model, code.y_hat, lam_t, lmbda_t, w.tile)
+            def cost(recon: Tensor, code: LatentCode) -> float:
+                bits = torch.tensor([8.0 * sum(map(len, code.strings))], device=x.device)
+                return float(rd_cost(metric, weight[row : row + 1], lmbda_t, _to_float(recon).to(x.device), w.x, bits))
+
+            if cost(recon, code) < cost(w.plain, w.code):
+                work[i] = w._replace(code=code, plain=recon, refined=True)
+    return work
 
 
 def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float, metric: str, cfg: AdaptConfig) -> list[Tensor]:
@@ -361,10 +413,7 @@ def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float
     found = [lam_t] * len(work)
     if metric == PLAIN:
         return found
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, w in enumerate(work):
-        groups.setdefault((w.tile.height, w.tile.width), []).append(i)
-    for members in groups.values():
+    for members in _groups([w.tile for w in work]):
         y_hat = torch.cat([work[i].code.y_hat for i in members])
         with torch.no_grad():
             h = model.synthesis.prefix(y_hat, torch.full((len(members),), lmbda_t, device=y_hat.device))

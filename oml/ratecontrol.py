@@ -26,6 +26,7 @@ from oml import codec
 from oml.adapt import AdaptConfig
 from oml.metrics import psnr
 from oml.models.variable_rate import VariableRateModel
+from oml.refine import RefineConfig
 
 # How close the search tries to get (the documented guarantee is looser: 0.1 dB and 3 %).
 PSNR_TOLERANCE_DB = 0.03
@@ -101,13 +102,14 @@ def encode_to_target(
     adapt_config: AdaptConfig = AdaptConfig(),
     tile_size: int | None = None,
     encode: Callable[..., codec.Encoded] | None = None,
+    refine_config: RefineConfig = RefineConfig(),
 ) -> RateControlled:
     """Code uint8 ``image`` ``(3, H, W)`` so that its bpp or PSNR is as close to ``target`` as the
     model allows; raises :class:`TargetOutOfRange` when the target is not reachable."""
     check_model(model)
     encode = encode or codec.encode
     pixels = image.shape[1] * image.shape[2]
-    kwargs = {"adapt_config": adapt_config} | ({"tile_size": tile_size} if tile_size else {})
+    kwargs = {"adapt_config": adapt_config, "refine_config": refine_config} | ({"tile_size": tile_size} if tile_size else {})
     trials: list[Trial] = []
 
     def attempt(lmbda: float) -> float:

@@ -103,6 +103,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from oml.adapt import AdaptConfig
     from oml.imageio import decode_image
     from oml.models.zoo import load_model
+    from oml.refine import RefineConfig
 
     from oml import ratecontrol
 
@@ -116,14 +117,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if target is not None:
         ratecontrol.check_model(model)
     cfg = AdaptConfig(steps=args.steps, metrics=tuple(args.metric))
+    search = RefineConfig(args.refine)
 
     def work(src: Path, dst: Path) -> str:
         image = decode_image(src.read_bytes(), max_pixels=args.max_pixels)
         note = ""
         if target is None:
-            enc = codec.encode(model, image, quality=args.quality, lmbda=args.lmbda, adapt_config=cfg, tile_size=args.tile)
+            enc = codec.encode(model, image, quality=args.quality, lmbda=args.lmbda, adapt_config=cfg, tile_size=args.tile, refine_config=search)
         else:
-            result = ratecontrol.encode_to_target(model, image, target, cfg, tile_size=args.tile)
+            result = ratecontrol.encode_to_target(model, image, target, cfg, tile_size=args.tile, refine_config=search)
             enc, note = result.encoded, "; " + ratecontrol.reached(result, target)
         _write(dst, enc.data)
         h, w = image.shape[1:]
@@ -207,7 +209,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(
         inputs=args.inputs, output=args.output, model=args.model, weights=args.weights,
-        qualities=tuple(args.quality), steps=tuple(args.steps), metric=args.metric,
+        qualities=tuple(args.quality), steps=tuple(args.steps), refine=tuple(args.refine), metric=args.metric,
         baselines=tuple(args.baselines), per_image=args.per_image, limit=args.limit,
     )
     result = run_eval(cfg)
@@ -235,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local oml weights file instead of the model's default source")
     p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none)")
     p.add_argument("--metric", nargs="+", default=["psnr"], choices=METRICS, help="adapt for these metrics; one λ* set each")
+    p.add_argument("--refine", type=int, default=0, metavar="N", help="latent-refinement iterations per tile, for the first metric (0: none; slower encoding, same decoder)")
     p.add_argument("--tile", type=int, default=TILE, help="tile size in pixels (multiple of 64, default 512)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
     p.set_defaults(func=cmd_compress)
@@ -254,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local oml weights file")
     p.add_argument("--quality", "-q", type=int, nargs="+", default=[1, 2, 3, 4], help="qualities to code (default 1 2 3 4)")
     p.add_argument("--steps", type=int, nargs="+", default=[0], help="adaptation iterations, one curve per value (default 0)")
+    p.add_argument("--refine", type=int, nargs="+", default=[0], metavar="N", help="latent-refinement iterations, one curve per value and --steps value (default 0)")
     p.add_argument("--metric", default="psnr", choices=METRICS, help="adaptation target")
     p.add_argument("--baselines", nargs="*", default=["jpeg", "webp", "avif"], choices=["jpeg", "webp", "avif"])
     p.add_argument("--per-image", action="store_true", help="also store every image's numbers in rd.json")
@@ -271,9 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        steps = args.steps if isinstance(getattr(args, "steps", 0), list) else [getattr(args, "steps", 0)]
-        if any(n < 0 for n in steps):
-            raise UserError("--steps must be 0 or more")
+        for flag in ("steps", "refine"):
+            values = getattr(args, flag, 0)
+            if any(n < 0 for n in (values if isinstance(values, list) else [values])):
+                raise UserError(f"--{flag} must be 0 or more")
         return args.func(args)
     except (UserError, ModelUnavailableError, ValueError) as exc:
         print(f"oml: error: {exc}", file=sys.stderr)

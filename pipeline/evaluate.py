@@ -8,6 +8,7 @@ Every bpp counts every byte written (header, λ*, checksum included); PSNR is on
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -23,13 +24,15 @@ from oml.adapt import AdaptConfig
 from oml.imageio import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from oml.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
 from oml.models.zoo import DEFAULT_MODEL, load_model
+from oml.refine import RefineConfig
 from pipeline.published import PUBLISHED_KODAK
 
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What to evaluate; ``steps`` lists the adaptation iteration counts, one curve each."""
+    """What to evaluate; one curve per pair of adaptation iterations (``steps``) and
+    latent-refinement iterations (``refine``)."""
 
     inputs: str
     output: str
@@ -37,6 +40,7 @@ class EvalConfig:
     weights: str | None = None
     qualities: tuple[int, ...] = (1, 2, 3, 4)
     steps: tuple[int, ...] = (0,)
+    refine: tuple[int, ...] = (0,)
     metric: str = "psnr"
     baselines: tuple[str, ...] = ("jpeg", "webp", "avif")
     per_image: bool = False
@@ -97,13 +101,14 @@ def _quality(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 def _model_points(cfg: EvalConfig, images, bar) -> list[ImagePoint]:
     model = load_model(cfg.model, cfg.qualities[0], weights=cfg.weights, all_qualities=True)
     points = []
-    for steps in cfg.steps:
+    for steps, iterations in itertools.product(cfg.steps, cfg.refine):
         adapt_cfg = AdaptConfig(steps=steps, metrics=(cfg.metric,))
+        refine_cfg = RefineConfig(iterations)
         for q in cfg.qualities:
-            setting = f"{cfg.model} q{q} N={steps}"
+            setting = f"{cfg.model} q{q} N={steps}" + (f" R={iterations}" if iterations else "")
             for name, image in images:
                 t0 = time.perf_counter()
-                enc = codec.encode(model, image, quality=q, adapt_config=adapt_cfg)
+                enc = codec.encode(model, image, quality=q, adapt_config=adapt_cfg, refine_config=refine_cfg)
                 t1 = time.perf_counter()
                 recon = codec.decode(model, enc.data)
                 t2 = time.perf_counter()
@@ -163,11 +168,14 @@ def curves(summary: list[CurvePoint]) -> dict[str, list[CurvePoint]]:
 
 
 def bd_rates(by_curve: dict[str, list[CurvePoint]], model_curves: list[str], anchors: dict[str, tuple[list[float], list[float]]]) -> dict[str, float | str]:
-    """BD-rate (%) of each model curve against each anchor (rates, PSNRs); negative = fewer bits."""
+    """BD-rate (%) of each model curve against each anchor (rates, PSNRs), and of every later model
+    curve against the first (e.g. adapted or refined against plain coding); negative = fewer bits."""
     out: dict[str, float | str] = {}
-    for name in model_curves:
+    first = sorted(by_curve[model_curves[0]], key=lambda p: p.bpp) if model_curves else []
+    for i, name in enumerate(model_curves):
         pts = sorted(by_curve[name], key=lambda p: p.bpp)
-        for anchor, (rate, dist) in anchors.items():
+        own = {model_curves[0]: ([p.bpp for p in first], [p.psnr for p in first])} if i else {}
+        for anchor, (rate, dist) in (own | anchors).items():
             try:
                 out[f"{name} vs {anchor}"] = round(bd_rate(rate, dist, [p.bpp for p in pts], [p.psnr for p in pts]), 2)
             except ValueError as exc:
@@ -208,7 +216,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     images = _images(cfg)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    total = len(images) * (len(cfg.steps) * len(cfg.qualities) + sum(len(baselines.DEFAULT_QUALITIES[c]) for c in cfg.baselines))
+    total = len(images) * (len(cfg.steps) * len(cfg.refine) * len(cfg.qualities) + sum(len(baselines.DEFAULT_QUALITIES[c]) for c in cfg.baselines))
     with tqdm(total=total, desc="eval", unit="code", file=sys.stderr) as bar:
         points = _model_points(cfg, images, bar) + _baseline_points(cfg, images, bar)
     summary = summarize(points)

@@ -132,11 +132,14 @@ class LatentCodec:
         return self.m.h_a(y)
 
     @torch.no_grad()
-    def encode(self, y: Tensor) -> LatentCode:
-        """y ``(1, M, h, w)`` → strings and ŷ (on y's device), bit-identical to what :meth:`decode` returns."""
+    def encode(self, y: Tensor, z: Tensor | None = None) -> LatentCode:
+        """y ``(1, M, h, w)`` → strings and ŷ (on y's device), bit-identical to what :meth:`decode` returns.
+
+        z defaults to the hyper-analysis of y; latent refinement (:mod:`oml.refine`) passes its own.
+        """
         if y.shape[0] != 1:
             raise ValueError("latents are coded one tile at a time (batch size 1)")
-        z_string, z_symbols, z_fixed = self.z.encode(self._hyper(y))
+        z_string, z_symbols, z_fixed = self.z.encode(self._hyper(y) if z is None else z)
         y_string, y_symbols, y_hat = self._encode_y(y.detach().double().cpu(), self.h_s(z_fixed))
         z_shape = (int(z_fixed.shape[2]), int(z_fixed.shape[3]))
         return LatentCode([y_string, z_string], z_shape, y_hat.float().to(y.device), symbol_check(z_symbols, y_symbols))
