@@ -79,8 +79,52 @@ def quality_group(name: str, quality: int) -> tuple[int, ...]:
     raise ValueError(f"{name} has no quality {quality}; valid qualities: {valid}")
 
 
+def _weights_folder() -> Path:
+    return Path(str(resources.files("oml") / "weights"))
+
+
 def default_weights_path() -> Path:
-    return Path(str(resources.files("oml") / "weights" / "oml-default.pt"))
+    return _weights_folder() / f"{DEFAULT_MODEL}.pt"
+
+
+def packaged_weights(name: str = DEFAULT_MODEL) -> list[Path]:
+    """Every weights file the package ships for ``name``, newest first: ``NAME.pt`` (what encoding
+    uses), then earlier versions kept so their files still decode, ``NAME-vK.pt`` by falling K."""
+    folder = _weights_folder()
+    older = []
+    for path in folder.glob(f"{name}-v*.pt"):
+        version = path.stem[len(name) + 2 :]
+        if version.isdigit():
+            older.append((int(version), path))
+    current = folder / f"{name}.pt"
+    return ([current] if current.is_file() else []) + [p for _, p in sorted(older, reverse=True)]
+
+
+def load_decoder(
+    name: str, quality: int, fingerprint: bytes, version: int = 2, *, weights: str | Path | None = None, candidates: list[Path] | None = None
+) -> VariableRateModel:
+    """The model that decodes a file coded by ``name`` at ``quality`` with weights ``fingerprint``.
+
+    A model whose weights ship in the package may have shipped several versions; a file names
+    its weights by fingerprint, so each packaged version (``candidates``, default
+    :func:`packaged_weights`) is tried, newest first, until one matches. ``weights`` (a user's
+    file) is the only candidate when given. When none matches, the newest is returned and the
+    codec's check names the mismatch. Never downloads: the model id comes from the file.
+    """
+    paths: list[Path | None]
+    if weights is not None:
+        paths = [Path(weights)]
+    elif _entry(name).source == "package":
+        paths = list(candidates if candidates is not None else packaged_weights(name)) or [None]
+    else:
+        paths = [None]
+    first = None
+    for path in paths:
+        model = load_model(name, quality, weights=path, download=False)
+        if model.fingerprint(quality, version) == fingerprint:
+            return model
+        first = first or model
+    return first
 
 
 def _load_weights_file(path: str | Path) -> dict:
@@ -125,7 +169,11 @@ def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype 
             continue
         state[k] = v if is_table(k) or not v.is_floating_point() else v.to(dtype)
     encoders = sorted(int(q) for q in model.encoders)
-    torch.save({"format": WEIGHTS_FORMAT, "name": model.name, "encoders": encoders, "state_dict": state}, path)
+    saved = {"format": WEIGHTS_FORMAT, "name": model.name, "encoders": encoders, "state_dict": state}
+    net = model.encoders["0"] if model.name == DEFAULT_MODEL else None
+    if isinstance(net, OMLHyperprior):
+        saved["config"] = {"N": net.N, "M": net.M}
+    torch.save(saved, path)
 
 
 def _compressai_base(name: str, quality: int, pretrained: bool, download: bool = True) -> torch.nn.Module:
@@ -155,18 +203,35 @@ def _compressai_base(name: str, quality: int, pretrained: bool, download: bool =
         ) from None
 
 
+def _architecture(state: dict, origin: str) -> dict | None:
+    """The default model's widths stored in a weights file (``{"N": 64, "M": 128}``; files without
+    them are N = 64, M = 128), checked before anything is built from them."""
+    config = state.get("config")
+    if config is None:
+        return None
+    if not isinstance(config, dict) or set(config) != {"N", "M"} or not all(isinstance(v, int) and 8 <= v <= 1024 for v in config.values()):
+        raise ModelUnavailableError(f"{origin} is a damaged oml weights file (architecture {config!r})")
+    return dict(config)
+
+
 def _has_offsets(state: dict) -> bool:
     """Whether a weights file's tensors include λ-offset branches (meta mode ``offset``)."""
     return any(".offsets." in k or k.startswith("offsets.") for k in state)
 
 
 def _build(
-    name: str, group: tuple[int, ...], qualities: tuple[int, ...], pretrained: bool, offsets: bool = False, download: bool = True
+    name: str,
+    group: tuple[int, ...],
+    qualities: tuple[int, ...],
+    pretrained: bool,
+    offsets: bool = False,
+    download: bool = True,
+    config: dict | None = None,
 ) -> VariableRateModel:
     entry = _entry(name)
     lambdas = {q: MSE_LAMBDAS[q] for q in group}
     if name == "oml-default":
-        net = OMLHyperprior(offsets=offsets)
+        net = OMLHyperprior(**(config or {}), offsets=offsets)
         return VariableRateModel(name, entry.kind, lambdas, {0: net}, net.g_s, net.M)
     bases = {q: _compressai_base(name, q, pretrained, download) for q in sorted(set(qualities) | {max(group)})}
     top = bases[max(group)]
@@ -269,7 +334,13 @@ def load_model(
             raise ModelUnavailableError(f"{path} holds weights of {state['name']}, not {name}")
         qualities = tuple(q for q in state["encoders"] if q in group) or qualities
     model = _build(
-        name, group, qualities, pretrained=pretrained and not from_file, offsets=from_file and _has_offsets(state["state_dict"]), download=download
+        name,
+        group,
+        qualities,
+        pretrained=pretrained and not from_file,
+        offsets=from_file and _has_offsets(state["state_dict"]),
+        download=download,
+        config=_architecture(state, str(path)) if from_file else None,
     )
     if from_file:
         _load_state(model, state["state_dict"], str(path))
