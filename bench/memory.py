@@ -3,11 +3,12 @@
     python bench/memory.py --sizes 2000 8000 --json docs/data/memory.json
 
 For each size a synthetic photo-like PNG of size×size pixels is written, then a
-fresh process runs exactly what a Ray worker runs for one shard holding that
-image (:class:`pipeline.archive.ShardEncoder`: read, decode, code every tile,
-write the Parquet file and the done marker) and reports its peak RSS
-(``ru_maxrss``), its RSS with the model loaded and before the image, and the
-time taken. The Ray worker process itself adds its own fixed overhead.
+fresh process runs exactly what a Ray worker runs for one unit of that image
+(:class:`pipeline.archive.UnitEncoder` on the middle unit of ``--unit-tiles``
+tiles: read, decode, code its tiles, write the Parquet files and the done marker)
+and reports its peak RSS (``ru_maxrss``), its RSS with the model loaded and before
+the image, and the time taken. The Ray worker process itself adds its own fixed
+overhead.
 """
 
 from __future__ import annotations
@@ -47,28 +48,30 @@ def make_image(path: Path, size: int) -> None:
     Image.fromarray(out).save(path, compress_level=1)
 
 
-def child(image: str, out: str, quality: int, steps: int, random: bool) -> None:
-    """One worker's job on one image; prints a JSON line."""
+def child(image: str, out: str, quality: int, steps: int, random: bool, unit_tiles: int) -> None:
+    """One worker's job on one unit of one image; prints a JSON line."""
     import torch
 
     from pipeline import archive, storage
+    from pipeline.archive import plan
 
     torch.set_num_threads(1)
     model_cfg = archive.ModelConfig(pretrained=not random)
-    coding = archive.CodingConfig(quality=quality, steps=steps, max_pixels=10**9)
+    coding = archive.CodingConfig(quality=quality, steps=steps, max_pixels=10**10)
     model = archive.get_model(model_cfg, quality)
     fingerprint = model.fingerprint(quality).hex()
     baseline = _rss_mib()
-    encoder = archive.ShardEncoder(out, model_cfg, coding, fingerprint)
-    files = storage.list_files(image, (".png",))
+    encoder = archive.UnitEncoder(out, model_cfg, coding, fingerprint)
+    [planned] = plan.probe_all(storage.list_files(image, (".png",)), coding.max_pixels)
+    units = archive.make_units([planned], coding.tile, unit_tiles)
     start = time.perf_counter()
-    result = encoder(archive.Shard(0, tuple(files)))
+    result = encoder(units[len(units) // 2])
     seconds = time.perf_counter() - start
-    if result.images != 1:
-        raise RuntimeError(f"the image was not archived: {result.failures}")
+    if result.failures:
+        raise RuntimeError(f"the unit was not archived: {result.failures}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"baseline_rss_mib": round(baseline, 1), "peak_rss_mib": round(peak, 1), "tiles": result.tiles,
-                      "seconds": round(seconds, 1), "worker_seconds": result.seconds, "coded_bytes": result.coded_bytes}))  # fmt: skip
+                      "units": len(units), "seconds": round(seconds, 1), "worker_seconds": result.seconds}))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", type=int, default=3)
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--random-weights", action="store_true", help="default: packaged weights if present, else random")
+    parser.add_argument("--unit-tiles", type=int, default=64, help="tiles per unit (default 64, as the jobs)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("IMAGE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     random = args.random_weights or not default_weights_path().is_file()
     if args.child:
-        child(*args.child, args.quality, args.steps, random)
+        child(*args.child, args.quality, args.steps, random, args.unit_tiles)
         return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="oml-mem-") as tmp:
@@ -92,18 +96,18 @@ def main(argv: list[str] | None = None) -> int:
             image = Path(tmp) / f"{size}.png"
             make_image(image, size)
             cmd = [sys.executable, __file__, "--child", str(image), str(Path(tmp) / f"archive-{size}"),
-                   "--quality", str(args.quality), "--steps", str(args.steps)] + (["--random-weights"] if random else [])  # fmt: skip
+                   "--quality", str(args.quality), "--steps", str(args.steps), "--unit-tiles", str(args.unit_tiles)] + (["--random-weights"] if random else [])  # fmt: skip
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = {"size": size, "pixels": size * size, "source_bytes": image.stat().st_size, **json.loads(line)}
             results.append(r)
             raw = 3 * size * size / 2**20
-            print(f"{size}x{size} ({r['tiles']} tiles, PNG {r['source_bytes'] / 2**20:.0f} MiB, raw RGB {raw:.0f} MiB): "
+            print(f"{size}x{size} (a unit of {r['tiles']} of its tiles, PNG {r['source_bytes'] / 2**20:.0f} MiB, raw RGB {raw:.0f} MiB): "
                   f"peak RSS {r['peak_rss_mib']:.0f} MiB (model loaded: {r['baseline_rss_mib']:.0f} MiB, "
                   f"+{(r['peak_rss_mib'] - r['baseline_rss_mib']) / raw:.1f}x raw image), {r['seconds']:.0f} s", flush=True)  # fmt: skip
-    print(f"weights: {'random (seed 0)' if random else 'packaged'}, quality {args.quality}, {args.steps} adaptation steps")
+    print(f"weights: {'random (seed 0)' if random else 'packaged'}, quality {args.quality}, {args.steps} adaptation steps, units of {args.unit_tiles} tiles")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"random_weights": random, "quality": args.quality, "steps": args.steps, "runs": results}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"random_weights": random, "quality": args.quality, "steps": args.steps, "unit_tiles": args.unit_tiles, "runs": results}, indent=1) + "\n")
     return 0
 
 

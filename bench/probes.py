@@ -301,6 +301,7 @@ def cli_probes() -> list[Probe]:
     for name, make in forgeries.items():
         p.append(Probe(".oml files (valid checksums)", name, "error", decompress_one(make)))
     p.append(Probe(".oml files (valid checksums)", "over --max-pixels", "error", decompress_one(coded, "--max-pixels", "100")))
+    p.append(Probe(".oml files (valid checksums)", "--region outside the image", "error", decompress_one(coded, "--region", "0,0,100000,1")))
     p.append(Probe(".oml files (valid checksums)", "--metric ms-ssim on a file without it", "error", decompress_one(lambda: coded(True), "--metric", "ms-ssim")))
     p.append(Probe(".oml files (valid checksums)", "--metric plain on an adapted file", "ok", decompress_one(lambda: coded(True), "--metric", "plain")))
     return p
@@ -327,21 +328,23 @@ def make_archive(base: Path) -> Path:
     write(inp, "sub/b.png", encoded(photo(96, 64, 1), "PNG"))
     write(inp, "sub/c.jpg", encoded(photo(64, 80, 2), "JPEG", quality=95))
     out = base / "archive"
-    code = job("compress").main(["--input", str(inp), "--output", str(out), "--quality", "1", "--shard-size", "2", "--no-progress"])
+    code = job("compress").main(["--input", str(inp), "--output", str(out), "--quality", "1", "--unit-tiles", "1", "--no-progress"])
     assert code == 0, "the reference archive could not be made"
     return out
 
 
-def rewrite(shard: Path, edit: Callable[[dict], None]) -> None:
+def rewrite(copy: Path, index: int, kind: str, edit: Callable[[dict], None]) -> None:
+    """Unit ``index``'s ``kind`` rows (``tiles``, ``images``) through ``edit``, the file and its marker re-sealed as a forger would."""
     from pipeline import schema
 
-    table = pq.read_table(shard).to_pylist()
+    path = unit_file(copy, index, f".{kind}.parquet")
+    table = pq.read_table(path).to_pylist()
     for row in table:
         edit(row)
-    data = schema.to_parquet(table)
-    shard.write_bytes(data)
-    marker = shard.with_name(shard.name.replace(".parquet", ".done.json"))
-    marker.write_text(json.dumps(json.loads(marker.read_text()) | {"parquet_bytes": len(data), "parquet_sha256": schema.sha256(data)}))
+    data = schema.to_parquet(table, schema.TILE_SCHEMA if kind == "tiles" else schema.IMAGE_SCHEMA)
+    path.write_bytes(data)
+    marker = unit_file(copy, index, ".done.json")
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {f"{kind}_bytes": len(data), f"{kind}_sha256": schema.sha256(data)}))
 
 
 def restore(damage: Callable[[Path], None], *extra: str, onto_sources: bool = False) -> Callable[[Path], tuple[str, list[str]]]:
@@ -370,36 +373,40 @@ def sources_untouched(d: Path, _: str) -> str | None:
     return None if now == _ARCHIVE["photos"] else "the archived originals were changed"
 
 
-def shard_file(copy: Path, i: int, suffix: str) -> Path:
-    return copy / "shards" / f"shard-{i:06d}{suffix}"
+def unit_file(copy: Path, i: int, suffix: str) -> Path:
+    return copy / "units" / f"unit-{i:06d}{suffix}"
 
 
 def flip_footer(copy: Path) -> None:
-    path = shard_file(copy, 1, ".parquet")
+    path = unit_file(copy, 1, ".tiles.parquet")
     data = bytearray(path.read_bytes())
     data[-20] ^= 0x01
     path.write_bytes(bytes(data))
 
 
 def flip_row_latent(copy: Path) -> None:
-    """One byte of a.png's first latent string changed, and the row's hashes re-sealed as a forger would."""
+    """One byte of a.png's first latent string changed, and the tile's hash re-sealed as a forger would."""
+    from oml import codec
+    from pipeline import schema
+
+    header = schema.header_of(pq.read_table(unit_file(copy, 0, ".images.parquet")).to_pylist()[0])
 
     def edit(row: dict) -> None:
         if row["path"] == "a.png":
-            strings = row["tiles"][0]["strings"]
-            latent = bytearray(strings[0])
+            latent = bytearray(row["strings"][0])
             latent[len(latent) // 2] ^= 0x04
-            strings[0] = bytes(latent)
+            row["strings"][0] = bytes(latent)
+            row["record_sha256"] = schema.sha256(codec.pack_tile(schema.record_of(row, header)))
 
-    rewrite(shard_file(copy, 0, ".parquet"), edit)
+    rewrite(copy, 0, "tiles", edit)
 
 
 def job_probes(port: int) -> list[Probe]:
     def row_path(value: str) -> Callable[[Path], None]:
-        return lambda copy: rewrite(shard_file(copy, 0, ".parquet"), lambda row: row.update(path=value) if row["path"] == "a.png" else None)
+        return lambda copy: rewrite(copy, 0, "images", lambda row: row.update(path=value) if row["path"] == "a.png" else None)
 
     def row_source(value: Callable[[Path], str]) -> Callable[[Path], None]:
-        return lambda copy: rewrite(shard_file(copy, 0, ".parquet"), lambda row: row.update(source=value(copy)))
+        return lambda copy: [rewrite(copy, i, "images", lambda row: row.update(source=value(copy))) for i in range(3)]
 
     return [
         Probe("archive rows", "path ../../escaped.png", "manifest", restore(row_path("../../escaped.png")), named_in_summary("unsafe path")),
@@ -407,12 +414,13 @@ def job_probes(port: int) -> list[Probe]:
         Probe("archive rows", "source http://127.0.0.1 under --verify", "ok", restore(row_source(lambda c: f"http://127.0.0.1:{port}/fetch-me"), "--verify")),
         Probe("archive rows", "source /etc/shadow under --verify", "ok", restore(row_source(lambda c: "/etc/shadow"), "--verify")),
         Probe("archive rows", "a flipped latent byte, checksums re-sealed", "manifest", restore(flip_row_latent), named_in_summary("a.png")),
-        Probe("shards and markers", "Parquet file truncated", "manifest", restore(lambda c: shard_file(c, 1, ".parquet").write_bytes(shard_file(c, 1, ".parquet").read_bytes()[:100])), named_in_summary("Parquet")),
-        Probe("shards and markers", "Parquet file missing", "manifest", restore(lambda c: shard_file(c, 1, ".parquet").unlink()), named_in_summary("missing")),
-        Probe("shards and markers", "one bit flipped in a Parquet footer", "manifest", restore(flip_footer), named_in_summary("shard")),
-        Probe("shards and markers", "marker {}", "manifest", restore(lambda c: shard_file(c, 1, ".done.json").write_text("{}")), named_in_summary("marker")),
-        Probe("shards and markers", "truncated marker", "manifest", restore(lambda c: shard_file(c, 1, ".done.json").write_text('{"format": "oml-arch')), named_in_summary("marker")),
-        Probe("shards and markers", "marker deleted", "manifest", restore(lambda c: shard_file(c, 1, ".done.json").unlink()), named_in_summary("not committed")),
+        Probe("units and markers", "tiles Parquet file truncated", "manifest", restore(lambda c: unit_file(c, 1, ".tiles.parquet").write_bytes(unit_file(c, 1, ".tiles.parquet").read_bytes()[:100])), named_in_summary("Parquet")),
+        Probe("units and markers", "tiles Parquet file missing", "manifest", restore(lambda c: unit_file(c, 1, ".tiles.parquet").unlink()), named_in_summary("missing")),
+        Probe("units and markers", "images Parquet file missing", "manifest", restore(lambda c: unit_file(c, 1, ".images.parquet").unlink()), named_in_summary("missing")),
+        Probe("units and markers", "one bit flipped in a Parquet footer", "manifest", restore(flip_footer), named_in_summary("unit 1")),
+        Probe("units and markers", "marker {}", "manifest", restore(lambda c: unit_file(c, 1, ".done.json").write_text("{}")), named_in_summary("marker")),
+        Probe("units and markers", "truncated marker", "manifest", restore(lambda c: unit_file(c, 1, ".done.json").write_text('{"format": "oml-arch')), named_in_summary("marker")),
+        Probe("units and markers", "marker deleted", "manifest", restore(lambda c: unit_file(c, 1, ".done.json").unlink()), named_in_summary("not committed")),
         Probe("outputs", "restore into the folder the archive was made from", "error", restore(lambda c: None, onto_sources=True), sources_untouched),
         Probe("outputs", "jobs: --tile 70016", "error", lambda d: ("compress", ["--input", str(write(d / "in", "a.png", encoded(photo(), "PNG"))), "--output", str(d / "out"), "--tile", "70016", "--no-progress"])),
         Probe("outputs", "jobs: a folder that is not an archive", "error", lambda d: ("decompress", ["--input", str((d / "in").mkdir() or d / "in"), "--output", str(d / "out"), "--no-progress"])),

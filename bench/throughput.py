@@ -3,11 +3,12 @@
     python bench/throughput.py --steps 2 --json docs/data/throughput.json
 
 Both runs use one local Ray (as many CPUs as the most workers asked for) whose
-workers are warmed up first (torch imported, model loaded), and one-image shards
-so the workers share the load evenly. Throughput is images/s of the whole
+workers are warmed up first (torch imported, model loaded), and the default units
+(24 images of 2 tiles: at least 32 units wanted, so one image per unit) so the
+workers share the load evenly. Throughput is images/s of the whole
 ``run_compress`` call; the ratio is the 2-worker rate over the 1-worker rate.
 
-The split: the workers time reading, decoding, coding and writing each shard
+The split: the workers time reading, decoding, coding and writing each unit
 (``summary.json``); coding is split further, in this process, by timing the
 codec's parts on --split-images images: analysis ``g_a``, entropy coding (the
 hyperprior and the range coder), the λ* search, and the rest (the synthesis of
@@ -45,16 +46,16 @@ def model_config(weights: str | None):
 def throughput(kodak: str, model, coding, workers: int, out: Path) -> dict:
     from pipeline.archive import CompressConfig, RayConfig, run_compress
 
-    config = CompressConfig(kodak, str(out), model=model, coding=coding, ray=RayConfig(num_workers=workers), shard_size=1, progress=False)
+    config = CompressConfig(kodak, str(out), model=model, coding=coding, ray=RayConfig(num_workers=workers), progress=False)
     report = run_compress(config)
-    if report.failed or report.shards_failed:
+    if report.failed or report.units_failed:
         raise RuntimeError(f"{report.failed} images failed; see {report.manifest_uri}")
     run = report.summary["last_run"]
     return {
         "workers": workers,
-        "images": run["images"],
+        "images": report.archived,
         "seconds": run["seconds"],
-        "images_per_second": run["images_per_second"],
+        "images_per_second": report.archived / run["seconds"],
         "tiles": run["tiles"],
         "worker_seconds": run["worker_seconds"],
         "mean_bpp": report.summary["mean_bpp"],
@@ -84,7 +85,7 @@ class _Timed:
 
 def coding_split(files: list[Path], model_cfg, coding) -> dict[str, float]:
     """Seconds per tile of each part of coding, on ``files``, in this process."""
-    from oml import codec
+    from oml import codec, tiling
     from oml.imageio import decode_image
     from oml.models import latent, variable_rate
     from pipeline import archive
@@ -101,9 +102,9 @@ def coding_split(files: list[Path], model_cfg, coding) -> dict[str, float]:
         for path in files:
             image = decode_image(path.read_bytes())
             start = time.perf_counter()
-            _, _, rows = archive.encode_image(model, image, coding)
+            _, coded = archive.encode_rect(model, image, coding, tiling.Tile(0, 0, *image.shape[1:]))
             coding_total += time.perf_counter() - start
-            tiles += len(rows)
+            tiles += len(coded)
     finally:
         for p in patches:
             p.restore()

@@ -1,10 +1,10 @@
-"""Archive an image collection on Ray: every image under --input becomes rows of Parquet shards under --output.
+"""Archive an image collection on Ray: every image under --input is cut into tiles, coded in units of tiles under --output.
 
     python jobs/compress.py --input photos/ --output archive/ --quality 3 --steps 20
     ray job submit --working-dir . -- python jobs/compress.py --input s3://bucket/photos --output s3://bucket/archive
 
-Run again with the same arguments to resume: committed shards are skipped.
-Exit status: 0 all archived, 1 some inputs or shards failed (see the manifest), 2 bad arguments.
+Run again with the same arguments to resume: committed units are skipped.
+Exit status: 0 all archived, 1 some inputs or units failed (see the manifest), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=512, help="tile size in pixels (multiple of 64)")
     p.add_argument("--max-pixels", type=int, help="refuse larger images (default: the codec's limit)")
     p.add_argument("--extensions", nargs="+", help="file name endings to archive (default: .png .jpg .jpeg .webp .tif .tiff)")
-    p.add_argument("--shard-size", type=int, default=16, help="images per Parquet shard (default 16)")
+    p.add_argument("--unit-tiles", type=int, default=64, help="tiles per unit of work (default 64; fewer when the collection has under 32 units' worth)")
     _add_ray_arguments(p)
     return p
 
@@ -40,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray this starts (default: all)")
-    p.add_argument("--workers", type=int, help="shards in flight at once (default: as resources allow)")
+    p.add_argument("--workers", type=int, help="tasks in flight at once (default: as resources allow)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per worker (default 0)")
-    p.add_argument("--max-retries", type=int, default=3, help="retries of a shard whose worker died")
+    p.add_argument("--max-retries", type=int, default=3, help="retries of a unit whose worker died")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             ray=RayConfig(args.address, args.num_cpus, args.workers, args.cpus_per_worker, args.num_gpus, args.max_retries),
             **options,
-            shard_size=args.shard_size,
+            unit_tiles=args.unit_tiles,
             progress=not args.no_progress,
         )
         report = run_compress(config)
@@ -79,12 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"compress: error: storage unreachable or refused ({type(exc).__name__}): {exc}", file=sys.stderr)
         return 1
     print(
-        f"archived {report.archived} of {report.images} images in {report.shards} shards "
-        f"({report.shards_written} written, {report.shards_skipped} already committed); "
+        f"archived {report.archived} of {report.images} images in {report.units} units "
+        f"({report.units_written} written, {report.units_skipped} already committed); "
         f"{report.failed} failed (see {report.manifest_uri})"
     )
-    for index, reason in report.shards_failed:
-        print(f"shard {index} did not finish: {reason}; run the same command again to retry it")
+    for index, reason in report.units_failed:
+        print(f"unit {index} did not finish: {reason}; run the same command again to retry it")
     print(f"summary: {report.summary_uri}")
     return report.exit_code
 

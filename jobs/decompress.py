@@ -2,6 +2,7 @@
 
     python jobs/decompress.py --input archive/ --output restored/
     python jobs/decompress.py --input s3://bucket/archive --output restored/ --select 'holidays/*.jpg' --verify --sources s3://bucket/photos
+    python jobs/decompress.py --input archive/ --output window/ --select scans/big.tif --region 4096,2048,512,512
 
 Exit status: 0 all restored (and verified), 1 some failed or differ, 2 bad arguments.
 """
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.cli import region_arg  # light: loads no model code
+
     p = argparse.ArgumentParser(prog="decompress.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="archive folder or s3://bucket/prefix")
     p.add_argument("--output", required=True, help="folder or s3://bucket/prefix for the PNG files")
@@ -25,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local oml weights file (default: as recorded in the archive)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray this starts (default: all)")
-    p.add_argument("--workers", type=int, help="shards in flight at once (default: as resources allow)")
+    p.add_argument("--region", type=region_arg, metavar="LEFT,TOP,WIDTH,HEIGHT", help="restore only this window of the one image --select names (decodes only the tiles it overlaps)")
+    p.add_argument("--workers", type=int, help="images in flight at once (default: as resources allow)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     return p
 
@@ -34,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from oml.models.zoo import ModelUnavailableError
     from pipeline.storage import unreachable_errors
+    from oml.tiling import Region
     from pipeline.archive import DecompressConfig, ModelConfig, RayConfig, run_decompress
 
     try:
@@ -48,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=ModelConfig(weights=args.weights) if args.weights else None,
             ray=RayConfig(args.address, args.num_cpus, args.workers),
             progress=not args.no_progress,
+            region=Region(*args.region) if args.region else None,
         )
         report = run_decompress(config)
     except (ValueError, FileNotFoundError, ModelUnavailableError) as exc:

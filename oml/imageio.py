@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -66,6 +67,42 @@ def _jpeg_scan_bytes_needed(data: bytes, w: int, h: int) -> int:
     return 0
 
 
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """:class:`ImageDecodeError` when a ``width``×``height`` image is over ``max_pixels``."""
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}")
+
+
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def image_size(stream: BinaryIO) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`decode_image` returns it (EXIF orientation
+    applied), from its header only: the pixels are not decoded.
+
+    A PNG's orientation is read only from an ``eXIf`` chunk before the image data (reading one
+    after it would decode the image); a later one is caught when the image is decoded.
+
+    Raises :class:`ImageDecodeError` for what is not a readable image header.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream) as img:
+                w, h = img.size
+                if img.format == "PNG":
+                    exif = Image.Exif() if "exif" not in img.info else img.getexif()
+                else:
+                    exif = img.getexif()
+                if exif.get(0x0112) in _TRANSPOSED:
+                    w, h = h, w
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a supported image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    return w, h
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
     """Encoded image bytes → uint8 tensor ``(3, H, W)`` following the module's policy.
 
@@ -79,8 +116,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             with Image.open(io.BytesIO(data)) as img:
                 w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageDecodeError(f"{w}x{h} = {w * h} pixels is over the limit of {max_pixels}")
+                check_pixels(w, h, max_pixels)
                 if img.format == "PNG" and h * (-(-w // 8) + 1) > _DEFLATE_MAX_RATIO * len(data):
                     # deflate expands at most 1032:1 and a PNG row holds at least w/8 bytes and a
                     # filter byte: these bytes cannot hold this image (a header-only bomb)

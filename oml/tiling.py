@@ -80,3 +80,59 @@ def pad(x: Tensor, multiple: int = MULTIPLE) -> Tensor:
 def crop(x: Tensor, height: int, width: int) -> Tensor:
     """Undo :func:`pad`: keep the top-left ``height``×``width``."""
     return x[..., :height, :width]
+
+
+def grid_shape(height: int, width: int, tile: int = TILE) -> tuple[int, int]:
+    """Rows and columns of :func:`tile_grid`'s tiles."""
+    return -(-height // tile), -(-width // tile)
+
+
+def tile_range_rects(height: int, width: int, tile: int, first: int, count: int) -> list[Tile]:
+    """Pixel rectangles, at most three, that cover exactly tiles ``first … first+count-1`` of
+    :func:`tile_grid` (row-major): the rest of a first partial row, the whole rows, the start of a
+    last partial row. Each starts on the grid, so cropping the image to it and tiling the crop gives
+    the very same tiles."""
+    rows, cols = grid_shape(height, width, tile)
+    if not (0 <= first and 0 < count and first + count <= rows * cols):
+        raise ValueError(f"tiles {first}…{first + count - 1} are not all in a {rows}x{cols} grid")
+    runs, end = [], first + count
+    while first < end:
+        row, col = divmod(first, cols)
+        if col == 0 and end - first >= cols:
+            span = (end - first) // cols * cols  # whole rows
+            runs.append((row, 0, span // cols, cols))
+        else:
+            span = min(cols - col, end - first)
+            runs.append((row, col, 1, span))
+        first += span
+    return [_rect(height, width, tile, *run) for run in runs]
+
+
+def _rect(height: int, width: int, tile: int, row: int, col: int, nrows: int, ncols: int) -> Tile:
+    top, left = row * tile, col * tile
+    return Tile(top, left, min(nrows * tile, height - top), min(ncols * tile, width - left))
+
+
+class Region(NamedTuple):
+    """A window of an image in pixels: ``left``, ``top``, ``width``, ``height`` (the ``--region`` order)."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+def check_region(region: Region, height: int, width: int) -> None:
+    """ValueError unless ``region`` is a non-empty window inside a ``width``×``height`` image."""
+    left, top, w, h = region
+    if w <= 0 or h <= 0 or left < 0 or top < 0 or left + w > width or top + h > height:
+        raise ValueError(f"region {left},{top},{w},{h} (left,top,width,height) is not inside the {width}x{height} image")
+
+
+def overlapping(tiles: list[Tile], region: Region) -> list[int]:
+    """Numbers of the tiles that share at least one pixel with ``region``."""
+    return [
+        i
+        for i, t in enumerate(tiles)
+        if t.left < region.left + region.width and region.left < t.left + t.width and t.top < region.top + region.height and region.top < t.top + t.height
+    ]

@@ -3,6 +3,7 @@
     oml compress photo.png -o photo.oml --quality 3 --steps 20
     oml compress photos/ -o archive/            # every image in the folder
     oml decompress archive/*.oml -o restored/
+    oml decompress scan.oml -o window.png --region 4096,2048,512,512   # decodes only the tiles it overlaps
     oml info photo.oml
 """
 
@@ -27,6 +28,18 @@ from pipeline.walk import output_names, walk_files
 
 class UserError(Exception):
     """A mistake in the command line: reported as one line, exit status 2."""
+
+
+def region_arg(text: str) -> tuple[int, int, int, int]:
+    """``--region LEFT,TOP,WIDTH,HEIGHT`` (pixels) as a tuple; argparse reports a malformed one."""
+    parts = text.split(",")
+    try:
+        left, top, width, height = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LEFT,TOP,WIDTH,HEIGHT (four integers, in pixels)") from None
+    if left < 0 or top < 0 or width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: LEFT and TOP must be >= 0, WIDTH and HEIGHT >= 1")
+    return left, top, width, height
 
 
 def _expand(inputs: Sequence[str], suffixes: tuple[str, ...]) -> list[Path]:
@@ -142,11 +155,13 @@ def _first_quality(name: str) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from oml import codec
+    from oml import codec, tiling
     from oml.imageio import encode_png
     from oml.models.zoo import load_model
 
     files = _expand(args.inputs, (CODED_SUFFIX,))
+    if args.region is not None and len(files) != 1:
+        raise UserError(f"--region restores a window of one image; {len(files)} .oml files were given")
     outs = _outputs(files, args.inputs, args.output, ".png")
     models: dict[tuple[str, int], object] = {}
 
@@ -161,11 +176,15 @@ def cmd_decompress(args: argparse.Namespace) -> int:
             models[key] = load_model(header.model, quality, weights=args.weights, download=False)  # the file names it
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", codec.PortabilityWarning)
-            image = codec.decode(models[key], data, metric=args.metric, max_pixels=args.max_pixels)
+            if args.region is None:
+                image = codec.decode(models[key], data, metric=args.metric, max_pixels=args.max_pixels)
+            else:
+                image = codec.decode_region(models[key], data, tiling.Region(*args.region), metric=args.metric)
         for w in caught:
             tqdm.write(f"warning: {src}: {w.message}", file=sys.stderr)
         _write(dst, encode_png(image))
-        return f"{src} -> {dst}: {header.width}x{header.height}"
+        window = "" if args.region is None else " window {},{} {}x{} of".format(*args.region)
+        return f"{src} -> {dst}:{window} {header.width}x{header.height}"
 
     return _run_each(list(zip(files, outs)), work, "decompress")
 
@@ -248,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=(PLAIN, *METRICS), help="which stored λ* set to decode with (default: the first)")
     p.add_argument("--weights", help="local oml weights file instead of the model's default source")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (forged headers)")
+    p.add_argument("--region", type=region_arg, metavar="LEFT,TOP,WIDTH,HEIGHT", help="restore only this window of one image (decodes only the tiles it overlaps)")
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("eval", help="rate-distortion on a folder of images against JPEG, WebP and AVIF")

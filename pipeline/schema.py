@@ -1,9 +1,12 @@
-"""The archive's Parquet schema: one row per image, one nested struct per tile.
+"""The archive's Parquet schemas: one row per coded tile, one row per image.
 
-A row holds everything needed to rebuild the image's ``oml`` byte string
-(:func:`coded_bytes`) without the source: the codec header's fields at image
-level and each tile's latent strings and λ* values. Checksums and PSNR values
-recorded at compression time let a later decompression verify itself.
+A unit of work (:mod:`pipeline.archive.plan`) writes two Parquet files: its tiles
+(``TILE_SCHEMA``, keyed by the image's ``path`` and the tile's row-major ``index``)
+and the metadata of the images whose first tile it coded (``IMAGE_SCHEMA``: the codec
+header's fields and the source's checksum). An image's tiles may come from several
+units; :func:`coded_bytes` rebuilds the image's exact ``oml`` byte string from its
+image row and all its tile rows, without the source. Checksums and PSNR values recorded
+at compression time let a later decompression verify itself.
 The full field list, with units, is in ``docs/ARCHIVE.md``.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,10 +30,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the archiving pipeline needs pyarrow: pip install 'oml-archive[pipeline]'") from exc
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
-TILE_TYPE = pa.struct(
+TILE_SCHEMA = pa.schema(
     [
+        ("path", pa.string()),
+        ("index", pa.int32()),
         ("top", pa.int32()),
         ("left", pa.int32()),
         ("height", pa.int32()),
@@ -40,14 +46,16 @@ TILE_TYPE = pa.struct(
         ("check", pa.int64()),
         ("lambdas", pa.list_(pa.float16())),
         ("num_bytes", pa.int32()),
+        ("record_sha256", pa.string()),
         ("bpp", pa.float64()),
         ("psnr_before", pa.float64()),
         ("psnr_after", pa.float64()),
         ("reconstruction_sha256", pa.string()),
-    ]
+    ],
+    metadata={"oml-archive-schema": SCHEMA_VERSION, "oml-archive-rows": "tiles"},
 )
 
-SCHEMA = pa.schema(
+IMAGE_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
         ("path", pa.string()),
@@ -63,14 +71,10 @@ SCHEMA = pa.schema(
         ("tile_size", pa.int32()),
         ("num_lambdas", pa.int16()),
         ("metrics", pa.list_(pa.string())),
-        ("coded_bytes", pa.int64()),
-        ("coded_sha256", pa.string()),
-        ("bpp", pa.float64()),
-        ("psnr_before", pa.float64()),
-        ("psnr_after", pa.float64()),
-        ("tiles", pa.list_(TILE_TYPE)),
+        ("num_tiles", pa.int32()),
+        ("header_sha256", pa.string()),
     ],
-    metadata={"oml-archive-schema": SCHEMA_VERSION},
+    metadata={"oml-archive-schema": SCHEMA_VERSION, "oml-archive-rows": "images"},
 )
 
 
@@ -88,42 +92,46 @@ def psnr(a: Tensor, b: Tensor) -> float:
     return float(metrics.psnr(a, b))
 
 
-def mean_psnr(psnrs: list[float], pixels: list[int]) -> float:
-    """Image PSNR in dB from per-tile PSNRs: the pixel-weighted mean of the tiles' MSE."""
-    sse = sum(n * (0.0 if math.isinf(p) else 255.0**2 / 10 ** (p / 10)) for p, n in zip(psnrs, pixels))
-    mse = sse / sum(pixels)
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+def squared_error(psnr_db: float, pixels: int) -> float:
+    """The sum of squared errors (8-bit scale) of ``pixels`` pixels coded at ``psnr_db`` dB."""
+    return 0.0 if math.isinf(psnr_db) else pixels * 255.0**2 / 10 ** (psnr_db / 10)
 
 
-def tile_row(stats: codec.TileStats, record: codec.TileRecord, reconstruction: Tensor) -> dict[str, Any]:
-    """The Parquet struct of one coded tile."""
-    t = stats.tile
+def psnr_of(sse: float, pixels: int) -> float:
+    """Image PSNR in dB from its tiles' summed squared errors (the pixel-weighted mean of their MSE)."""
+    return float("inf") if sse == 0 else 10.0 * math.log10(255.0**2 * pixels / sse)
+
+
+def tile_row(path: str, tile: tiling.Tile, number: int, stats: codec.TileStats, record: codec.TileRecord, reconstruction: Tensor) -> dict[str, Any]:
+    """The Parquet row of tile ``number`` (row-major) of the image at ``path``, at ``tile`` in that image."""
     return {
-        "top": t.top,
-        "left": t.left,
-        "height": t.height,
-        "width": t.width,
+        "path": path,
+        "index": number,
+        "top": tile.top,
+        "left": tile.left,
+        "height": tile.height,
+        "width": tile.width,
         "z_height": record.z_shape[0],
         "z_width": record.z_shape[1],
         "strings": list(record.strings),
         "check": record.check,
         "lambdas": record.lambdas.to(torch.float16).flatten().tolist(),
         "num_bytes": stats.num_bytes,
-        "bpp": 8.0 * stats.num_bytes / (t.height * t.width),
+        "record_sha256": sha256(codec.pack_tile(record)),
+        "bpp": 8.0 * stats.num_bytes / (tile.height * tile.width),
         "psnr_before": stats.psnr_before,
         "psnr_after": stats.psnr_after,
         "reconstruction_sha256": pixels_sha256(reconstruction),
     }
 
 
-def image_row(source: str, path: str, data: bytes, header: codec.Header, coded: bytes, tiles: list[dict]) -> dict[str, Any]:
-    """The Parquet row of one coded image; ``header`` is the whole image's, ``coded`` its ``oml`` bytes."""
-    pixels = [t["height"] * t["width"] for t in tiles]
+def image_row(source: str, path: str, source_bytes: int, source_sha256: str, header: codec.Header) -> dict[str, Any]:
+    """The Parquet row of one image: where it came from and its whole-image codec ``header``."""
     return {
         "source": source,
         "path": path,
-        "source_bytes": len(data),
-        "source_sha256": sha256(data),
+        "source_bytes": source_bytes,
+        "source_sha256": source_sha256,
         "width": header.width,
         "height": header.height,
         "model": header.model,
@@ -134,16 +142,13 @@ def image_row(source: str, path: str, data: bytes, header: codec.Header, coded: 
         "tile_size": header.tile,
         "num_lambdas": header.num_lambdas,
         "metrics": list(header.metrics),
-        "coded_bytes": len(coded),
-        "coded_sha256": sha256(coded),
-        "bpp": 8.0 * len(coded) / (header.width * header.height),
-        "psnr_before": mean_psnr([t["psnr_before"] for t in tiles], pixels),
-        "psnr_after": mean_psnr([t["psnr_after"] for t in tiles], pixels),
-        "tiles": tiles,
+        "num_tiles": header.num_tiles,
+        "header_sha256": sha256(codec.pack_header(header)),
     }
 
 
 def header_of(row: dict[str, Any]) -> codec.Header:
+    """The codec header an image row records."""
     return codec.Header(
         row["format_version"],
         row["model"],
@@ -155,33 +160,51 @@ def header_of(row: dict[str, Any]) -> codec.Header:
         row["tile_size"],
         row["num_lambdas"],
         tuple(row["metrics"]),
-        len(row["tiles"]),
+        row["num_tiles"],
     )
 
 
-def coded_bytes(row: dict[str, Any]) -> bytes:
-    """Rebuild the image's ``oml`` byte string (what ``oml compress`` would have written) from its row."""
-    header = header_of(row)
+def record_of(tile: dict[str, Any], header: codec.Header) -> codec.TileRecord:
+    """The codec record a tile row holds (λ* reshaped to ``(S, K)``)."""
     shape = (len(header.metrics), header.num_lambdas)
-    records = [
-        codec.TileRecord(
-            (t["z_height"], t["z_width"]),
-            [bytes(s) for s in t["strings"]],
-            torch.from_numpy(np.asarray(t["lambdas"], dtype=np.float16).reshape(shape)),
-            t.get("check"),
-        )
-        for t in row["tiles"]
-    ]
-    return codec.write(header, records)
+    return codec.TileRecord(
+        (tile["z_height"], tile["z_width"]),
+        [bytes(s) for s in tile["strings"]],
+        torch.from_numpy(np.asarray(tile["lambdas"], dtype=np.float16).reshape(shape)),
+        tile.get("check"),
+    )
 
 
-def tile_grid(row: dict[str, Any]) -> list[tiling.Tile]:
-    return [tiling.Tile(t["top"], t["left"], t["height"], t["width"]) for t in row["tiles"]]
+def damage(image: dict[str, Any], tiles: Sequence[dict[str, Any]], whole: bool = True) -> str:
+    """Why these rows cannot be (part of) the image's coded file, or ``""``: the header's and each
+    tile record's SHA-256 must match the recorded ones, each tile be stored once, and, when the rows
+    are the ``whole`` image, its tiles be exactly ``0 … n-1``."""
+    header = header_of(image)
+    if sha256(codec.pack_header(header)) != image["header_sha256"]:
+        return "archive record damaged: header checksum differs"
+    numbers = sorted(t["index"] for t in tiles)
+    expected = list(range(header.num_tiles)) if whole else sorted(set(numbers) & set(range(header.num_tiles)))
+    if numbers != expected:
+        return f"archive record damaged: {len(set(numbers))} distinct of {header.num_tiles} tiles stored ({len(numbers)} rows)"
+    for t in tiles:
+        if sha256(codec.pack_tile(record_of(t, header))) != t["record_sha256"]:
+            return f"archive record damaged: tile {t['index']} checksum differs"
+    return ""
 
 
-def to_parquet(rows: list[dict[str, Any]]) -> bytes:
+def coded_bytes(image: dict[str, Any], tiles: Sequence[dict[str, Any]]) -> bytes:
+    """Rebuild the image's ``oml`` byte string (what ``oml compress`` writes) from its image row and
+    all its tile rows (any order)."""
+    header = header_of(image)
+    ordered = sorted(tiles, key=lambda t: t["index"])
+    if [t["index"] for t in ordered] != list(range(header.num_tiles)):
+        raise ValueError(f"{image['path']}: {len(ordered)} tile rows for {header.num_tiles} tiles")
+    return codec.write(header, [record_of(t, header) for t in ordered])
+
+
+def to_parquet(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     """Rows → the bytes of one Parquet file (zstd; deterministic for the same rows)."""
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

@@ -209,3 +209,15 @@ def read_json(uri: str) -> Any:
 
 def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def open_file(uri: str) -> Any:
+    """A binary file object reading ``uri`` on demand (a remote object is fetched by ranges, as read)."""
+    fs, path = url_to_fs(uri)
+    return fs.open(path, "rb")
+
+
+def size(uri: str) -> int:
+    """Bytes of the file at ``uri`` (FileNotFoundError when there is none)."""
+    fs, path = url_to_fs(uri)
+    return int(fs.size(path))

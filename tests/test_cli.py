@@ -199,3 +199,34 @@ def test_colliding_names_in_a_folder_get_distinct_outputs_both_ways(tmp_path, we
     assert sorted(p.name for p in (tmp_path / "coded").iterdir()) == ["a.jpg.oml", "a.png.2.oml", "a.png.oml"]
     assert main(["decompress", str(tmp_path / "coded"), "-o", str(tmp_path / "png"), "--weights", weights]) == 0
     assert len(list((tmp_path / "png").iterdir())) == 3
+
+
+def test_region_decode_equals_the_window_of_a_full_decode(tmp_path, weights, capsys):
+    """--region decodes only the tiles the window overlaps (here 4 of 12), and its pixels are
+    those of the full decode; a window outside the image is one line, nothing written."""
+    _png(tmp_path / "a.png", natural_image(300, 400, 3))
+    assert main(["compress", str(tmp_path / "a.png"), "-o", str(tmp_path / "a.oml"), "--weights", weights, "-q", "2", "--tile", "128"]) == 0
+    assert main(["decompress", str(tmp_path / "a.oml"), "-o", str(tmp_path / "full.png"), "--weights", weights]) == 0
+    full = np.asarray(Image.open(tmp_path / "full.png"))
+    for left, top, width, height in [(100, 90, 60, 70), (0, 0, 400, 300), (399, 299, 1, 1)]:
+        region = f"{left},{top},{width},{height}"
+        assert main(["decompress", str(tmp_path / "a.oml"), "-o", str(tmp_path / "w.png"), "--weights", weights, "--region", region]) == 0
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "w.png")), full[top : top + height, left : left + width])
+    capsys.readouterr()
+    assert main(["decompress", str(tmp_path / "a.oml"), "-o", str(tmp_path / "x.png"), "--weights", weights, "--region", "350,0,51,10"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[0].endswith("region 350,0,51,10 (left,top,width,height) is not inside the 400x300 image")
+    assert not (tmp_path / "x.png").exists()
+    with pytest.raises(SystemExit):
+        main(["decompress", str(tmp_path / "a.oml"), "-o", str(tmp_path / "x.png"), "--region", "1,2,3"])
+    assert "not LEFT,TOP,WIDTH,HEIGHT" in capsys.readouterr().err
+
+
+def test_region_decode_decodes_only_the_overlapped_tiles(random_default_model, monkeypatch):
+    image = natural_image(300, 400, 3)
+    data = codec.encode(random_default_model, image, quality=2, tile_size=128).data
+    decoded: list[int] = []
+    real = codec.decode_tile_latent
+    monkeypatch.setattr(codec, "decode_tile_latent", lambda m, h, r, number, t: decoded.append(number) or real(m, h, r, number, t))
+    window = codec.decode_region(random_default_model, data, codec.tiling.Region(100, 90, 60, 70))
+    assert decoded == [0, 1, 4, 5] and window.shape == (3, 70, 60)

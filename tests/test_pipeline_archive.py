@@ -1,4 +1,5 @@
-"""The archiving pipeline on a local Ray (2 CPUs): shards, resume, killed workers, bad inputs, decompression."""
+"""The archiving pipeline on a local Ray (2 CPUs): units of tiles, resume, killed workers, bad inputs,
+decompression gathering an image's tiles across units, region decode."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from oml import codec
+from oml import codec, tiling
 from oml.imageio import decode_image, encode_png
 
 from .conftest import natural_image, start_local_ray
@@ -22,6 +23,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 archive = pytest.importorskip("pipeline.archive")
 schema = pytest.importorskip("pipeline.schema")
 storage = pytest.importorskip("pipeline.storage")
+planning = pytest.importorskip("pipeline.archive.plan")
 CodingConfig, CompressConfig, DecompressConfig, ModelConfig = archive.CodingConfig, archive.CompressConfig, archive.DecompressConfig, archive.ModelConfig
 
 MODEL = ModelConfig(pretrained=False, seed=0)
@@ -34,6 +36,9 @@ BAD_REASONS = {
     "unsupported.webp": "not a supported image format",
     "big.png": "over the limit",
 }
+# Tiles (128²) in listing order: a.png 2, sub/b.png 6 (2x3), sub/deeper/c.jpg 1, truncated.png 1 (its
+# header reads). Cut every 4: unit 0 = a.png 0-1 + b.png 0-1, unit 1 = b.png 2-5, unit 2 = c.jpg + truncated.png.
+UNITS = [[("a.png", 0, 2), ("sub/b.png", 0, 2)], [("sub/b.png", 2, 4)], [("sub/deeper/c.jpg", 0, 1), ("truncated.png", 0, 1)]]
 
 
 def make_inputs(root: Path) -> Path:
@@ -58,34 +63,43 @@ def make_inputs(root: Path) -> Path:
 
 
 def config(inp: Path, out: Path, **changes) -> CompressConfig:
-    base = CompressConfig(str(inp), str(out), model=MODEL, coding=CODING, shard_size=3, progress=False)
+    base = CompressConfig(str(inp), str(out), model=MODEL, coding=CODING, unit_tiles=4, min_units=1, progress=False)
     return dataclasses.replace(base, **changes)
 
 
-def rows(out: Path) -> list[dict]:
-    return [r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+def unit_file(out: Path, index: int, kind: str) -> Path:
+    return Path(archive.unit_uri(str(out), index, kind))
+
+
+def rows(out: Path, kind: str = "images") -> list[dict]:
+    return [r for f in sorted((out / "units").glob(f"*.{kind}.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def image_bytes(out: Path) -> dict[str, bytes]:
+    """Each archived image's rebuilt ``oml`` bytes, its tiles gathered from every unit."""
+    tiles = rows(out, "tiles")
+    return {r["path"]: schema.coded_bytes(r, [t for t in tiles if t["path"] == r["path"]]) for r in rows(out)}
 
 
 def snapshot(out: Path, pattern: str = "*") -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((out / "shards").glob(pattern))}
+    return {p.name: p.read_bytes() for p in sorted((out / "units").glob(pattern))}
 
 
-def rewrite_shard(shard: Path, table: list[dict]) -> None:
-    """Write ``table`` as the shard's Parquet file and re-seal its marker (as a forger would)."""
-    data = schema.to_parquet(table)
-    shard.write_bytes(data)
-    marker = shard.with_name(shard.name.replace(".parquet", ".done.json"))
-    sealed = json.loads(marker.read_text()) | {"parquet_bytes": len(data), "parquet_sha256": schema.sha256(data)}
-    marker.write_text(json.dumps(sealed))
+def reseal(out: Path, index: int, kind: str, table: list[dict]) -> None:
+    """Write ``table`` as unit ``index``'s ``kind`` file and re-seal its marker (as a forger would)."""
+    data = schema.to_parquet(table, schema.TILE_SCHEMA if kind == "tiles" else schema.IMAGE_SCHEMA)
+    unit_file(out, index, kind).write_bytes(data)
+    marker = unit_file(out, index, "done")
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {f"{kind}_bytes": len(data), f"{kind}_sha256": schema.sha256(data)}))
 
 
-def edited_copy(out: Path, copy: Path, path: str, edit) -> Path:
-    """A copy of the archive ``out`` whose row for ``path`` (in the first shard) went through ``edit``."""
+def edited_copy(out: Path, copy: Path, index: int, kind: str, edit) -> Path:
+    """A copy of the archive ``out`` whose unit ``index`` ``kind`` rows went through ``edit``."""
     shutil.copytree(out, copy)
-    shard = copy / "shards" / "shard-000000.parquet"
-    table = pq.read_table(shard).to_pylist()
-    edit(next(r for r in table if r["path"] == path))
-    rewrite_shard(shard, table)
+    table = pq.read_table(unit_file(copy, index, kind)).to_pylist()
+    for row in table:
+        edit(row)
+    reseal(copy, index, kind, table)
     return copy
 
 
@@ -112,27 +126,50 @@ def archived(local_ray, tmp_path_factory):
 # --------------------------------------------------------------------------- without Ray
 
 
-def test_shards_are_deterministic_cuts_of_the_sorted_listing(tmp_path):
+def test_units_are_deterministic_cuts_of_the_sorted_listing_by_tiles(tmp_path):
     inp = make_inputs(tmp_path)
     files = storage.list_files(str(inp), archive.IMAGE_SUFFIXES)
     assert [f.relative_path for f in files] == sorted(f.relative_path for f in files)
     assert "notes.txt" not in [f.relative_path for f in files] and len(files) == 8
-    shards = archive.make_shards(files, 3)
-    assert [len(s.files) for s in shards] == [3, 3, 2]
-    assert shards == archive.make_shards(storage.list_files(str(inp), archive.IMAGE_SUFFIXES), 3)
+    probed = planning.probe_all(files, CODING.max_pixels)
+    failed = {p.path: p.reason for p in probed if isinstance(p, archive.Failure)}
+    assert set(failed) == set(BAD_REASONS) - {"truncated.png"}  # its header reads; decoding it fails later
+    images = [p for p in probed if isinstance(p, archive.PlannedImage)]
+    assert [(p.path, p.height, p.width) for p in images[:3]] == [(n, *s) for n, s in GOOD.items()]
+    units = archive.make_units(images, 128, 4)
+    assert [[(p.image.path, p.first, p.count) for p in u.pieces] for u in units] == UNITS
+    assert units == archive.make_units(images, 128, 4)
+    # A few tiles still make min_units units; whole_images (rate control) cuts only between images.
+    assert [u.tiles for u in archive.make_units(images, 128, 64, min_units=5)] == [2, 2, 2, 2, 2]
+    assert [u.tiles for u in archive.make_units(images, 128, 4, whole_images=True)] == [8, 2]
 
 
-def test_archived_bytes_are_the_codec_bytes(model):
+def test_header_sizes_follow_exif_orientation(tmp_path):
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: a 40x20 file is shown 20x40
+    Image.new("RGB", (40, 20)).save(tmp_path / "r.jpg", exif=exif)
+    [planned] = planning.probe_all(storage.list_files(str(tmp_path), (".jpg",)), 10**6)
+    assert (planned.width, planned.height) == tuple(decode_image((tmp_path / "r.jpg").read_bytes()).shape[:0:-1]) == (20, 40)
+
+
+def test_tiles_coded_by_pieces_are_the_whole_image_codec_bytes(model):
+    """Any cut of an image's tiles into pieces codes every tile exactly as one whole-image encode."""
     image = natural_image(200, 300, 1)
-    header, coded, tiles = archive.encode_image(model, image, CODING)
-    assert coded == codec.encode(model, image, quality=2, adapt_config=CODING.adapt, tile_size=128).data
-    assert len(tiles) == header.num_tiles == 6
-    row = schema.image_row("src", "p", b"raw", header, coded, tiles)
-    assert schema.coded_bytes(row) == coded
+    expected = codec.encode(model, image, quality=2, adapt_config=CODING.adapt, tile_size=128)
+    header, tile_rows = None, []
+    for first, count in [(0, 2), (2, 3), (5, 1)]:
+        for rect in tiling.tile_range_rects(200, 300, 128, first, count):
+            header, coded = archive.encode_rect(model, image, CODING, rect)
+            tile_rows += [schema.tile_row("p", c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
+    row = schema.image_row("src", "p", 3, "raw", header)
+    assert schema.coded_bytes(row, tile_rows[::-1]) == expected.data and schema.damage(row, tile_rows) == ""
     # Through Parquet and back: float16 λ*, binary strings and float32 λ_t survive exactly.
-    back = schema.read_parquet(schema.to_parquet([row])).to_pylist()[0]
-    assert schema.coded_bytes(back) == coded
-    assert torch.equal(codec.decode(model, coded), codec.encode(model, image, quality=2, adapt_config=CODING.adapt, tile_size=128).reconstruction)
+    back = schema.read_parquet(schema.to_parquet([row], schema.IMAGE_SCHEMA)).to_pylist()[0]
+    tiles_back = schema.read_parquet(schema.to_parquet(tile_rows, schema.TILE_SCHEMA)).to_pylist()
+    assert schema.coded_bytes(back, tiles_back) == expected.data
+    assert [t["psnr_after"] for t in sorted(tiles_back, key=lambda t: t["index"])] == [t.psnr_after for t in expected.tiles]
 
 
 def test_png_names_keep_distinct_sources_apart():
@@ -140,29 +177,31 @@ def test_png_names_keep_distinct_sources_apart():
     assert names == {"a.jpg": "a.jpg.png", "a.png": "a.png.png", "b/c.tif": "b/c.png"}
 
 
-def test_the_marker_is_written_only_after_its_parquet_file(model, tmp_path, monkeypatch):
-    """A shard whose Parquet write fails leaves no marker (so it is redone); a finished shard's
+def test_the_marker_is_written_only_after_its_parquet_files(model, tmp_path, monkeypatch):
+    """A unit whose Parquet write fails leaves no marker (so it is redone); a finished unit's
     marker names the very bytes on disk."""
     inp = tmp_path / "in"
     inp.mkdir()
     (inp / "a.png").write_bytes(encode_png(natural_image(64, 64)))
-    shard = archive.Shard(0, tuple(storage.list_files(str(inp), (".png",))))
-    encoder = archive.ShardEncoder(str(tmp_path / "out"), MODEL, CODING, model.fingerprint(CODING.quality).hex())
+    [image] = planning.probe_all(storage.list_files(str(inp), (".png",)), 10**6)
+    unit = archive.Unit(0, (archive.Piece(image, 0, 1),))
+    out = tmp_path / "out"
+    encoder = archive.UnitEncoder(str(out), MODEL, CODING, model.fingerprint(CODING.quality).hex())
     real = storage.write_bytes
+    for kind in ("tiles", "images"):
 
-    def failing(uri, data):
-        if uri.endswith(".parquet"):
-            raise OSError("disk full")
-        real(uri, data)
+        def failing(uri, data, kind=kind):
+            if uri.endswith(f".{kind}.parquet"):
+                raise OSError("disk full")
+            real(uri, data)
 
-    monkeypatch.setattr(storage, "write_bytes", failing)
-    with pytest.raises(OSError, match="disk full"):
-        encoder(shard)
-    assert not (tmp_path / "out" / "shards" / "shard-000000.done.json").exists()
+        monkeypatch.setattr(storage, "write_bytes", failing)
+        with pytest.raises(OSError, match="disk full"):
+            encoder(unit)
+        assert not unit_file(out, 0, "done").exists()
     monkeypatch.setattr(storage, "write_bytes", real)
-    result = encoder(shard)
-    marker = archive.read_marker(str(tmp_path / "out" / "shards" / "shard-000000.done.json")).result
-    assert marker == result and result.images == 1
+    result = encoder(unit)
+    assert archive.read_marker(str(out), 0).result == result and result.tiles == 1 and not result.failures
 
 
 def test_config_errors_are_clear():
@@ -172,8 +211,10 @@ def test_config_errors_are_clear():
         CodingConfig(tile=100)
     with pytest.raises(ValueError, match="tile size 70016 is over the format's limit"):
         CodingConfig(tile=70016)  # before: struct.error in every worker, and "run again"
-    with pytest.raises(ValueError, match="shard_size"):
-        CompressConfig("a", "b", shard_size=0)
+    with pytest.raises(ValueError, match="unit_tiles"):
+        CompressConfig("a", "b", unit_tiles=0)
+    with pytest.raises(ValueError, match="--verify checks whole images"):
+        DecompressConfig("a", "b", verify=True, region=tiling.Region(0, 0, 8, 8))
 
 
 # --------------------------------------------------------------------------- compression on Ray
@@ -181,108 +222,128 @@ def test_config_errors_are_clear():
 
 def test_bad_inputs_are_in_the_manifest_and_the_job_completes(archived):
     _, out, report = archived
-    assert (report.images, report.archived, report.failed, report.exit_code) == (8, 3, 5, 1)
+    assert (report.images, report.archived, report.failed, report.exit_code, report.units) == (8, 3, 5, 1, 3)
     manifest = json.loads((out / "manifest.json").read_text())
     reasons = {f["path"]: f["reason"] for f in manifest["failed"]}
     assert set(reasons) == set(BAD_REASONS)
     for name, words in BAD_REASONS.items():
         assert words in reasons[name], (name, reasons[name])
+    assert {f["path"]: f["unit"] for f in manifest["failed"]}["truncated.png"] == 2
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["images"], summary["archived"], summary["failed"]) == (8, 3, 5)
-    assert summary["shards"] == {"total": 3, "committed": 3, "skipped": 0, "written": 3, "failed": 0}
-    assert summary["mean_bpp"] > 0 and summary["last_run"]["images_per_second"] > 0
+    assert (summary["images"], summary["archived"], summary["failed"], summary["tiles"]) == (8, 3, 5, 9)
+    assert summary["units"] == {"total": 3, "tiles_per_unit": 4, "committed": 3, "skipped": 0, "written": 3, "failed": 0}
+    assert summary["mean_bpp"] > 0 and summary["last_run"]["tiles_per_second"] > 0
 
 
 def test_rows_follow_the_schema_and_rebuild_the_codec_bytes(archived, model):
     inp, out, _ = archived
-    table = pq.read_table(out / "shards" / "shard-000000.parquet")
-    assert table.schema.remove_metadata() == schema.SCHEMA.remove_metadata()
-    got = rows(out)
-    assert sorted(r["path"] for r in got) == sorted(GOOD)
-    for r in got:
+    assert pq.read_table(unit_file(out, 0, "tiles")).schema.remove_metadata() == schema.TILE_SCHEMA.remove_metadata()
+    assert pq.read_table(unit_file(out, 0, "images")).schema.remove_metadata() == schema.IMAGE_SCHEMA.remove_metadata()
+    assert [[r["path"] for r in pq.read_table(unit_file(out, i, "images")).to_pylist()] for i in range(3)] == [["a.png", "sub/b.png"], [], ["sub/deeper/c.jpg"]]
+    coded = image_bytes(out)
+    assert sorted(coded) == sorted(GOOD)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coded_bytes"] == sum(len(b) for b in coded.values())
+    for r in rows(out):
         data = (inp / r["path"]).read_bytes()
         image = decode_image(data)
         assert r["source_sha256"] == schema.sha256(data) and r["source_bytes"] == len(data)
         assert (r["height"], r["width"], r["model"], r["quality"]) == (*image.shape[1:], "oml-default", 2)
         expected = codec.encode(model, image, quality=2, adapt_config=CODING.adapt, tile_size=128)
-        assert schema.coded_bytes(r) == expected.data and r["coded_sha256"] == schema.sha256(expected.data)
-        assert [t["psnr_after"] for t in r["tiles"]] == [t.psnr_after for t in expected.tiles]
-        assert all(len(t["lambdas"]) == model.num_lambdas for t in r["tiles"])
+        assert coded[r["path"]] == expected.data
 
 
-def test_second_run_skips_committed_shards_and_adds_nothing(archived):
+def test_second_run_skips_committed_units_and_adds_nothing(archived):
     inp, out, _ = archived
     before = snapshot(out)
     report = archive.run_compress(config(inp, out))
-    assert (report.shards_written, report.shards_skipped, report.archived, report.failed) == (0, 3, 3, 5)
+    assert (report.units_written, report.units_skipped, report.archived, report.failed) == (0, 3, 3, 5)
     assert snapshot(out) == before
-    assert len(rows(out)) == 3
+    assert len(rows(out)) == 3 and len(rows(out, "tiles")) == 9
 
 
-def test_unfinished_shard_is_redone_without_duplicates(archived, tmp_path):
+def test_unfinished_unit_is_redone_without_duplicates(archived, tmp_path):
     inp, out, _ = archived
     copy = tmp_path / "archive"
     shutil.copytree(out, copy)
-    # A crash after a partial Parquet write and before the done marker.
-    (copy / "shards" / "shard-000001.done.json").unlink()
-    (copy / "shards" / "shard-000001.parquet").write_bytes(b"PAR1 half written")
-    (copy / "shards" / "shard-000001.parquet.0123abcd.tmp").write_bytes(b"PAR1 a killed writer's")
+    # A crash in the middle of sub/b.png: after a partial Parquet write and before the done marker.
+    unit_file(copy, 1, "done").unlink()
+    unit_file(copy, 1, "tiles").write_bytes(b"PAR1 half written")
+    (copy / "units" / "unit-000001.images.parquet.0123abcd.tmp").write_bytes(b"PAR1 a killed writer's")
     report = archive.run_compress(config(inp, copy))
-    assert not list((copy / "shards").glob("*.tmp"))
-    assert (report.shards_written, report.shards_skipped, report.exit_code) == (1, 2, 1)
-    assert sorted(r["path"] for r in rows(copy)) == sorted(GOOD)
+    assert not list((copy / "units").glob("*.tmp"))
+    assert (report.units_written, report.units_skipped, report.exit_code) == (1, 2, 1)
+    assert image_bytes(copy) == image_bytes(out)
     assert snapshot(copy, "*.parquet") == snapshot(out, "*.parquet")  # markers differ only in timings
 
 
 @pytest.mark.parametrize(
     "damage,why",
     [
-        (lambda d: (d / "shard-000001.parquet").write_bytes((d / "shard-000001.parquet").read_bytes()[:100]), "its Parquet file is 100 bytes"),
-        (lambda d: (d / "shard-000001.parquet").unlink(), "its Parquet file is missing"),
-        (lambda d: (d / "shard-000001.done.json").write_text("{}"), "damaged marker"),
-        (lambda d: (d / "shard-000001.done.json").write_text('{"format": "oml-arch'), "damaged marker"),
-        (lambda d: (d / "shard-000001.done.json").unlink(), "shard not committed"),
+        (lambda d: unit_file(d, 1, "tiles").write_bytes(unit_file(d, 1, "tiles").read_bytes()[:100]), "unit 1: its tiles Parquet file is missing or not the size committed"),
+        (lambda d: unit_file(d, 1, "tiles").unlink(), "unit 1: its tiles Parquet file is missing"),
+        (lambda d: unit_file(d, 1, "images").unlink(), "unit 1: its images Parquet file is missing"),
+        (lambda d: unit_file(d, 1, "done").write_text("{}"), "damaged marker"),
+        (lambda d: unit_file(d, 1, "done").write_text('{"format": "oml-arch'), "damaged marker"),
+        (lambda d: unit_file(d, 1, "done").unlink(), "unit 1 not committed"),
     ],
 )
-def test_damaged_shards_are_named_by_decompress_and_repaired_by_compress(archived, tmp_path, damage, why):
-    """A truncated, missing or unmarked shard: decompress restores the rest and names it (exit 1);
-    the next compress run redoes exactly that shard, after which everything restores."""
+def test_damaged_units_are_named_by_decompress_and_repaired_by_compress(archived, tmp_path, damage, why):
+    """A truncated, missing or unmarked unit: decompress restores the images it does not touch and
+    names the one it does (sub/b.png, whose tiles 2-5 it holds; exit 1); the next compress run redoes
+    exactly that unit, after which everything restores."""
     inp, out, _ = archived
     copy = tmp_path / "archive"
     shutil.copytree(out, copy)
-    damage(copy / "shards")
+    damage(copy)
     report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))
-    assert report.exit_code == 1 and report.restored == 1  # a.png; shard 1 held sub/b.png and sub/deeper/c.jpg
-    assert any(why in r.reason for r in report.results if r.status == "failed"), [r.reason for r in report.results]
+    assert (report.exit_code, report.restored, report.failed) == (1, 2, 1)
+    [failed] = [r for r in report.results if r.status == "failed"]
+    assert failed.path == "sub/b.png" and why in failed.reason and "re-run compress" in failed.reason, failed.reason
     again = archive.run_compress(config(inp, copy))
-    assert (again.shards_written, again.shards_skipped) == (1, 2)
+    assert (again.units_written, again.units_skipped) == (1, 2)
     assert snapshot(copy, "*.parquet") == snapshot(out, "*.parquet")
     report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png2"), progress=False))
     assert (report.selected, report.restored, report.exit_code) == (3, 3, 0)
 
 
+def test_a_flipped_bit_in_a_tiles_file_is_named_at_decode(archived, tmp_path):
+    """Same size, another hash: found by the decoder that reads the file, not the driver."""
+    _, out, _ = archived
+    copy = tmp_path / "archive"
+    shutil.copytree(out, copy)
+    data = bytearray(unit_file(copy, 1, "tiles").read_bytes())
+    data[-20] ^= 0x01
+    unit_file(copy, 1, "tiles").write_bytes(bytes(data))
+    report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))
+    [failed] = [r for r in report.results if r.status == "failed"]
+    assert failed.path == "sub/b.png" and "unit 1: its tiles Parquet file is" in failed.reason and "another hash" in failed.reason
+
+
 def test_a_killed_worker_loses_nothing(archived, tmp_path):
+    """The worker coding the middle of sub/b.png dies after a torn write: Ray's retry redoes that
+    unit whole; every tile is in the archive once."""
     inp, out, _ = archived
     flag = tmp_path / "killed-once"
 
     @dataclasses.dataclass(frozen=True)
-    class DiesOnce(archive.ShardEncoder):
+    class DiesOnce(archive.UnitEncoder):
         flag: str = ""
 
-        def __call__(self, shard):
-            if shard.index == 1 and not os.path.exists(self.flag):
+        def __call__(self, unit):
+            if unit.index == 1 and not os.path.exists(self.flag):
                 Path(self.flag).write_text(str(os.getpid()))
-                storage.write_bytes(archive.shard_uri(self.output, 1), b"PAR1 torn")
-                os._exit(9)  # the worker process dies mid-shard, as under SIGKILL or the OOM killer
-            return super().__call__(shard)
+                storage.write_bytes(archive.unit_uri(self.output, 1, "tiles"), b"PAR1 torn")
+                os._exit(9)  # the worker process dies mid-unit, as under SIGKILL or the OOM killer
+            return super().__call__(unit)
 
     target = tmp_path / "archive"
     fingerprint = archive.get_model(MODEL, CODING.quality).fingerprint(CODING.quality).hex()
     encoder = DiesOnce(str(target), MODEL, CODING, fingerprint, flag=str(flag))
     report = archive.run_compress(config(inp, target), encoder=encoder)
     assert flag.exists() and int(flag.read_text()) != os.getpid()
-    assert (report.archived, report.failed, report.shards_written, report.shards_failed) == (3, 5, 3, ())
-    assert sorted(r["path"] for r in rows(target)) == sorted(GOOD)
+    assert (report.archived, report.failed, report.units_written, report.units_failed) == (3, 5, 3, ())
+    assert sorted((t["path"], t["index"]) for t in rows(target, "tiles")) == sorted((t["path"], t["index"]) for t in rows(out, "tiles"))
     assert snapshot(target, "*.parquet") == snapshot(out, "*.parquet")
 
 
@@ -290,11 +351,24 @@ def test_a_rerun_with_other_settings_or_inputs_is_refused(archived, tmp_path):
     inp, out, _ = archived
     with pytest.raises(ValueError, match="coding"):
         archive.run_compress(config(inp, out, coding=dataclasses.replace(CODING, quality=3)))
+    with pytest.raises(ValueError, match="unit_tiles"):
+        archive.run_compress(config(inp, out, unit_tiles=5))
     more = tmp_path / "inputs"
     shutil.copytree(inp, more)
     (more / "new.png").write_bytes(encode_png(natural_image(64, 64)))
     with pytest.raises(ValueError, match="listing now has 9 files"):
         archive.run_compress(config(more, out))
+
+
+def test_an_archive_of_the_older_format_is_refused_in_one_line(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "plan.json").write_text(json.dumps({"format": "oml-archive-plan/1", "shard_size": 16}))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(encode_png(natural_image(64, 64)))
+    for run in (lambda: archive.run_decompress(DecompressConfig(str(tmp_path / "old"), str(tmp_path / "png"))),
+                lambda: archive.run_compress(config(tmp_path / "in", tmp_path / "old"))):  # fmt: skip
+        with pytest.raises(ValueError, match="written by an older oml.*restore it with that version"):
+            run()
 
 
 def test_no_inputs_is_an_error(tmp_path):
@@ -329,23 +403,40 @@ def test_decompress_a_selection(archived, tmp_path):
         archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "n"), select=("nothing*",), progress=False))
 
 
+def test_region_decode_equals_the_window_of_a_full_decode(archived, tmp_path):
+    """A window of sub/b.png across tiles held by two units: only the tiles it overlaps are decoded,
+    and the pixels are those of the full restore; a window outside the image is one clear error."""
+    _, out, _ = archived
+    full = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "full"), select=("sub/b.png",), progress=False))
+    assert full.exit_code == 0
+    whole = decode_image((tmp_path / "full" / "sub" / "b.png").read_bytes())
+    for region in [tiling.Region(100, 90, 130, 70), tiling.Region(0, 0, 300, 200), tiling.Region(299, 199, 1, 1)]:
+        report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "win"), select=("sub/b.png",), region=region, progress=False))
+        assert report.exit_code == 0
+        window = decode_image((tmp_path / "win" / "sub" / "b.png").read_bytes())
+        assert torch.equal(window, whole[:, region.top : region.top + region.height, region.left : region.left + region.width])
+    with pytest.raises(ValueError, match=r"region 250,150,51,10 \(left,top,width,height\) is not inside the 300x200 image"):
+        archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "x"), select=("sub/b.png",), region=tiling.Region(250, 150, 51, 10), progress=False))
+    with pytest.raises(ValueError, match="window of one image; the selection matches 2"):
+        archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "x"), select=("sub/*",), region=tiling.Region(0, 0, 8, 8), progress=False))
+
+
 def test_verify_reports_damaged_records_and_changed_sources(archived, tmp_path):
     inp, out, _ = archived
 
     def flip_lambda(row: dict) -> None:
-        row["tiles"][0]["lambdas"][0] = 0.5  # a flipped λ* value: still decodable, no longer the coded file
+        if row["path"] == "a.png" and row["index"] == 0:
+            row["lambdas"][0] = 0.5  # a flipped λ* value: still decodable, no longer the coded file
 
-    copy = edited_copy(out, tmp_path / "archive", "a.png", flip_lambda)
+    copy = edited_copy(out, tmp_path / "archive", 0, "tiles", flip_lambda)
     for verify in (True, False):  # checked on every decode, not only under --verify
         report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / f"png{verify}"), select=("a.png",), verify=verify, progress=False))
         assert (report.failed, report.exit_code) == (1, 1)
-        assert "coded checksum" in report.results[0].reason and not (tmp_path / f"png{verify}" / "a.png").exists()
+        assert "tile 0 checksum differs" in report.results[0].reason and not (tmp_path / f"png{verify}" / "a.png").exists()
 
     # A source edited after compression: the bit-exact reconstruction check still passes.
     moved = tmp_path / "inputs"
     shutil.copytree(inp, moved)
-    plan = json.loads((out / "plan.json").read_text())
-    assert plan["files"] == 8
     (inp / "sub" / "b.png").write_bytes((inp / "sub" / "b.png").read_bytes() + b"\0")
     try:
         report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png2"), select=("sub/b.png",), verify=True, sources=str(inp), progress=False))
@@ -361,10 +452,11 @@ def test_a_desynchronised_tile_is_in_the_summary_not_in_the_output(archived, tmp
     _, out, _ = archived
 
     def alter_check(row: dict) -> None:
-        row["tiles"][1]["check"] ^= 1
-        row["coded_sha256"] = schema.sha256(schema.coded_bytes(row))  # a consistent record
+        if row["path"] == "a.png" and row["index"] == 1:
+            row["check"] ^= 1
+            row["record_sha256"] = schema.sha256(codec.pack_tile(schema.record_of(row, schema.header_of(rows(out)[0]))))  # a consistent record
 
-    copy = edited_copy(out, tmp_path / "archive", "a.png", alter_check)
+    copy = edited_copy(out, tmp_path / "archive", 0, "tiles", alter_check)
     report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))
     assert (report.selected, report.restored, report.failed, report.exit_code) == (3, 2, 1, 1)
     summary = json.loads((tmp_path / "png" / "decompress-summary.json").read_text())
@@ -374,7 +466,7 @@ def test_a_desynchronised_tile_is_in_the_summary_not_in_the_output(archived, tmp
 
 
 def test_rows_cannot_place_files_or_make_the_decoder_fetch(archived, tmp_path):
-    """Forged rows: paths that climb out or are absolute are refused and listed; a source URI
+    """Forged image rows: paths that climb out or are absolute are refused and listed; a source URI
     pointing at a local server or a secret file is never opened, even under --verify; nothing is
     written outside the output folder; the other images are restored."""
     import http.server
@@ -408,12 +500,11 @@ def test_rows_cannot_place_files_or_make_the_decoder_fetch(archived, tmp_path):
     try:
         copy = tmp_path / "archive"
         shutil.copytree(out, copy)
-        for shard in (copy / "shards").glob("*.parquet"):
-            table = pq.read_table(shard).to_pylist()
+        for index in (0, 2):
+            table = pq.read_table(unit_file(copy, index, "images")).to_pylist()
             for row in table:
-                if row["path"] in paths or row["path"] == "sub/deeper/c.jpg":
-                    forge(row)
-            rewrite_shard(shard, table)
+                forge(row)
+            reseal(copy, index, "images", table)
         before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
         report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), verify=True, progress=False))
     finally:
@@ -447,9 +538,55 @@ def test_decompress_refuses_what_is_not_an_archive(tmp_path):
         archive.run_decompress(DecompressConfig(str(tmp_path), str(tmp_path / "png")))
 
 
+# --------------------------------------------------------------------------- one huge image
+
+
+def test_a_huge_image_spreads_over_units_survives_a_killed_worker_and_restores_bit_identically(local_ray, tmp_path, random_default_model):
+    """2048x1536 at tile 256: 48 tiles in 6 units of 8 on both workers; the worker of unit 2 dies
+    in the middle of the image and Ray's retry redoes that unit. The tiles gathered from every unit
+    rebuild the bytes of a whole-image encode, and the archive restores exactly what
+    ``oml decompress`` restores from those bytes."""
+    from oml.models.zoo import save_weights
+    from pipeline.cli import main as oml
+
+    weights = tmp_path / "w.pt"
+    save_weights(random_default_model, weights)
+    model_cfg = ModelConfig(weights=str(weights))
+    coding = CodingConfig(quality=2, tile=256)
+    image = natural_image(1536, 2048, 5)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "huge.png").write_bytes(encode_png(image))
+    flag, out = tmp_path / "killed-once", tmp_path / "archive"
+    model = archive.get_model(model_cfg, 2)
+
+    @dataclasses.dataclass(frozen=True)
+    class DiesMidImage(archive.UnitEncoder):
+        flag: str = ""
+
+        def __call__(self, unit):
+            if unit.index == 2 and not os.path.exists(self.flag):
+                Path(self.flag).write_text(str(os.getpid()))
+                os._exit(9)
+            return super().__call__(unit)
+
+    encoder = DiesMidImage(str(out), model_cfg, coding, model.fingerprint(2).hex(), flag=str(flag))
+    cfg = CompressConfig(str(tmp_path / "in"), str(out), model=model_cfg, coding=coding, unit_tiles=8, min_units=1, progress=False)
+    report = archive.run_compress(cfg, encoder=encoder)
+    assert flag.exists() and (report.archived, report.units, report.units_written, report.units_failed) == (1, 6, 6, ())
+    assert sorted(t["index"] for t in rows(out, "tiles")) == list(range(48))
+    data = image_bytes(out)["huge.png"]
+    assert data == codec.encode(model, image, quality=2, tile_size=256).data
+    (tmp_path / "huge.oml").write_bytes(data)
+    assert oml(["decompress", str(tmp_path / "huge.oml"), "-o", str(tmp_path / "cli.png"), "--weights", str(weights)]) == 0
+    restored = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png"), progress=False))
+    assert restored.exit_code == 0
+    assert (tmp_path / "png" / "huge.png").read_bytes() == (tmp_path / "cli.png").read_bytes()
+
+
 def test_rate_control_in_the_ray_job_meets_reachable_targets_and_lists_the_rest(local_ray, tmp_path):
     """--target-psnr on the job: each image's row holds the file that met the target, at its own λ;
-    an image that cannot reach it (noise) is a manifest entry naming the reachable range."""
+    an image that cannot reach it (noise) is a manifest entry naming the reachable range. A unit
+    holds whole images here (the λ search needs all of an image's tiles)."""
     inp = tmp_path / "in"
     inp.mkdir()
     (inp / "smooth.png").write_bytes(encode_png(natural_image(128, 192, 0)))
@@ -465,7 +602,7 @@ def test_rate_control_in_the_ray_job_meets_reachable_targets_and_lists_the_rest(
     report = archive.run_compress(config(inp, tmp_path / "out", model=shipped, coding=coding))
     assert (report.archived, report.failed, report.exit_code) == (1, 1, 1)
     [row] = rows(tmp_path / "out")
-    restored = codec.decode(model, schema.coded_bytes(row))
+    restored = codec.decode(model, image_bytes(tmp_path / "out")["smooth.png"])
     assert abs(image_psnr(restored, smooth) - target) <= 0.1 and model.lambda_range[0] < row["lmbda"] < model.lambda_range[1]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     [entry] = manifest["failed"]

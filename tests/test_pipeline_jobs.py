@@ -49,7 +49,7 @@ def make_inputs(root: Path, bad: bool = False) -> Path:
     return root
 
 
-ARGS = ["--quality", "2", "--steps", "1", "--random-weights", "--tile", "128", "--shard-size", "1", "--no-progress"]
+ARGS = ["--quality", "2", "--steps", "1", "--random-weights", "--tile", "128", "--unit-tiles", "1", "--no-progress"]
 
 
 @pytest.mark.parametrize("name", ["compress", "decompress"])
@@ -173,8 +173,8 @@ def test_ray_job_submit_end_to_end(tmp_path):
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "archived 2 of 2 images" in submit.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["archived"], summary["failed"], summary["shards"]["committed"]) == (2, 0, 2)
-    assert sorted(p.name for p in (out / "shards").glob("*.done.json")) == ["shard-000000.done.json", "shard-000001.done.json"]
+    assert (summary["archived"], summary["failed"], summary["units"]["committed"]) == (2, 0, 3)  # a.png 1 tile, sub/b.png 2
+    assert sorted(p.name for p in (out / "units").glob("*.done.json")) == [f"unit-00000{i}.done.json" for i in range(3)]
     assert not leftover, f"processes of the test's Ray head still running: {leftover}"
 
 

@@ -84,7 +84,8 @@ def test_s3_round_trip(s3, tmp_path, capfd):
         f"s3://{BUCKET}/archive",
         model=ModelConfig(pretrained=False),
         coding=CodingConfig(quality=1, steps=1, tile=128),
-        shard_size=2,
+        unit_tiles=2,
+        min_units=1,
     )
     report = archive.run_compress(config)
     assert (report.images, report.archived, report.failed) == (3, 2, 1)
@@ -92,17 +93,19 @@ def test_s3_round_trip(s3, tmp_path, capfd):
     assert keys == [
         "manifest.json",
         "plan.json",
-        "shards/shard-000000.done.json",
-        "shards/shard-000000.parquet",
-        "shards/shard-000001.done.json",
-        "shards/shard-000001.parquet",
         "summary.json",
+        "units/unit-000000.done.json",
+        "units/unit-000000.images.parquet",
+        "units/unit-000000.tiles.parquet",
+        "units/unit-000001.done.json",
+        "units/unit-000001.images.parquet",
+        "units/unit-000001.tiles.parquet",
     ]
     manifest = json.loads(s3.cat_file(f"{BUCKET}/archive/manifest.json"))
     assert [f["path"] for f in manifest["failed"]] == ["broken.png"]
 
     again = archive.run_compress(config)
-    assert (again.shards_written, again.shards_skipped) == (0, 2)
+    assert (again.units_written, again.units_skipped) == (0, 2)
 
     to_s3 = archive.run_decompress(DecompressConfig(f"s3://{BUCKET}/archive", f"s3://{BUCKET}/restored", verify=True, sources=f"s3://{BUCKET}/in"))
     assert (to_s3.restored, to_s3.mismatched) == (2, 0)

@@ -1,0 +1,232 @@
+"""The compression driver: plan the units, run the uncommitted ones on Ray, write the manifest and the summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from oml import ratecontrol
+from pipeline import storage
+from pipeline.archive import layout, plan as planning
+from pipeline.archive.config import CompressConfig
+from pipeline.archive.encoder import UnitEncoder, get_model
+from pipeline.archive.layout import UnitResult
+from pipeline.archive.plan import Failure, PlannedImage, Unit
+from pipeline.archive.progress import Progress
+from pipeline.archive.runner import ray_session, run_tasks
+from pipeline.schema import psnr_of
+
+
+@dataclass(frozen=True)
+class CompressReport:
+    """The outcome of :func:`run_compress`; ``exit_code`` is 0 only when nothing failed."""
+
+    images: int
+    archived: int
+    failed: int
+    units: int
+    units_skipped: int
+    units_written: int
+    units_failed: tuple[tuple[int, str], ...]
+    summary_uri: str
+    manifest_uri: str
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.failed == 0 and not self.units_failed else 1
+
+
+class ImageTotals:
+    """Per archived image, from the committed markers: coded bytes and squared errors, summed over its pieces."""
+
+    def __init__(self, image: PlannedImage) -> None:
+        self.image, self.tiles, self.coded_bytes, self.sse_before, self.sse_after = image, 0, 4, 0.0, 0.0  # 4: the CRC-32
+
+    @property
+    def pixels(self) -> int:
+        return self.image.width * self.image.height
+
+
+@dataclass
+class _Run:
+    """What one :func:`run_compress` call found committed and did."""
+
+    probed: list[PlannedImage | Failure]
+    units: list[Unit]
+    done: dict[int, UnitResult]
+    skipped: int
+    written: list[UnitResult] = field(default_factory=list)
+    unfinished: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def outcomes(self, tile: int) -> tuple[list[ImageTotals], list[tuple[int | None, Failure]]]:
+        """The images whose every piece is committed and coded, and every failure (with its unit,
+        ``None`` when found while planning), one per input."""
+        failures: dict[str, tuple[int | None, Failure]] = {p.path: (None, p) for p in self.probed if isinstance(p, Failure)}
+        for r in self.results:
+            for f in r.failures:
+                failures.setdefault(f.path, (r.index, f))
+        totals = {p.path: ImageTotals(p) for p in self.probed if isinstance(p, PlannedImage) and p.path not in failures}
+        for r in self.results:
+            for piece in r.pieces:
+                if piece.path in totals:
+                    t = totals[piece.path]
+                    t.tiles += piece.count
+                    t.coded_bytes += piece.header_bytes + piece.record_bytes
+                    t.sse_before += piece.sse_before
+                    t.sse_after += piece.sse_after
+        archived = [t for t in totals.values() if t.tiles == planning.num_tiles(t.image, tile)]
+        return archived, sorted(failures.values(), key=lambda f: f[1].path)
+
+    @property
+    def results(self) -> list[UnitResult]:
+        return [self.done[i] for i in sorted(self.done)]
+
+
+def _fingerprint(cfg: CompressConfig) -> str:
+    """The model's fingerprint; also checks, before any work, that it can code as asked."""
+    model = get_model(cfg.model, cfg.coding.quality)
+    if cfg.coding.target is not None:
+        ratecontrol.check_model(model)
+    if cfg.coding.lmbda is not None:
+        model.resolve(lmbda=cfg.coding.lmbda)  # out of range: one error now, not one per image
+    return model.fingerprint(cfg.coding.quality).hex()
+
+
+def _plan(config: CompressConfig, root: str, files: Sequence[storage.SourceFile], fingerprint: str) -> tuple[list, list[Unit]]:
+    """The probed inputs and the units: from ``plan.json`` when the archive exists (after checking
+    that this run describes the same archive), else by reading every input's header, recorded."""
+    settings = planning.settings(config, files, fingerprint)
+    uri = layout.plan_uri(root)
+    if storage.exists(uri):
+        old = storage.read_json(uri)
+        planning.check(old, settings, root)
+        probed = planning.from_json(old, files)
+    else:
+        probed = planning.probe_all(files, config.coding.max_pixels)
+        storage.write_json(uri, planning.to_json(settings, probed))
+    return probed, planning.planned_units(settings, probed)
+
+
+def run_compress(config: CompressConfig, encoder: Callable[[Unit], UnitResult] | None = None) -> CompressReport:
+    """Archive every image under ``config.input`` into ``config.output``, resuming a previous run.
+
+    ``encoder`` replaces :class:`UnitEncoder` (tests inject faults this way).
+
+    Raises:
+        ValueError: no inputs, or the output is an archive made with other settings.
+    """
+    root = storage.normalize(config.output)
+    files = storage.list_files(config.input, config.extensions)
+    if not files:
+        raise ValueError(f"no input images under {storage.redact(config.input)} (looked for {', '.join(config.extensions)})")
+    fingerprint = _fingerprint(config)
+    probed, units = _plan(config, root, files, fingerprint)
+    storage.remove_stale_temporaries(layout.units_uri(root))
+    done = layout.committed(root, units)
+    run = _Run(probed, units, done, skipped=len(done))
+    pending = [u for u in units if u.index not in done]
+    threads = max(1, int(config.ray.cpus_per_worker))
+    encoder = encoder or UnitEncoder(root, config.model, config.coding, fingerprint, threads, config.ray.gpus_per_worker)
+    progress = Progress("compress", sum(u.tiles for u in units), sum(r.tiles for r in done.values()), config.progress, unit="tile")
+
+    def finished(result: UnitResult) -> None:
+        run.done[result.index] = result
+        run.written.append(result)
+        unit = units[result.index]
+        progress.update(result.tiles, unit.tiles - result.tiles)
+
+    def crashed(unit: Unit, reason: str) -> None:
+        run.unfinished.append((unit.index, reason))
+        progress.update(0, unit.tiles)
+
+    start = time.perf_counter()
+    if pending:
+        with ray_session(config.ray) as ray:
+            run_tasks(ray, config.ray, encoder, pending, finished, crashed)
+    run.seconds = time.perf_counter() - start
+    run.unfinished.sort()
+    progress.close()
+    return _finish(config, root, run)
+
+
+def _finish(config: CompressConfig, root: str, run: _Run) -> CompressReport:
+    """Write the manifest and the summary from every committed marker; build the report."""
+    archived, failures = run.outcomes(config.coding.tile)
+    manifest = {
+        "format": "oml-archive-manifest/2",
+        "images": len(run.probed),
+        "archived": len(archived),
+        "failed": [{"unit": unit, **f._asdict()} for unit, f in failures],
+        "unfinished_units": [
+            {"unit": i, "reason": reason, "sources": sorted({p.image.source for p in run.units[i].pieces})} for i, reason in run.unfinished
+        ],
+    }
+    manifest_uri, summary_uri = storage.join(root, "manifest.json"), storage.join(root, "summary.json")
+    storage.write_json(manifest_uri, manifest)
+    summary = _summary(config, root, run, archived, len(failures))
+    storage.write_json(summary_uri, summary)
+    return CompressReport(
+        images=len(run.probed),
+        archived=len(archived),
+        failed=len(failures),
+        units=len(run.units),
+        units_skipped=run.skipped,
+        units_written=len(run.written),
+        units_failed=tuple(run.unfinished),
+        summary_uri=summary_uri,
+        manifest_uri=manifest_uri,
+        summary=summary,
+    )
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _rate(count: int, seconds: float) -> float | None:
+    return count / seconds if count and seconds > 0 else None
+
+
+def _summary(config: CompressConfig, root: str, run: _Run, archived: list[ImageTotals], failed: int) -> dict[str, Any]:
+    run_tiles = sum(r.tiles for r in run.written)
+    before = [psnr_of(t.sse_before, t.pixels) for t in archived]
+    after = [psnr_of(t.sse_after, t.pixels) for t in archived]
+    return {
+        "format": "oml-archive-summary/2",
+        "input": storage.redact(storage.normalize(config.input)),
+        "output": storage.redact(root),
+        "model": config.model.name,
+        "quality": config.coding.quality,
+        **({"lmbda": config.coding.lmbda} if config.coding.lmbda is not None else {}),
+        **({"target": list(config.coding.target)} if config.coding.target is not None else {}),
+        "steps": config.coding.steps,
+        "metrics": list(config.coding.metrics),
+        "images": len(run.probed),
+        "archived": len(archived),
+        "failed": failed,
+        "tiles": sum(r.tiles for r in run.results),
+        "coded_bytes": sum(t.coded_bytes for t in archived),
+        "mean_bpp": _mean([8.0 * t.coded_bytes / t.pixels for t in archived]),
+        "mean_psnr_before": _mean(before),
+        "mean_psnr_after": _mean(after),
+        "mean_delta_psnr": _mean([a - b for a, b in zip(after, before)]),
+        "units": {
+            "total": len(run.units),
+            "tiles_per_unit": planning.unit_size(sum(u.tiles for u in run.units), config.unit_tiles, config.min_units),
+            "committed": len(run.done),
+            "skipped": run.skipped,
+            "written": len(run.written),
+            "failed": len(run.unfinished),
+        },
+        "last_run": {
+            "seconds": round(run.seconds, 3),
+            "tiles": run_tiles,
+            "tiles_per_second": _rate(run_tiles, run.seconds),
+            "worker_seconds": {k: round(sum(r.seconds.get(k, 0.0) for r in run.written), 3) for k in ("read", "decode", "code", "write")},
+            "num_workers": config.ray.num_workers,
+        },
+    }

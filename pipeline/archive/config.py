@@ -1,0 +1,147 @@
+"""Frozen settings of an archive job: which model, how each image is coded, where Ray runs, what to archive or restore."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from oml import ratecontrol, tiling
+from oml.adapt import AdaptConfig
+from oml.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
+from oml.models.zoo import DEFAULT_MODEL
+
+UNIT_TILES = 64
+MIN_UNITS = 32
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model codes the images.
+
+    ``weights`` is a local oml weights file (on every node); ``pretrained=False``
+    with no weights builds random weights seeded by ``seed`` (tests), the same
+    on every worker.
+    """
+
+    name: str = DEFAULT_MODEL
+    weights: str | None = None
+    pretrained: bool = True
+    seed: int = 0
+    download: bool = True
+
+
+@dataclass(frozen=True)
+class CodingConfig:
+    """How each image is coded: quality, online-adaptation ``steps`` per tile and ``metrics``, tile size.
+
+    ``lmbda`` codes every image at that λ instead of the quality's; ``target`` (``("psnr", dB)`` or
+    ``("bpp", bits)``) searches λ per image (:mod:`oml.ratecontrol`). ``quality`` still picks the
+    model's quality group (and is the coded quality when neither is given).
+    """
+
+    quality: int = 3
+    steps: int = 0
+    metrics: tuple[str, ...] = ("psnr",)
+    tile: int = tiling.TILE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    lmbda: float | None = None
+    target: tuple[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        AdaptConfig(steps=self.steps, metrics=self.metrics)  # same checks, same messages
+        tiling.check_tile_size(self.tile)
+        if self.max_pixels <= 0:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.lmbda is not None and self.target is not None:
+            raise ValueError("give a λ or a target, not both")
+        if self.lmbda is not None and not (math.isfinite(self.lmbda) and self.lmbda > 0):
+            raise ValueError(f"λ must be a positive number, got {self.lmbda}")
+        if self.target is not None:
+            ratecontrol.Target(*self.target)  # same checks, same messages
+
+    @property
+    def adapt(self) -> AdaptConfig:
+        return AdaptConfig(steps=self.steps, metrics=self.metrics)
+
+    @property
+    def whole_images(self) -> bool:
+        """Whether an image must be coded by one unit: a per-image λ search needs all its tiles."""
+        return self.target is not None
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide the job runs.
+
+    ``address``: a Ray cluster (``None``: ``RAY_ADDRESS`` if set, else a new
+    local Ray with ``num_cpus`` CPUs). ``num_workers``: units in flight at once
+    (``None``: as many as the cluster's resources allow).
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.max_retries < 0:
+            raise ValueError("cpus_per_worker must be > 0; gpus_per_worker and max_retries >= 0")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Archive every image under ``input`` into ``output``.
+
+    ``unit_tiles``: tiles per unit of work, at most; a collection of fewer than ``min_units`` ×
+    ``unit_tiles`` tiles is cut into ``min_units`` smaller units instead, so a few images still keep
+    that many workers busy (:func:`pipeline.archive.plan.make_units`).
+    """
+
+    input: str
+    output: str
+    model: ModelConfig = ModelConfig()
+    coding: CodingConfig = CodingConfig()
+    ray: RayConfig = RayConfig()
+    extensions: tuple[str, ...] = IMAGE_SUFFIXES
+    unit_tiles: int = UNIT_TILES
+    min_units: int = MIN_UNITS
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.unit_tiles < 1 or self.min_units < 1:
+            raise ValueError(f"unit_tiles and min_units must be at least 1, got {self.unit_tiles} and {self.min_units}")
+
+
+@dataclass(frozen=True)
+class DecompressConfig:
+    """Restore images of the archive at ``input`` as PNG files under ``output``.
+
+    ``select``: source URIs, relative paths or glob patterns of either (empty:
+    every image). ``metric``: which stored λ* set to decode with (default: the
+    first). ``model``: ``None`` uses the one recorded in the archive's plan.
+    ``sources``: a folder the user names that holds the original files at the
+    rows' paths; ``verify`` then also checks PSNR against them. Nothing a row
+    names is ever fetched. ``region`` (left, top, width, height in pixels):
+    restore only that window of the one selected image, decoding only the tiles
+    it overlaps.
+    """
+
+    input: str
+    output: str
+    select: tuple[str, ...] = ()
+    verify: bool = False
+    metric: str | None = None
+    psnr_tolerance: float = 0.01
+    sources: str | None = None
+    model: ModelConfig | None = None
+    ray: RayConfig = RayConfig()
+    progress: bool = True
+    region: tiling.Region | None = None
+
+    def __post_init__(self) -> None:
+        if self.region is not None and self.verify:
+            raise ValueError("--verify checks whole images; leave out --region to verify")

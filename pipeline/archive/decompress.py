@@ -1,0 +1,180 @@
+"""The decompression driver: find each selected image's rows across the committed units, restore them on Ray."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from oml import tiling
+from pipeline import schema, storage
+from pipeline.archive import layout, plan as planning
+from pipeline.archive.config import DecompressConfig, ModelConfig
+from pipeline.archive.decoder import DecodedImage, DecodeJob, ImageDecoder, TileSource
+from pipeline.archive.progress import Progress
+from pipeline.archive.runner import ray_session, run_tasks
+from pipeline.walk import output_names
+
+
+@dataclass(frozen=True)
+class DecompressReport:
+    selected: int
+    restored: int
+    failed: int
+    mismatched: int
+    summary_uri: str
+    results: tuple[DecodedImage, ...] = field(repr=False)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.failed == 0 and self.mismatched == 0 else 1
+
+
+def _matches(row_source: str, row_path: str, patterns: Sequence[str]) -> bool:
+    return any(
+        fnmatch.fnmatchcase(row_path, p) or fnmatch.fnmatchcase(row_source, p) or row_source == p or row_path == p
+        for p in patterns
+    )
+
+
+def png_names(paths: Sequence[str]) -> dict[str, str]:
+    """Relative output name per relative source path, all distinct (:func:`pipeline.walk.output_names`)."""
+    return output_names(paths, ".png")
+
+
+@dataclass
+class Catalogue:
+    """What the committed units hold: image rows by path, where each image's tiles are, and the
+    images that a uncommitted or damaged unit leaves incomplete (with why)."""
+
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tiles: dict[str, list[TileSource]] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+
+
+def catalogue(root: str, plan: dict[str, Any]) -> Catalogue:
+    """Read every unit's marker and images file (small; the tiles files are read by the decoders,
+    which check their hashes), against the units the plan expects."""
+    found = Catalogue()
+    for unit in planning.planned_units(plan, planning.from_json(plan)):
+        check = layout.read_marker(root, unit.index, tiles=False)
+        try:
+            table = schema.read_parquet(check.images).to_pylist() if check.result else []
+        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+            check = check._replace(result=None, why=f"unit {unit.index}: its images Parquet file cannot be read ({type(exc).__name__}: {exc})")
+        if check.result is None:
+            for piece in unit.pieces:
+                found.broken.setdefault(piece.image.path, check.why)
+            continue
+        for row in table:
+            found.rows.setdefault(row["path"], row)
+        uri = layout.unit_uri(root, unit.index, "tiles")
+        r = check.result
+        for p in r.pieces:
+            found.tiles.setdefault(p.path, []).append(TileSource(r.index, uri, r.tiles_bytes, r.tiles_sha256, p.first, p.count))
+    return found
+
+
+def _decode_jobs(found: Catalogue, config: DecompressConfig, output: str) -> tuple[list[DecodeJob], list[DecodedImage]]:
+    """One job per selected image, with its output URI; and what is refused before decoding: an
+    image a unit left incomplete (named, so nothing goes unreported), a path that would leave the
+    output folder, an output that is the row's source."""
+    select = config.select
+    refused = [
+        DecodedImage("", path, "", "failed", f"not restored: {why}; re-run compress to repair it", {})
+        for path, why in found.broken.items()
+        if not select or _matches("", path, select)
+    ]
+    chosen = []
+    for path, row in found.rows.items():
+        if path in found.broken or (select and not _matches(row["source"], path, select)):
+            continue
+        try:
+            storage.safe_relative(path)
+        except ValueError as exc:
+            refused.append(DecodedImage(row["source"], path, "", "failed", f"not restored: {exc} (damaged or forged archive row)", {}))
+            continue
+        chosen.append(row)
+    names = png_names([r["path"] for r in chosen])
+    jobs = []
+    for row in chosen:
+        target = storage.join(output, names[row["path"]])
+        if target == row["source"]:
+            refused.append(DecodedImage(row["source"], row["path"], target, "failed", "not restored: the output would overwrite its source", {}))
+            continue
+        jobs.append(DecodeJob(row, tuple(found.tiles.get(row["path"], ())), target, config.region))
+    return jobs, refused
+
+
+def _check_region(config: DecompressConfig, jobs: list[DecodeJob], refused: list[DecodedImage]) -> None:
+    if config.region is None:
+        return
+    if len(jobs) + len(refused) != 1:
+        raise ValueError(f"--region restores a window of one image; the selection matches {len(jobs) + len(refused)}: name one with --select")
+    for job in jobs:
+        tiling.check_region(config.region, job.image["height"], job.image["width"])
+
+
+def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], DecodedImage] | None = None) -> DecompressReport:
+    """Restore the archive's images (all, or those ``config.select`` names) as PNG files.
+
+    Raises:
+        ValueError: ``config.input`` is not an archive (or one of an older format), the selection
+            matches nothing, or ``config.region`` is not one window inside one image.
+    """
+    root = storage.normalize(config.input)
+    if not storage.exists(layout.plan_uri(root)):
+        raise ValueError(f"{storage.redact(root)} is not an oml archive (no plan.json)")
+    plan = storage.read_json(layout.plan_uri(root))
+    if plan.get("format") != planning.PLAN_FORMAT:
+        raise ValueError(planning.older_archive(root, plan))
+    model = config.model or ModelConfig(**plan["model"])
+    output = storage.normalize(config.output)
+    if output == plan.get("input"):
+        raise ValueError(f"{storage.redact(output)} is the archive's input folder: restored images would replace the originals; choose another output")
+    jobs, refused = _decode_jobs(catalogue(root, plan), config, output)
+    if not jobs and not refused:
+        raise ValueError("no archived image matches the selection" if config.select else "the archive has no images yet")
+    _check_region(config, jobs, refused)
+    sources = storage.normalize(config.sources) if config.sources else None
+    decoder = decoder or ImageDecoder(model, config.verify, config.metric, config.psnr_tolerance, max(1, int(config.ray.cpus_per_worker)), sources)
+    total = len(jobs) + len(refused)
+    progress = Progress("decompress", total, 0, config.progress)
+    results: list[DecodedImage] = list(refused)
+    progress.update(0, len(refused))
+
+    def finished(r: DecodedImage) -> None:
+        results.append(r)
+        progress.update(r.status == "ok", r.status != "ok")
+
+    def crashed(job: DecodeJob, reason: str) -> None:
+        results.append(DecodedImage(job.image["source"], job.image["path"], job.output, "failed", reason, {}))
+        progress.update(0, 1)
+
+    start = time.perf_counter()
+    if jobs:
+        with ray_session(config.ray) as ray:
+            run_tasks(ray, config.ray, decoder, jobs, finished, crashed)
+    elapsed = time.perf_counter() - start
+    progress.close()
+    results.sort(key=lambda r: r.path)
+    counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "mismatch")}
+    summary_uri = storage.join(output, "decompress-summary.json")
+    storage.write_json(
+        summary_uri,
+        {
+            "format": "oml-decompress-summary/1",
+            "archive": storage.redact(root),
+            "selected": total,
+            "restored": counts["ok"],
+            "failed": counts["failed"],
+            "mismatched": counts["mismatch"],
+            "verify": config.verify,
+            **({"region": list(config.region)} if config.region else {}),
+            "seconds": round(elapsed, 3),
+            "problems": [r._asdict() for r in results if r.status != "ok"],
+        },
+    )
+    return DecompressReport(total, counts["ok"], counts["failed"], counts["mismatch"], summary_uri, tuple(results))

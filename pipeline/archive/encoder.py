@@ -1,0 +1,191 @@
+"""The worker side of compression: one unit of tiles → its two Parquet files and its done marker.
+
+The model is built once per worker process (:func:`get_model`) and reused by its next units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from oml import codec, ratecontrol, tiling
+from oml.imageio import ImageDecodeError, decode_image
+from oml.models.variable_rate import VariableRateModel
+from oml.models.zoo import load_model, quality_group
+from pipeline import schema, storage
+from pipeline.archive.config import CodingConfig, ModelConfig
+from pipeline.archive.layout import PieceResult, UnitResult, unit_uri
+from pipeline.archive.plan import PERMANENT_READ_ERRORS, Failure, Piece, PlannedImage, Unit
+
+_MODEL_CACHE: dict[tuple, VariableRateModel] = {}
+
+
+def get_model(cfg: ModelConfig, quality: int, device: str = "cpu") -> VariableRateModel:
+    """The model for ``quality``'s group, built once per process (one entry kept, so memory stays bounded)."""
+    key = (cfg, quality_group(cfg.name, quality), device)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        if not cfg.pretrained and cfg.weights is None:
+            torch.manual_seed(cfg.seed)  # random weights: identical on every worker
+        model = load_model(cfg.name, quality, weights=cfg.weights, pretrained=cfg.pretrained, download=cfg.download)
+        _MODEL_CACHE[key] = model.to(device)
+    return _MODEL_CACHE[key]
+
+
+def device_for(gpus: float) -> str:
+    """A worker given a GPU by Ray runs the transforms there (entropy coding stays on the CPU)."""
+    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+class CodedTile(NamedTuple):
+    """One coded tile of an image: its number (row-major), position, stats, record and reconstruction."""
+
+    number: int
+    tile: tiling.Tile
+    stats: codec.TileStats
+    record: codec.TileRecord
+    reconstruction: Tensor
+
+
+def encode_rect(model: VariableRateModel, image: Tensor, coding: CodingConfig, rect: tiling.Tile) -> tuple[codec.Header, list[CodedTile]]:
+    """Code the tiles of ``image`` ``(3, H, W)`` inside ``rect`` (on the tile grid,
+    :func:`oml.tiling.tile_range_rects`): the whole image's header and the coded tiles.
+
+    One :func:`oml.codec.encode` call on the crop, so tiles are batched on a GPU as the codec
+    chooses, and each tile is coded exactly as in a whole-image encode (tiles are independent).
+    """
+    crop = image[:, rect.top : rect.top + rect.height, rect.left : rect.left + rect.width]
+    if coding.target is not None:
+        enc = ratecontrol.encode_to_target(model, crop, ratecontrol.Target(*coding.target), coding.adapt, coding.tile).encoded
+    elif coding.lmbda is not None:
+        enc = codec.encode(model, crop, lmbda=coding.lmbda, adapt_config=coding.adapt, tile_size=coding.tile)
+    else:
+        enc = codec.encode(model, crop, quality=coding.quality, adapt_config=coding.adapt, tile_size=coding.tile)
+    header, records = codec.read(enc.data)
+    height, width = image.shape[1:]
+    cols = tiling.grid_shape(height, width, coding.tile)[1]
+    coded = []
+    for stats, record, pixels in zip(enc.tiles, records, tiling.split(enc.reconstruction, [s.tile for s in enc.tiles])):
+        t = stats.tile._replace(top=stats.tile.top + rect.top, left=stats.tile.left + rect.left)
+        coded.append(CodedTile(t.top // coding.tile * cols + t.left // coding.tile, t, stats, record, pixels))
+    whole = dataclasses.replace(header, height=height, width=width, num_tiles=len(tiling.tile_grid(height, width, coding.tile)))
+    return whole, coded
+
+
+@dataclass(frozen=True)
+class UnitEncoder:
+    """Picklable callable run by a Ray task: one unit → its tiles and images Parquet files, then its marker.
+
+    ``fingerprint`` (hex) is the driver's model fingerprint: a worker whose weights differ
+    refuses to code rather than mix models in one archive.
+    """
+
+    output: str
+    model: ModelConfig
+    coding: CodingConfig
+    fingerprint: str
+    threads: int = 1
+    gpus: float = 0.0
+
+    def __call__(self, unit: Unit) -> UnitResult:
+        torch.set_num_threads(self.threads)
+        model = get_model(self.model, self.coding.quality, device_for(self.gpus))
+        if model.fingerprint(self.coding.quality).hex() != self.fingerprint:
+            raise RuntimeError(
+                f"this worker's {self.model.name} weights (fingerprint {model.fingerprint(self.coding.quality).hex()}) "
+                f"differ from the archive's ({self.fingerprint}); install the same weights on every node"
+            )
+        seconds = {"read": 0.0, "decode": 0.0, "code": 0.0, "write": 0.0}
+        tiles, images, pieces, failures = [], [], [], []
+        for piece in unit.pieces:
+            try:
+                piece_tiles, image_row, result = self._piece(model, piece, _Clock(seconds))
+            except _Failed as exc:
+                failures.append(Failure(piece.image.source, piece.image.path, str(exc)))
+                continue
+            tiles += piece_tiles
+            images += [image_row] if image_row else []
+            pieces.append(result)
+        with _Clock(seconds)("write"):
+            tiles_file, images_file = schema.to_parquet(tiles, schema.TILE_SCHEMA), schema.to_parquet(images, schema.IMAGE_SCHEMA)
+            storage.write_bytes(unit_uri(self.output, unit.index, "tiles"), tiles_file)
+            storage.write_bytes(unit_uri(self.output, unit.index, "images"), images_file)
+        result = UnitResult(
+            index=unit.index,
+            pieces=tuple(pieces),
+            failures=tuple(failures),
+            seconds={k: round(v, 4) for k, v in seconds.items()},
+            tiles_bytes=len(tiles_file),
+            tiles_sha256=schema.sha256(tiles_file),
+            images_bytes=len(images_file),
+            images_sha256=schema.sha256(images_file),
+        )
+        storage.write_json(unit_uri(self.output, unit.index, "done"), result.to_json())  # the commit, always last
+        return result
+
+    def _piece(self, model: VariableRateModel, piece: Piece, clock: _Clock) -> tuple[list[dict], dict | None, PieceResult]:
+        """One piece → its tile rows, the image row (when it holds tile 0) and its stats; raises
+        :class:`_Failed` with the one-line reason the input cannot be archived."""
+        im = piece.image
+        data, image = self._read(im, clock)
+        header, coded = None, []
+        with clock("code"):
+            try:
+                for rect in tiling.tile_range_rects(im.height, im.width, self.coding.tile, piece.first, piece.count):
+                    header, tiles = encode_rect(model, image, self.coding, rect)
+                    coded += tiles
+            except (ValueError, codec.CodecError) as exc:
+                raise _Failed(f"cannot code: {exc}") from None
+        rows = [schema.tile_row(im.path, c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
+        first = piece.first == 0
+        image_row = schema.image_row(im.source, im.path, len(data), schema.sha256(data), header) if first else None
+        result = PieceResult(
+            im.path,
+            piece.first,
+            piece.count,
+            len(codec.pack_header(header)) if first else 0,
+            sum(c.stats.num_bytes for c in coded),
+            sum(schema.squared_error(c.stats.psnr_before, c.tile.height * c.tile.width) for c in coded),
+            sum(schema.squared_error(c.stats.psnr_after, c.tile.height * c.tile.width) for c in coded),
+        )
+        return rows, image_row, result
+
+    def _read(self, im: PlannedImage, clock: _Clock) -> tuple[bytes, Tensor]:
+        try:
+            with clock("read"):
+                data = storage.read_bytes(im.source)
+            with clock("decode"):
+                image = decode_image(data, max_pixels=self.coding.max_pixels)
+        except PERMANENT_READ_ERRORS as exc:
+            raise _Failed(f"cannot read: {type(exc).__name__}: {exc}") from None
+        except ImageDecodeError as exc:
+            raise _Failed(str(exc)) from None
+        if tuple(image.shape[1:]) != (im.height, im.width):
+            raise _Failed(f"decoded as {image.shape[2]}x{image.shape[1]}, not the {im.width}x{im.height} its header said when planned")
+        return data, image
+
+
+class _Failed(Exception):
+    """An input that cannot be archived; the message is the one-line reason."""
+
+
+class _Clock:
+    """``with clock("stage"):`` adds the block's wall time to ``seconds["stage"]``."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start

@@ -1,0 +1,159 @@
+"""Where things live under an archive's root, and what makes a unit committed.
+
+Unit ``i`` writes ``units/unit-{i:06d}.tiles.parquet`` and ``units/unit-{i:06d}.images.parquet``
+(each atomically), then its done marker ``units/unit-{i:06d}.done.json``, which names both
+files' sizes and SHA-256: a unit is committed when its marker parses and both files are the
+ones it names. Anything else (no marker, a damaged one, a truncated, replaced or missing file) is
+an uncommitted unit, which the next run redoes whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from pipeline import schema, storage
+from pipeline.archive.plan import Failure, Unit
+
+MARKER_FORMAT = "oml-archive-unit/1"
+
+
+def plan_uri(root: str) -> str:
+    return storage.join(root, "plan.json")
+
+
+def units_uri(root: str) -> str:
+    return storage.join(root, "units")
+
+
+def unit_uri(root: str, index: int, kind: str) -> str:
+    """``kind``: ``tiles``, ``images`` (Parquet files) or ``done`` (the marker)."""
+    suffix = "done.json" if kind == "done" else f"{kind}.parquet"
+    return storage.join(root, "units", f"unit-{index:06d}.{suffix}")
+
+
+class PieceResult(NamedTuple):
+    """What a unit coded of one image: tiles ``first … first+count-1``, their records' bytes and
+    squared errors (8-bit scale) at λ* = λ_t and with the first λ* set; ``header_bytes`` is the
+    codec header's size when this piece holds tile 0 (the unit wrote the image row), else 0."""
+
+    path: str
+    first: int
+    count: int
+    header_bytes: int
+    record_bytes: int
+    sse_before: float
+    sse_after: float
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What one unit task did (its done marker): pieces coded, failures, seconds per stage, and
+    the size and SHA-256 of the two Parquet files it committed."""
+
+    index: int
+    pieces: tuple[PieceResult, ...]
+    failures: tuple[Failure, ...]
+    seconds: dict[str, float]
+    tiles_bytes: int = 0
+    tiles_sha256: str = ""
+    images_bytes: int = 0
+    images_sha256: str = ""
+
+    @property
+    def tiles(self) -> int:
+        return sum(p.count for p in self.pieces)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["pieces"] = [list(p) for p in self.pieces]
+        d["failures"] = [f._asdict() for f in self.failures]
+        return {"format": MARKER_FORMAT, **d}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> UnitResult:
+        """Raises ValueError for anything but a marker of this format (damaged, forged, older)."""
+        try:
+            if d.get("format") != MARKER_FORMAT:
+                raise ValueError(f"marker format {d.get('format')!r}, expected {MARKER_FORMAT}")
+            kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls)}
+            kwargs["pieces"] = tuple(PieceResult(*p) for p in kwargs["pieces"])
+            kwargs["failures"] = tuple(Failure(**f) for f in kwargs["failures"])
+            return cls(**kwargs)
+        except (AttributeError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a unit marker ({type(exc).__name__}: {exc})") from None
+
+    def names(self, kind: str, data: bytes | None) -> bool:
+        """Whether ``data`` is the ``kind`` file (``tiles``, ``images``) this marker committed."""
+        size, digest = (self.tiles_bytes, self.tiles_sha256) if kind == "tiles" else (self.images_bytes, self.images_sha256)
+        return data is not None and len(data) == size and schema.sha256(data) == digest
+
+    def covers(self, unit: Unit) -> bool:
+        """Whether the marker accounts for every piece of ``unit`` (coded or failed)."""
+        done = {(p.path, p.first, p.count) for p in self.pieces} | {f.path for f in self.failures}
+        return all((p.image.path, p.first, p.count) in done or p.image.path in done for p in unit.pieces)
+
+
+class MarkerCheck(NamedTuple):
+    """A done marker read with its images file: both when the unit is committed, else ``None`` and why not."""
+
+    result: UnitResult | None
+    images: bytes | None
+    why: str
+
+
+def _read(uri: str) -> bytes | None:
+    try:
+        return storage.read_bytes(uri)
+    except OSError:
+        return None
+
+
+def read_marker(root: str, index: int, tiles: bool = True) -> MarkerCheck:
+    """Unit ``index``'s marker, checked against its images file and its tiles file (the whole file
+    with ``tiles``, else only its size: the decoders check the hash when they read it)."""
+    uri = unit_uri(root, index, "done")
+    try:
+        result = UnitResult.from_json(storage.read_json(uri))
+        if result.index != index:
+            raise ValueError(f"it is unit {result.index}'s")
+    except FileNotFoundError:
+        return MarkerCheck(None, None, f"unit {index} not committed (compression unfinished or its marker lost)")
+    except (OSError, ValueError) as exc:
+        return MarkerCheck(None, None, f"damaged marker {posixpath.basename(uri)}: {exc}")
+    images = _read(unit_uri(root, index, "images"))
+    if not result.names("images", images):
+        return MarkerCheck(None, None, f"unit {index}: its images Parquet file is {_what(images, result.images_bytes)}")
+    if tiles:
+        data = _read(unit_uri(root, index, "tiles"))
+        ok = result.names("tiles", data)
+    else:
+        try:
+            data, ok = None, storage.size(unit_uri(root, index, "tiles")) == result.tiles_bytes
+        except OSError:
+            data, ok = None, False
+    if not ok:
+        what = _what(data, result.tiles_bytes) if tiles else "missing or not the size committed"
+        return MarkerCheck(None, None, f"unit {index}: its tiles Parquet file is {what}")
+    return MarkerCheck(result, images, "")
+
+
+def _what(data: bytes | None, committed: int) -> str:
+    return "missing" if data is None else f"{len(data)} bytes, not the {committed} committed, or another hash"
+
+
+def committed(root: str, units: Sequence[Unit]) -> dict[int, UnitResult]:
+    """Units whose marker is intact, accounts for the unit's pieces, and names the very files
+    beside it; any other unit is redone, which repairs it."""
+    present = {posixpath.basename(u) for u in storage.glob(storage.join(units_uri(root), "unit-*.done.json"))}
+    found = {}
+    for unit in units:
+        if posixpath.basename(unit_uri(root, unit.index, "done")) not in present:
+            continue
+        result = read_marker(root, unit.index).result
+        if result is not None and result.covers(unit):
+            found[unit.index] = result
+    return found

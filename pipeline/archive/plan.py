@@ -1,0 +1,194 @@
+"""The plan of an archive: every input's size from its header, cut into units of roughly equal tile counts.
+
+The sorted listing is read header by header (no pixels decoded), each image's tiles are
+laid end to end in row-major order, image after image, and the sequence is cut every
+``unit`` tiles: a huge image spreads over many units (so over every worker), small
+images are grouped, and unit ``i`` always holds the same tiles. ``plan.json`` records the
+settings, the listing's checksum and each image's size; a re-run reuses the recorded
+sizes, so the units never change under an archive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+from oml import tiling
+from oml.imageio import ImageDecodeError, check_pixels, image_size
+from pipeline import storage
+from pipeline.archive.config import CodingConfig, CompressConfig
+
+PLAN_FORMAT = "oml-archive-plan/2"
+
+# Reading a source can fail for good (the file is gone or unreadable: recorded
+# as a failed input) or for a while (network, throttling: the job fails and is re-run).
+PERMANENT_READ_ERRORS = (FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+class Failure(NamedTuple):
+    """An input that could not be archived, and why (one line)."""
+
+    source: str
+    path: str
+    reason: str
+
+
+class PlannedImage(NamedTuple):
+    """An input that will be coded: its URI, relative path and size (after EXIF orientation)."""
+
+    source: str
+    path: str
+    width: int
+    height: int
+
+
+class Piece(NamedTuple):
+    """Tiles ``first … first+count-1`` (row-major) of one image, coded by one unit."""
+
+    image: PlannedImage
+    first: int
+    count: int
+
+
+class Unit(NamedTuple):
+    """Unit ``index``: the pieces of the images it codes, in listing order."""
+
+    index: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def tiles(self) -> int:
+        return sum(p.count for p in self.pieces)
+
+
+def num_tiles(image: PlannedImage, tile: int) -> int:
+    rows, cols = tiling.grid_shape(image.height, image.width, tile)
+    return rows * cols
+
+
+def unit_size(total_tiles: int, unit_tiles: int, min_units: int) -> int:
+    """Tiles per unit: ``unit_tiles``, or fewer so that a small collection still makes
+    ``min_units`` units for the workers to share."""
+    return max(1, min(unit_tiles, -(-total_tiles // min_units)))
+
+
+def make_units(images: Sequence[PlannedImage], tile: int, unit_tiles: int, min_units: int = 1, whole_images: bool = False) -> list[Unit]:
+    """Cut the images' tiles, laid end to end, every :func:`unit_size` tiles; with
+    ``whole_images`` cut only between images (a unit then holds at least that many tiles)."""
+    size = unit_size(sum(num_tiles(im, tile) for im in images), unit_tiles, min_units)
+    units: list[Unit] = []
+    pieces: list[Piece] = []
+    filled = 0
+    for image in images:
+        n, first = num_tiles(image, tile), 0
+        while first < n:
+            take = n - first if whole_images else min(n - first, size - filled)
+            pieces.append(Piece(image, first, take))
+            filled, first = filled + take, first + take
+            if filled >= size:
+                units.append(Unit(len(units), tuple(pieces)))
+                pieces, filled = [], 0
+    if pieces:
+        units.append(Unit(len(units), tuple(pieces)))
+    return units
+
+
+def probe(f: storage.SourceFile, max_pixels: int) -> PlannedImage | Failure:
+    """One input's size from its header (a few KiB read), or why it cannot be archived."""
+    try:
+        if f.size == 0:
+            raise ImageDecodeError("empty file")
+        with storage.open_file(f.uri) as stream:
+            width, height = image_size(stream)
+        check_pixels(width, height, max_pixels)
+    except PERMANENT_READ_ERRORS as exc:
+        return Failure(f.uri, f.relative_path, f"cannot read: {type(exc).__name__}: {exc}")
+    except ImageDecodeError as exc:
+        return Failure(f.uri, f.relative_path, str(exc))
+    return PlannedImage(f.uri, f.relative_path, width, height)
+
+
+def probe_all(files: Sequence[storage.SourceFile], max_pixels: int) -> list[PlannedImage | Failure]:
+    """:func:`probe` on every file, several at once (remote headers are round trips)."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda f: probe(f, max_pixels), files))
+
+
+def listing_sha256(files: Sequence[storage.SourceFile]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_path}\0{f.size}\n".encode())
+    return digest.hexdigest()
+
+
+def settings(cfg: CompressConfig, files: Sequence[storage.SourceFile], fingerprint: str) -> dict[str, Any]:
+    """What a re-run must share with the run that started the archive."""
+    return {
+        "format": PLAN_FORMAT,
+        "input": storage.redact(storage.normalize(cfg.input)),
+        "model": dataclasses.asdict(cfg.model),
+        # options left unset are left out, so archives started before they existed still resume
+        "coding": {k: v for k, v in dataclasses.asdict(cfg.coding).items() if v is not None},
+        "fingerprint": fingerprint,
+        "extensions": sorted(e.lower() for e in cfg.extensions),
+        "unit_tiles": cfg.unit_tiles,
+        "min_units": cfg.min_units,
+        "files": len(files),
+        "listing_sha256": listing_sha256(files),
+    }
+
+
+def to_json(plan: dict[str, Any], probed: Sequence[PlannedImage | Failure]) -> dict[str, Any]:
+    """``plan`` with each input's probed size (``[path, width, height]``) or failure (``[path, reason]``)."""
+    return {**plan, "inputs": [[p.path, p.width, p.height] if isinstance(p, PlannedImage) else [p.path, p.reason] for p in probed]}
+
+
+def from_json(plan: dict[str, Any], files: Sequence[storage.SourceFile] | None = None) -> list[PlannedImage | Failure]:
+    """The probed inputs a plan records, with the URIs of this run's listing ``files`` (the same
+    paths; without a listing, as when restoring, the URIs are left empty)."""
+    entries = plan["inputs"]
+    if files is not None and [f.relative_path for f in files] != [e[0] for e in entries]:
+        raise ValueError("plan.json does not match the input listing; write to a new output")
+    uris = [f.uri for f in files] if files is not None else [""] * len(entries)
+    return [
+        PlannedImage(uri, e[0], int(e[1]), int(e[2])) if len(e) == 3 else Failure(uri, e[0], str(e[1]))
+        for uri, e in zip(uris, entries)
+    ]
+
+
+def check(old: dict[str, Any], new: dict[str, Any], root: str) -> None:
+    """A re-run must describe the same archive; otherwise say what differs."""
+    if old.get("format") != PLAN_FORMAT:
+        raise ValueError(older_archive(root, old))
+    old = {**old, "coding": {**_coding_defaults(), **old.get("coding", {})}}  # fields added since keep their default
+    changed = [k for k in new if k != "input" and json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(new[k]))]
+    if not changed:
+        return
+    detail = ", ".join(changed)
+    if "listing_sha256" in changed:
+        detail += f" (the input listing now has {new['files']} files; {old.get('files')} when the archive was started)"
+    raise ValueError(
+        f"{storage.redact(root)} is an archive started with other settings: {detail} differ. "
+        "Re-run with the original settings to resume it, or write to a new output."
+    )
+
+
+def _coding_defaults() -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(CodingConfig()).items() if v is not None}
+
+
+def older_archive(root: str, plan: dict[str, Any]) -> str:
+    return (
+        f"{storage.redact(root)} was written by an older oml (plan format {plan.get('format')!r}: one row per image "
+        f"in shards/); restore it with that version (git tag or commit before tile units), or archive the images again"
+    )
+
+
+def planned_units(plan: dict[str, Any], probed: Sequence[PlannedImage | Failure]) -> list[Unit]:
+    coding = plan["coding"]
+    images = [p for p in probed if isinstance(p, PlannedImage)]
+    return make_units(images, int(coding["tile"]), int(plan["unit_tiles"]), int(plan["min_units"]), whole_images=coding.get("target") is not None)
