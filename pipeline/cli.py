@@ -157,13 +157,13 @@ def _first_quality(name: str) -> int:
 def cmd_decompress(args: argparse.Namespace) -> int:
     from oml import codec, tiling
     from oml.imageio import encode_png
-    from oml.models.zoo import load_model
+    from oml.models.zoo import load_decoder
 
     files = _expand(args.inputs, (CODED_SUFFIX,))
     if args.region is not None and len(files) != 1:
         raise UserError(f"--region restores a window of one image; {len(files)} .oml files were given")
     outs = _outputs(files, args.inputs, args.output, ".png")
-    models: dict[tuple[str, int], object] = {}
+    models: dict[tuple[str, int, bytes, int], object] = {}
 
     def work(src: Path, dst: Path) -> str:
         data = src.read_bytes()
@@ -171,9 +171,9 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         quality = header.quality or _first_quality(header.model)
         if header.model not in MODEL_IDS:
             raise codec.CodecError(f"coded with model {header.model!r}, which this build does not know")
-        key = (header.model, quality if header.quality else 0)
-        if key not in models:
-            models[key] = load_model(header.model, quality, weights=args.weights, download=False)  # the file names it
+        key = (header.model, quality if header.quality else 0, header.fingerprint, header.version)
+        if key not in models:  # the file names its model and weights version; never downloads
+            models[key] = load_decoder(header.model, quality, header.fingerprint, header.version, weights=args.weights)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", codec.PortabilityWarning)
             if args.region is None:

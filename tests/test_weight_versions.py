@@ -68,3 +68,26 @@ def test_packaged_versions_are_listed_newest_first(tmp_path, monkeypatch):
         (tmp_path / name).write_bytes(b"")
     monkeypatch.setattr(zoo, "_weights_folder", lambda: tmp_path)
     assert [p.name for p in zoo.packaged_weights("oml-default")] == ["oml-default.pt", "oml-default-v10.pt", "oml-default-v2.pt", "oml-default-v1.pt"]
+
+
+def test_oml_decompress_picks_the_packaged_version_a_file_names(versions, tmp_path, monkeypatch):
+    """Files coded with the current and with an earlier shipped version restore through the CLI,
+    with no --weights; a file of weights that were never shipped is a one-line error."""
+    from oml.imageio import decode_image
+    from pipeline import cli
+
+    old, new = versions
+    image = natural_image(64, 96)
+    monkeypatch.setattr(zoo, "_weights_folder", lambda: old.parent)
+    stray = tmp_path / "stray.pt"
+    zoo.save_weights(_random(7), stray)
+    for path in (old, new, stray):
+        enc = codec.encode(zoo.load_model("oml-default", 3, weights=path), image, quality=3)
+        coded = tmp_path / f"{path.stem}.oml"
+        coded.write_bytes(enc.data)
+        status = cli.main(["decompress", str(coded), "-o", str(tmp_path / f"{path.stem}.png")])
+        if path is stray:
+            assert status == 1 and not (tmp_path / "stray.png").exists()
+        else:
+            assert status == 0
+            assert torch.equal(decode_image((tmp_path / f"{path.stem}.png").read_bytes()), enc.reconstruction)
