@@ -102,7 +102,7 @@ def coding_split(files: list[Path], model_cfg, coding) -> dict[str, float]:
         for path in files:
             image = decode_image(path.read_bytes())
             start = time.perf_counter()
-            _, coded = archive.encode_rect(model, image, coding, tiling.Tile(0, 0, *image.shape[1:]))
+            _, coded = archive.encode_rect(model, image, coding, tiling.Tile(0, 0, *image.shape[1:]), *image.shape[1:])
             coding_total += time.perf_counter() - start
             tiles += len(coded)
     finally:

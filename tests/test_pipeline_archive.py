@@ -161,7 +161,8 @@ def test_tiles_coded_by_pieces_are_the_whole_image_codec_bytes(model):
     header, tile_rows = None, []
     for first, count in [(0, 2), (2, 3), (5, 1)]:
         for rect in tiling.tile_range_rects(200, 300, 128, first, count):
-            header, coded = archive.encode_rect(model, image, CODING, rect)
+            pixels = image[:, rect.top : rect.top + rect.height, rect.left : rect.left + rect.width]
+            header, coded = archive.encode_rect(model, pixels, CODING, rect, 200, 300)
             tile_rows += [schema.tile_row("p", c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
     row = schema.image_row("src", "p", 3, "raw", header)
     assert schema.coded_bytes(row, tile_rows[::-1]) == expected.data and schema.damage(row, tile_rows) == ""

@@ -6,6 +6,7 @@ The model is built once per worker process (:func:`get_model`) and reused by its
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from oml import codec, ratecontrol, tiling
 from oml.imageio import ImageDecodeError, decode_image
 from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import load_model, quality_group
-from pipeline import schema, storage
+from pipeline import regions, schema, storage
 from pipeline.archive.config import CodingConfig, ModelConfig
 from pipeline.archive.layout import PieceResult, UnitResult, unit_uri
 from pipeline.archive.plan import PERMANENT_READ_ERRORS, Failure, Piece, PlannedImage, Unit
@@ -54,14 +55,14 @@ class CodedTile(NamedTuple):
     reconstruction: Tensor
 
 
-def encode_rect(model: VariableRateModel, image: Tensor, coding: CodingConfig, rect: tiling.Tile) -> tuple[codec.Header, list[CodedTile]]:
-    """Code the tiles of ``image`` ``(3, H, W)`` inside ``rect`` (on the tile grid,
-    :func:`oml.tiling.tile_range_rects`): the whole image's header and the coded tiles.
+def encode_rect(model: VariableRateModel, crop: Tensor, coding: CodingConfig, rect: tiling.Tile, height: int, width: int) -> tuple[codec.Header, list[CodedTile]]:
+    """Code ``crop`` ``(3, rect.height, rect.width)``, the rectangle ``rect`` (on the tile grid,
+    :func:`oml.tiling.tile_range_rects`) of a ``height``×``width`` image: the whole image's header and
+    the coded tiles, numbered and placed in the whole image.
 
     One :func:`oml.codec.encode` call on the crop, so tiles are batched on a GPU as the codec
     chooses, and each tile is coded exactly as in a whole-image encode (tiles are independent).
     """
-    crop = image[:, rect.top : rect.top + rect.height, rect.left : rect.left + rect.width]
     if coding.target is not None:
         enc = ratecontrol.encode_to_target(model, crop, ratecontrol.Target(*coding.target), coding.adapt, coding.tile).encoded
     elif coding.lmbda is not None:
@@ -69,7 +70,6 @@ def encode_rect(model: VariableRateModel, image: Tensor, coding: CodingConfig, r
     else:
         enc = codec.encode(model, crop, quality=coding.quality, adapt_config=coding.adapt, tile_size=coding.tile)
     header, records = codec.read(enc.data)
-    height, width = image.shape[1:]
     cols = tiling.grid_shape(height, width, coding.tile)[1]
     coded = []
     for stats, record, pixels in zip(enc.tiles, records, tiling.split(enc.reconstruction, [s.tile for s in enc.tiles])):
@@ -134,42 +134,71 @@ class UnitEncoder:
         """One piece → its tile rows, the image row (when it holds tile 0) and its stats; raises
         :class:`_Failed` with the one-line reason the input cannot be archived."""
         im = piece.image
-        data, image = self._read(im, clock)
+        rects = tiling.tile_range_rects(im.height, im.width, self.coding.tile, piece.first, piece.count)
+        band, pixels, data = self._read(im, _bounds(rects), clock)
         header, coded = None, []
         with clock("code"):
             try:
-                for rect in tiling.tile_range_rects(im.height, im.width, self.coding.tile, piece.first, piece.count):
-                    header, tiles = encode_rect(model, image, self.coding, rect)
+                for r in rects:
+                    crop = pixels[:, r.top - band.top : r.top - band.top + r.height, r.left - band.left : r.left - band.left + r.width]
+                    header, tiles = encode_rect(model, crop, self.coding, r, im.height, im.width)
                     coded += tiles
             except (ValueError, codec.CodecError) as exc:
                 raise _Failed(f"cannot code: {exc}") from None
         rows = [schema.tile_row(im.path, c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
-        first = piece.first == 0
-        image_row = schema.image_row(im.source, im.path, len(data), schema.sha256(data), header) if first else None
+        image_row = None
+        if piece.first == 0:
+            with clock("read"):
+                size, digest = (len(data), schema.sha256(data)) if data is not None else self._checksum(im.source)
+            image_row = schema.image_row(im.source, im.path, size, digest, header)
         result = PieceResult(
             im.path,
             piece.first,
             piece.count,
-            len(codec.pack_header(header)) if first else 0,
+            len(codec.pack_header(header)) if image_row else 0,
             sum(c.stats.num_bytes for c in coded),
             sum(schema.squared_error(c.stats.psnr_before, c.tile.height * c.tile.width) for c in coded),
             sum(schema.squared_error(c.stats.psnr_after, c.tile.height * c.tile.width) for c in coded),
         )
         return rows, image_row, result
 
-    def _read(self, im: PlannedImage, clock: _Clock) -> tuple[bytes, Tensor]:
+    def _read(self, im: PlannedImage, band: tiling.Tile, clock: _Clock) -> tuple[tiling.Tile, Tensor, bytes | None]:
+        """The pixels of ``band`` (streamed by :mod:`pipeline.regions` where it can, so memory follows the
+        band, not the image), else of the whole image decoded by Pillow, with its position and, in that
+        case, the source's bytes."""
         try:
+            with clock("decode"):
+                pixels = regions.read_region(im.source, band, im.width, im.height)
+            if pixels is not None:
+                return band, pixels, None
             with clock("read"):
                 data = storage.read_bytes(im.source)
             with clock("decode"):
                 image = decode_image(data, max_pixels=self.coding.max_pixels)
         except PERMANENT_READ_ERRORS as exc:
             raise _Failed(f"cannot read: {type(exc).__name__}: {exc}") from None
-        except ImageDecodeError as exc:
+        except (ImageDecodeError, regions.RegionError) as exc:
             raise _Failed(str(exc)) from None
         if tuple(image.shape[1:]) != (im.height, im.width):
             raise _Failed(f"decoded as {image.shape[2]}x{image.shape[1]}, not the {im.width}x{im.height} its header said when planned")
-        return data, image
+        return tiling.Tile(0, 0, im.height, im.width), image, data
+
+    @staticmethod
+    def _checksum(uri: str) -> tuple[int, str]:
+        """Size and SHA-256 of a source, read in 8 MiB chunks (bounded memory, whatever its size)."""
+        digest, size = hashlib.sha256(), 0
+        with storage.open_file(uri) as stream:
+            while chunk := stream.read(8 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
+
+
+def _bounds(rects: list[tiling.Tile]) -> tiling.Tile:
+    """The smallest rectangle holding ``rects``."""
+    top, left = min(r.top for r in rects), min(r.left for r in rects)
+    bottom, right = max(r.top + r.height for r in rects), max(r.left + r.width for r in rects)
+    return tiling.Tile(top, left, bottom - top, right - left)
 
 
 class _Failed(Exception):
