@@ -48,13 +48,15 @@ def make_image(path: Path, size: int) -> None:
     Image.fromarray(out).save(path, compress_level=1)
 
 
-def child(image: str, out: str, quality: int, steps: int, random: bool, unit_tiles: int) -> None:
+def child(image: str, out: str, quality: int, steps: int, random: bool, unit_tiles: int, streamed: bool) -> None:
     """One worker's job on one unit of one image; prints a JSON line."""
     import torch
 
-    from pipeline import archive, storage
+    from pipeline import archive, regions, storage
     from pipeline.archive import plan
 
+    if not streamed:
+        regions.pyvips = None  # Pillow's whole-image decode, as without pyvips installed
     torch.set_num_threads(1)
     model_cfg = archive.ModelConfig(pretrained=not random)
     coding = archive.CodingConfig(quality=quality, steps=steps, max_pixels=10**10)
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--random-weights", action="store_true", help="default: packaged weights if present, else random")
     parser.add_argument("--unit-tiles", type=int, default=64, help="tiles per unit (default 64, as the jobs)")
+    parser.add_argument("--no-regions", action="store_true", help="decode whole images with Pillow (as without pyvips)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("IMAGE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     random = args.random_weights or not default_weights_path().is_file()
     if args.child:
-        child(*args.child, args.quality, args.steps, random, args.unit_tiles)
+        child(*args.child, args.quality, args.steps, random, args.unit_tiles, not args.no_regions)
         return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="oml-mem-") as tmp:
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             image = Path(tmp) / f"{size}.png"
             make_image(image, size)
             cmd = [sys.executable, __file__, "--child", str(image), str(Path(tmp) / f"archive-{size}"),
-                   "--quality", str(args.quality), "--steps", str(args.steps), "--unit-tiles", str(args.unit_tiles)] + (["--random-weights"] if random else [])  # fmt: skip
+                   "--quality", str(args.quality), "--steps", str(args.steps), "--unit-tiles", str(args.unit_tiles)] + (["--random-weights"] if random else []) + (["--no-regions"] if args.no_regions else [])  # fmt: skip
             line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             r = {"size": size, "pixels": size * size, "source_bytes": image.stat().st_size, **json.loads(line)}
             results.append(r)

@@ -142,3 +142,19 @@ def test_header_only_tiff_and_webp_are_refused():
     for data in (bytes(tiff), bytes(webp)):
         with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
             decode_image(data)
+
+
+def test_header_sizes_are_read_without_decoding_even_past_pillows_own_limit():
+    """A 20000x20000 PNG header (400 Mpixel, over Pillow's built-in bomb limit): its size is read
+    from the header alone; this module's max_pixels, not Pillow's, decides what is refused."""
+    import io
+    import struct
+    import zlib
+
+    from oml.imageio import image_size
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+    assert image_size(io.BytesIO(b"\x89PNG\r\n\x1a\n" + header)) == (20000, 20000)
