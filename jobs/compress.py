@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the λ whose file decodes closest to this PSNR (within 0.1 dB)")
     rate.add_argument("--target-bpp", type=float, metavar="BPP", help="per image, the λ whose file is closest to this size (within 3 %%)")
     p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (default 0: none)")
+    p.add_argument("--refine", type=int, default=0, metavar="N", help="latent-refinement iterations per tile (default 0: none; slower encoding, same decoder)")
     p.add_argument("--metric", nargs="+", default=["psnr"], choices=("psnr", "ms-ssim"), help="adapt for these metrics; one λ* set each")
     p.add_argument("--model", default="oml-default", help="model id (default oml-default)")
     p.add_argument("--weights", help="local oml weights file, present on every node")
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model=ModelConfig(args.model, args.weights, not args.random_weights, args.seed),
             coding=CodingConfig(
                 args.quality or 3, args.steps, tuple(args.metric), args.tile, args.max_pixels or DEFAULT_MAX_PIXELS, args.lmbda,
-                (target.kind, target.value) if target else None,
+                (target.kind, target.value) if target else None, args.refine,
             ),
             ray=RayConfig(args.address, args.num_cpus, args.workers, args.cpus_per_worker, args.num_gpus, args.max_retries),
             **options,

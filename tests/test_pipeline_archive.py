@@ -173,6 +173,24 @@ def test_tiles_coded_by_pieces_are_the_whole_image_codec_bytes(model):
     assert [t["psnr_after"] for t in sorted(tiles_back, key=lambda t: t["index"])] == [t.psnr_after for t in expected.tiles]
 
 
+def test_refined_tiles_coded_by_pieces_are_the_whole_image_codec_bytes():
+    """--refine on the job: a unit's piece of an image refines each tile as the whole-image encode
+    does (each tile's search is seeded alike), and the bytes decode with the unchanged decoder."""
+    model = archive.get_model(ModelConfig(), 2)  # the shipped model: a random one has nothing to refine
+    image = natural_image(128, 320, 2)
+    coding = dataclasses.replace(CODING, refine=10)
+    expected = codec.encode(model, image, quality=2, adapt_config=coding.adapt, tile_size=128, refine_config=coding.search)
+    assert any(t.refined for t in expected.tiles)
+    tile_rows, header = [], None
+    for first, count in [(0, 1), (1, 2)]:
+        for rect in tiling.tile_range_rects(128, 320, 128, first, count):
+            header, coded = archive.encode_rect(model, image[:, rect.top : rect.top + rect.height, rect.left : rect.left + rect.width], coding, rect, 128, 320)
+            tile_rows += [schema.tile_row("p", c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
+    data = schema.coded_bytes(schema.image_row("src", "p", 3, "raw", header), tile_rows)
+    assert data == expected.data
+    assert torch.equal(codec.decode(model, data), expected.reconstruction)
+
+
 def test_png_names_keep_distinct_sources_apart():
     names = archive.png_names(["a.jpg", "a.png", "b/c.tif"])
     assert names == {"a.jpg": "a.jpg.png", "a.png": "a.png.png", "b/c.tif": "b/c.png"}

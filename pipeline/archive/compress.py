@@ -204,6 +204,7 @@ def _summary(config: CompressConfig, root: str, run: _Run, archived: list[ImageT
         **({"lmbda": config.coding.lmbda} if config.coding.lmbda is not None else {}),
         **({"target": list(config.coding.target)} if config.coding.target is not None else {}),
         "steps": config.coding.steps,
+        "refine": config.coding.refine,
         "metrics": list(config.coding.metrics),
         "images": len(run.probed),
         "archived": len(archived),

@@ -9,6 +9,7 @@ from oml import ratecontrol, tiling
 from oml.adapt import AdaptConfig
 from oml.imageio import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 from oml.models.zoo import DEFAULT_MODEL
+from oml.refine import RefineConfig
 
 UNIT_TILES = 64
 MIN_UNITS = 32
@@ -36,7 +37,8 @@ class CodingConfig:
 
     ``lmbda`` codes every image at that λ instead of the quality's; ``target`` (``("psnr", dB)`` or
     ``("bpp", bits)``) searches λ per image (:mod:`oml.ratecontrol`). ``quality`` still picks the
-    model's quality group (and is the coded quality when neither is given).
+    model's quality group (and is the coded quality when neither is given). ``refine``: latent
+    refinement iterations per tile (:mod:`oml.refine`).
     """
 
     quality: int = 3
@@ -46,9 +48,11 @@ class CodingConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     lmbda: float | None = None
     target: tuple[str, float] | None = None
+    refine: int = 0
 
     def __post_init__(self) -> None:
         AdaptConfig(steps=self.steps, metrics=self.metrics)  # same checks, same messages
+        RefineConfig(self.refine)
         tiling.check_tile_size(self.tile)
         if self.max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
@@ -62,6 +66,10 @@ class CodingConfig:
     @property
     def adapt(self) -> AdaptConfig:
         return AdaptConfig(steps=self.steps, metrics=self.metrics)
+
+    @property
+    def search(self) -> RefineConfig:
+        return RefineConfig(self.refine)
 
     @property
     def whole_images(self) -> bool:

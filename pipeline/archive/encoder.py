@@ -64,11 +64,11 @@ def encode_rect(model: VariableRateModel, crop: Tensor, coding: CodingConfig, re
     chooses, and each tile is coded exactly as in a whole-image encode (tiles are independent).
     """
     if coding.target is not None:
-        enc = ratecontrol.encode_to_target(model, crop, ratecontrol.Target(*coding.target), coding.adapt, coding.tile).encoded
+        enc = ratecontrol.encode_to_target(model, crop, ratecontrol.Target(*coding.target), coding.adapt, coding.tile, refine_config=coding.search).encoded
     elif coding.lmbda is not None:
-        enc = codec.encode(model, crop, lmbda=coding.lmbda, adapt_config=coding.adapt, tile_size=coding.tile)
+        enc = codec.encode(model, crop, lmbda=coding.lmbda, adapt_config=coding.adapt, tile_size=coding.tile, refine_config=coding.search)
     else:
-        enc = codec.encode(model, crop, quality=coding.quality, adapt_config=coding.adapt, tile_size=coding.tile)
+        enc = codec.encode(model, crop, quality=coding.quality, adapt_config=coding.adapt, tile_size=coding.tile, refine_config=coding.search)
     header, records = codec.read(enc.data)
     cols = tiling.grid_shape(height, width, coding.tile)[1]
     coded = []
