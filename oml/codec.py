@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from oml import tiling
-from oml.adapt import AdaptConfig, adapt, distortion, to_pixels
+from oml.adapt import AdaptConfig, adapt, distortion
 from oml.metrics import psnr
 from oml.models.latent import LatentCode
 from oml.models.variable_rate import VariableRateModel
@@ -342,7 +342,6 @@ def _encode(
     grid = tiling.tile_grid(height, width, tile_size)
     metrics = adapt_config.metrics if adapt_config.steps > 0 else (PLAIN,)
     k = model.num_lambdas
-    lam_t = plain_lambdas(k, lmbda_t)
     batch = tile_batch or (8 if device.type == "cuda" else 1)
     records, stats = [], []
     reconstruction = torch.empty((3, height, width), dtype=torch.uint8)
