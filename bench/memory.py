@@ -6,7 +6,7 @@ For each size a synthetic photo-like PNG of size×size pixels is written, then a
 fresh process runs exactly what a Ray worker runs for one unit of that image
 (:class:`pipeline.archive.UnitEncoder` on the middle unit of ``--unit-tiles``
 tiles: read, decode, code its tiles, write the Parquet files and the done marker)
-and reports its peak RSS (``ru_maxrss``), its RSS with the model loaded and before
+and reports its peak RSS (``VmHWM``), its RSS with the model loaded and before
 the image, and the time taken. The Ray worker process itself adds its own fixed
 overhead.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,10 +22,13 @@ import time
 from pathlib import Path
 
 
-def _rss_mib() -> float:
+def _rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident memory (``VmRSS``) or its peak (``VmHWM``), MiB. The peak is not
+    ``ru_maxrss``: that survives ``exec``, so a child forked from a large parent reports the
+    parent's size."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -71,7 +73,7 @@ def child(image: str, out: str, quality: int, steps: int, random: bool, unit_til
     seconds = time.perf_counter() - start
     if result.failures:
         raise RuntimeError(f"the unit was not archived: {result.failures}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _rss_mib("VmHWM")
     print(json.dumps({"baseline_rss_mib": round(baseline, 1), "peak_rss_mib": round(peak, 1), "tiles": result.tiles,
                       "units": len(units), "seconds": round(seconds, 1), "worker_seconds": result.seconds}))  # fmt: skip
 

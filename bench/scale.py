@@ -114,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-sizes", type=int, nargs="*", default=[2048, 4096, 8192, 16384])
     parser.add_argument("--quality", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--memory-only", action="store_true", help="redo only the memory part of the --json file")
     args = parser.parse_args(argv)
+    if args.memory_only:
+        results = {**json.loads(Path(args.json).read_text()), "memory": memory(args.memory_sizes, args.quality)}
+        save(results, args.json)
+        report(results)
+        return 0
 
     import ray
     import torch

@@ -67,7 +67,7 @@ def test_ray_is_gone_seconds_after_its_driver_is_killed(tmp_path):
     for i in range(6):
         (tmp_path / "in" / f"{i}.png").write_bytes(encode_png(natural_image(256, 256, i)))
     argv = [sys.executable, "jobs/compress.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "arch"),
-            "--random-weights", "--steps", "50", "--shard-size", "1", "--num-cpus", "1", "--no-progress"]
+            "--random-weights", "--steps", "50", "--unit-tiles", "1", "--num-cpus", "1", "--no-progress"]
     driver = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def ray_agents() -> list[int]:
