@@ -12,7 +12,7 @@ import torch
 
 from oml import codec, tiling
 from oml.imageio import DEFAULT_MAX_PIXELS, decode_image, encode_png
-from oml.models.zoo import ModelUnavailableError
+from oml.models.zoo import ModelUnavailableError, load_decoder
 from pipeline import schema, storage
 from pipeline.archive.config import ModelConfig
 from pipeline.archive.encoder import get_model
@@ -48,6 +48,22 @@ class DecodeJob(NamedTuple):
     tiles: tuple[TileSource, ...]
     output: str
     region: tiling.Region | None = None
+
+
+_DECODERS: dict[tuple, Any] = {}
+
+
+def _decoder_for(cfg: ModelConfig, row: dict[str, Any]) -> Any:
+    """The model that decodes ``row``: with shipped weights, the shipped version its fingerprint
+    names (:func:`oml.models.zoo.load_decoder`); random test weights as the encoder built them."""
+    quality = row["quality"] or 1
+    if not cfg.pretrained and cfg.weights is None:
+        return get_model(cfg, quality)
+    key = (cfg, quality, bytes(row["fingerprint"]), int(row["format_version"]))
+    if key not in _DECODERS:
+        _DECODERS.clear()  # one model kept per worker, as get_model does
+        _DECODERS[key] = load_decoder(cfg.name, quality, key[2], key[3], weights=cfg.weights)
+    return _DECODERS[key]
 
 
 class _Refused(Exception):
@@ -98,7 +114,7 @@ class ImageDecoder:
             return DecodedImage(row["source"], row["path"], job.output, status, reason, checks)
 
         try:
-            model = get_model(dataclasses.replace(self.model, name=row["model"], download=False), row["quality"] or 1)  # never fetch what a row names
+            model = _decoder_for(dataclasses.replace(self.model, name=row["model"], download=False), row)  # never fetch what a row names
             if job.region is None:
                 image, tiles = self._whole(model, job)
             else:
