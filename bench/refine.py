@@ -164,7 +164,7 @@ def _plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _study(args, model, images, out: Path) -> None:
+def _study(model, images, out: Path) -> None:
     import torch
 
     from oml import codec
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model, images = _load(args)
     if args.study:
-        _study(args, model, images, out)
+        _study(model, images, out)
         return 0
     if args.decode_timing:
         _decode_timing(model, images)

@@ -397,13 +397,16 @@ def _code_tiles(
             w = work[i]
             code = coder.encode(y_ref[row : row + 1], z_ref[row : row + 1])
             recon = reconstruct_tile(model, code.y_hat, lam_t, lmbda_t, w.tile)
-            def cost(recon: Tensor, code: LatentCode) -> float:
-                bits = torch.tensor([8.0 * sum(map(len, code.strings))], device=x.device)
-                return float(rd_cost(metric, weight[row : row + 1], lmbda_t, _to_float(recon).to(x.device), w.x, bits))
-
-            if cost(recon, code) < cost(w.plain, w.code):
+            exact = [_exact_cost(metric, weight[row : row + 1], lmbda_t, r, w.x, c) for r, c in ((recon, code), (w.plain, w.code))]
+            if exact[0] < exact[1]:
                 work[i] = w._replace(code=code, plain=recon, refined=True)
     return work
+
+
+def _exact_cost(metric: str, weight: Tensor, lmbda_t: float, recon: Tensor, x: Tensor, code: LatentCode) -> float:
+    """A tile's RD cost on what the file holds: its latent strings' bits and the decoder's 8-bit output."""
+    bits = torch.tensor([8.0 * sum(map(len, code.strings))], device=x.device)
+    return float(rd_cost(metric, weight, lmbda_t, _to_float(recon).to(x.device), x, bits))
 
 
 def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float, metric: str, cfg: AdaptConfig) -> list[Tensor]:
@@ -459,23 +462,18 @@ def decode(model: VariableRateModel, data: bytes, metric: str | None = None, max
     header, records = read(data)
     if max_pixels is not None and header.height * header.width > max_pixels:
         raise CodecError(f"{header.width}x{header.height} is over the limit of {max_pixels} pixels (raise it with --max-pixels)")
-    check_model(model, header)
-    index = select_set(header, metric)
-    grid = tiling.tile_grid(header.height, header.width, header.tile)
-    image = torch.empty((3, header.height, header.width), dtype=torch.uint8)
+    _warn_if_format1(header)
+    return decode_window(model, header, dict(enumerate(records)), tiling.Region(0, 0, header.width, header.height), metric)
+
+
+def _warn_if_format1(header: Header) -> None:
     if header.version < 2:
         warnings.warn(
             "format 1 file: decoded with the float hyper-decoder; on a machine whose float results differ from "
             "the encoder's it can come back wrong undetected (re-encode to format 2)",
             PortabilityWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    with ieee_float32():
-        for number, (tile, rec) in enumerate(zip(grid, records)):
-            y_hat = decode_tile_latent(model, header, rec, number, tile)
-            lambdas = rec.lambdas[index] if index is not None else plain_lambdas(header.num_lambdas, header.lmbda)
-            tiling.split(image, [tile])[0].copy_(reconstruct_tile(model, y_hat.to(model.device), lambdas, header.lmbda, tile))
-    return image
 
 
 def decode_tile_latent(model: VariableRateModel, header: Header, rec: TileRecord, number: int, tile: tiling.Tile) -> Tensor:
@@ -524,8 +522,8 @@ def decode_window(
     """The pixels of ``region`` only: uint8 ``(3, region.height, region.width)``, decoding just the
     tiles it overlaps (``records`` maps tile numbers to records and needs only those).
 
-    Each decoded tile is exactly :func:`decode`'s, so the window equals the same window of a full
-    decode.
+    :func:`decode` is this function over the whole image, so a window equals the same window of a
+    full decode.
 
     Raises:
         CodecError: a region outside the image, a missing tile record, another model, a desync.
@@ -559,6 +557,5 @@ def decode_region(model: VariableRateModel, data: bytes, region: tiling.Region, 
     """Bytes → the uint8 pixels ``(3, h, w)`` of ``region`` (:func:`decode_window`); the whole byte
     string is still checked (CRC-32, header bounds), only the overlapped tiles are decoded."""
     header, records = read(data)
-    if header.version < 2:
-        warnings.warn("format 1 file: decoded with the float hyper-decoder (re-encode to format 2)", PortabilityWarning, stacklevel=2)
+    _warn_if_format1(header)
     return decode_window(model, header, dict(enumerate(records)), region, metric)
