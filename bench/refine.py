@@ -1,10 +1,11 @@
 """Latent refinement on Kodak: RD at every quality for a ladder of --refine N, alone and with
 online adaptation, BD-rates against plain coding and against JPEG/WebP/AVIF, and the time it costs.
 
-    python bench/refine.py --out docs/data/refine                 # 8 images, N = 0 100 400 (about an hour on 2 cores)
+    python bench/refine.py --out docs/data/refine --images 4 --refine 0 25 100 400   # RESULTS §10 (about an hour on 2 cores)
     python bench/refine.py --out /tmp/r --images 2 --refine 0 25  # a quick look
     python bench/refine.py --study --out docs/data/refine         # gain against iterations, up to 2000, on crops
     python bench/refine.py --decode-timing --out /tmp/r           # decode time: refined against plain file
+    python bench/refine.py --surrogates --images 4 --quality 1 --out /tmp/r   # SGA, noise, STE at 50 iterations
 
 Each (image, quality, N) is coded once, as `oml compress --refine N --steps S` does (shipped model,
 512² tiles). The file stores one λ* set (the adapted one); the same file decoded with
@@ -192,6 +193,39 @@ def _study(model, images, out: Path) -> None:
         print(f"q{q}: " + ", ".join(f"N={n} {g:+.2f} %" for n, g in gains.items()))
 
 
+def _surrogates(args, model, images) -> None:
+    """The rounding surrogates against each other: total exact RD cost of 256² crops of the first
+    images (bits of the files, 8-bit output), refined with each surrogate, against no refinement.
+    A surrogate whose search finds nothing better leaves the tiles as they were (0 %)."""
+    import torch
+
+    from oml import codec
+    from oml.refine import SURROGATES, RefineConfig, rd_cost
+
+    crops = [image[:, 128:384, 256:512].contiguous() for _, image in images]
+    for q in args.quality:
+        lmbda = model.lambdas[q]
+
+        def total(cfg: RefineConfig) -> float:
+            cost = 0.0
+            for crop in crops:
+                enc = codec.encode(model, crop, quality=q, tile_size=256, refine_config=cfg)
+                x_hat, x = enc.reconstruction.float().div(255).unsqueeze(0), crop.float().div(255).unsqueeze(0)
+                cost += float(rd_cost("psnr", torch.tensor([255.0**2]), lmbda, x_hat, x, torch.tensor([8.0 * len(enc.data)])))
+            return cost
+
+        t0 = time.perf_counter()
+        plain = total(RefineConfig(0))
+        t_plain = time.perf_counter() - t0
+        for surrogate in args.surrogate or SURROGATES:
+            cfg = RefineConfig(args.iterations, surrogate, lr=args.lr, tau_start=args.tau_start)
+            t0 = time.perf_counter()
+            change = 100 * (total(cfg) / plain - 1)
+            per = (time.perf_counter() - t0 - t_plain) / (args.iterations * len(crops) / 4)  # 4 crops of 256² = one 512² tile
+            print(f"q{q} {surrogate} N={args.iterations} lr={args.lr} tau0={args.tau_start}: RD cost {change:+.2f} %, "
+                  f"{per:.3f} s per iteration per 512² of pixels", flush=True)
+
+
 def _decode_timing(model, images) -> None:
     """Decode time of a refined file against a plain one of the same image, interleaved (the
     ladder's decode times are taken while encodes of other lengths ran on the same cores)."""
@@ -222,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="oml weights file (default: the shipped model)")
     parser.add_argument("--study", action="store_true", help="gain against iterations on crops instead")
     parser.add_argument("--decode-timing", action="store_true", help="only time decoding a refined against a plain file")
+    parser.add_argument("--surrogates", action="store_true", help="compare the rounding surrogates on 256² crops instead")
+    parser.add_argument("--surrogate", nargs="+", choices=("sga", "ste", "noise"), help="--surrogates: only these (default all)")
+    parser.add_argument("--iterations", type=int, default=50, help="--surrogates: refinement iterations (default 50)")
+    parser.add_argument("--lr", type=float, default=0.02, help="--surrogates: Adam's learning rate (default 0.02)")
+    parser.add_argument("--tau-start", type=float, default=1.0, help="--surrogates: first SGA temperature (default 1.0)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.decode_timing:
         _decode_timing(model, images)
+        return 0
+    if args.surrogates:
+        _surrogates(args, model, images)
         return 0
     points = _ladder(args, model, images, out)
     summary = _summary(args, points, images)
