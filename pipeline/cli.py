@@ -5,6 +5,8 @@
     oml decompress archive/*.oml -o restored/
     oml decompress scan.oml -o window.png --region 4096,2048,512,512   # decodes only the tiles it overlaps
     oml info photo.oml
+    oml archive --input photos/ --output archive/ --steps 5       # a collection on Ray (local or a cluster)
+    oml restore --input archive/ --output restored/
 """
 
 from __future__ import annotations
@@ -240,6 +242,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_coding_arguments(p: argparse.ArgumentParser) -> None:
+    """The coding flags: ``oml compress`` and ``oml archive`` (``jobs/compress.py``) both take exactly these."""
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--quality", "-q", type=int, help="quality (default 3); see the model's groups")
+    rate.add_argument("--lmbda", type=float, help="rate-distortion trade-off λ (λ-conditioned models take any value in range)")
+    rate.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the λ whose file decodes closest to this PSNR (within 0.1 dB)")
+    rate.add_argument("--target-bpp", type=float, metavar="BPP", help="per image, the λ whose file is closest to this size in bits per pixel (within 3 %%)")
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS, help=f"model id (default {DEFAULT_MODEL})")
+    p.add_argument("--weights", help="local oml weights file instead of the model's default source (on every node, for the archive)")
+    p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none)")
+    p.add_argument("--metric", nargs="+", default=["psnr"], choices=METRICS, help="adapt for these metrics; one λ* set each")
+    p.add_argument("--refine", type=int, default=0, metavar="N", help="latent-refinement iterations per tile, for the first metric (0: none; slower encoding, same decoder)")
+    p.add_argument("--tile", type=int, default=TILE, help="tile size in pixels (multiple of 64, default 512)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oml", description="Variable-rate learned image compression with online meta adaptation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,18 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="compress images (files or folders) to .oml files")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, WebP, TIFF) or folders")
     p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--quality", "-q", type=int, help="quality (default 3); see the model's groups")
-    rate.add_argument("--lmbda", type=float, help="rate-distortion trade-off λ (λ-conditioned models take any value in range)")
-    rate.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the λ whose file decodes closest to this PSNR (within 0.1 dB)")
-    rate.add_argument("--target-bpp", type=float, metavar="BPP", help="per image, the λ whose file is closest to this size in bits per pixel (within 3 %%)")
-    p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS, help=f"model id (default {DEFAULT_MODEL})")
-    p.add_argument("--weights", help="local oml weights file instead of the model's default source")
-    p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none)")
-    p.add_argument("--metric", nargs="+", default=["psnr"], choices=METRICS, help="adapt for these metrics; one λ* set each")
-    p.add_argument("--refine", type=int, default=0, metavar="N", help="latent-refinement iterations per tile, for the first metric (0: none; slower encoding, same decoder)")
-    p.add_argument("--tile", type=int, default=TILE, help="tile size in pixels (multiple of 64, default 512)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
+    add_coding_arguments(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="restore .oml files to PNG")
@@ -283,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-image", action="store_true", help="also store every image's numbers in rd.json")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images")
     p.set_defaults(func=cmd_eval)
+
+    from pipeline.archive_cli import ARCHIVE_DOC, RESTORE_DOC, add_archive_arguments, add_restore_arguments, run_archive, run_restore
+
+    p = sub.add_parser("archive", help="archive a collection (folder or s3://) on Ray, in units of tiles; same as jobs/compress.py",
+                       description=ARCHIVE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_archive_arguments(p)
+    p.set_defaults(func=lambda a: run_archive(a, "oml archive"))
+
+    p = sub.add_parser("restore", help="restore an archive (or one image, or a window of it) on Ray; same as jobs/decompress.py",
+                       description=RESTORE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_restore_arguments(p)
+    p.set_defaults(func=lambda a: run_restore(a, "oml restore"))
 
     p = sub.add_parser("info", help="describe .oml files")
     p.add_argument("inputs", nargs="+", metavar="FILE")

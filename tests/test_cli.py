@@ -1,6 +1,6 @@
 """The oml command as a user runs it (random-weight default model through --weights)."""
 
-import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,6 +179,34 @@ def test_help_and_argument_errors_load_no_model_code():
     code = "import sys, pipeline.cli as c; c.build_parser(); print(sorted(m for m in ('torch', 'compressai') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _options(parser) -> dict[str, tuple]:
+    """Every option string of a parser with what it parses: (dest, default, choices, type, nargs)."""
+    return {s: (a.dest, a.default, a.choices, a.type, a.nargs) for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")}
+
+
+def _sub(name: str):
+    from pipeline.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if a.dest == "command")
+    return action.choices[name]
+
+
+def test_the_archive_takes_every_coding_flag_of_compress_and_the_jobs_are_oml_archive_and_restore():
+    """One front end: `oml archive` has each of `oml compress`'s coding flags with the same meaning, and
+    jobs/compress.py / jobs/decompress.py parse exactly as `oml archive` / `oml restore`."""
+    import importlib.util
+
+    compress, archive, restore = _options(_sub("compress")), _options(_sub("archive")), _options(_sub("restore"))
+    coding = {k: v for k, v in compress.items() if k not in ("-o", "--output")}
+    assert {k: archive.get(k) for k in coding} == coding
+    assert {"--input", "--output", "--address", "--num-gpus", "--unit-tiles"} <= set(archive)
+    for name, sub in (("compress", archive), ("decompress", restore)):
+        spec = importlib.util.spec_from_file_location(f"job_{name}", Path(__file__).resolve().parents[1] / "jobs" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert _options(module.build_parser()) == sub
 
 
 def test_the_light_names_match_the_modules_that_use_them():

@@ -191,6 +191,10 @@ def test_cluster_yaml_passes_rays_own_validation():
     assert any(t["resources"].get("GPU", 0) >= 1 and t["max_workers"] >= 1 for t in types.values())
     assert any("pip install -e" in c and "pipeline" in c for c in prepared["setup_commands"])
     assert prepared["file_mounts"] == {"~/oml": "."}
+    # The workers read and write S3: without an instance profile they have no credentials at all.
+    for name, node in types.items():
+        if name != prepared["head_node_type"]:
+            assert node["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::"), name
 
 
 def test_an_unreachable_object_store_is_one_line(monkeypatch, capsys):
