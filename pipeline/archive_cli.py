@@ -62,6 +62,7 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--psnr-tolerance", type=float, default=0.01, help="dB allowed between verified and recorded PSNR")
     p.add_argument("--weights", help="local oml weights file (default: as recorded in the archive)")
     p.add_argument("--region", type=region_arg, metavar="LEFT,TOP,WIDTH,HEIGHT", help="restore only this window of the one image --select names (decodes only the tiles it overlaps)")
+    p.add_argument("--band-tiles", type=int, default=64, help="restore an image of more tiles in bands of about this many, one task each, streamed into one PNG (default 64)")
     _add_ray_arguments(p)
 
 
@@ -124,6 +125,7 @@ def _restore_config(args: argparse.Namespace):
         ray=RayConfig(args.address, args.num_cpus, args.workers),
         progress=not args.no_progress,
         region=Region(*args.region) if args.region else None,
+        band_tiles=args.band_tiles,
     )
 
 

@@ -179,6 +179,46 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.invalidate_cache(posixpath.dirname(path))
 
 
+class Writer:
+    """A file written piece by piece that readers see only once :meth:`commit` has run, and never
+    if :meth:`abort` runs instead: locally a temporary beside the target, renamed over it; on an
+    object store a multipart upload, completed at commit and discarded at abort."""
+
+    def __init__(self, uri: str) -> None:
+        self.fs, self.path = url_to_fs(uri)
+        self.local = _is_local(self.fs)
+        if self.local:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self.tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
+            self.file = open(self.tmp, "wb")
+        else:
+            self.file = self.fs.open(self.path, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def commit(self) -> None:
+        if self.local:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        else:
+            self.file.close()
+            self.fs.invalidate_cache(posixpath.dirname(self.path))
+
+    def abort(self) -> None:
+        if self.local:
+            self.file.close()
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+        elif hasattr(self.file, "discard"):
+            self.file.discard()  # fsspec: drop the buffer, abort any multipart upload
+        else:
+            self.file.close()
+            self.fs.rm(self.path)
+
+
 def remove_stale_temporaries(folder: str) -> int:
     """Delete the temporary files that killed writers left in a local ``folder`` (``*.tmp`` of
     :func:`write_bytes`); the caller makes sure no writer is running. Returns how many."""

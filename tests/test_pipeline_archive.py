@@ -600,6 +600,23 @@ def test_a_huge_image_spreads_over_units_survives_a_killed_worker_and_restores_b
     restored = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png"), progress=False))
     assert restored.exit_code == 0
     assert (tmp_path / "png" / "huge.png").read_bytes() == (tmp_path / "cli.png").read_bytes()
+    # In bands (8 tiles: one tile row each, 6 tasks), streamed into one PNG: the same pixels, verified per band.
+    banded = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "bands"), band_tiles=8, verify=True, progress=False))
+    assert banded.exit_code == 0 and banded.results[0].checks == {"bands": 6, "bit_exact": True, "checks_source": "no --sources given"}
+    assert torch.equal(decode_image((tmp_path / "bands" / "huge.png").read_bytes()), decode_image((tmp_path / "cli.png").read_bytes()))
+
+    # A band whose task fails: the image is reported failed, naming the band, and no file (or temporary) is left.
+    @dataclasses.dataclass(frozen=True)
+    class FailsBand3(archive.ImageDecoder):
+        def __call__(self, job):
+            if job.band == 3:
+                raise RuntimeError("decoder crashed")
+            return super().__call__(job)
+
+    failed = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "fail8"), band_tiles=8, progress=False), decoder=FailsBand3(model_cfg))
+    assert failed.exit_code == 1 and [r.status for r in failed.results] == ["failed"]
+    assert "band 3" in failed.results[0].reason and "decoder crashed" in failed.results[0].reason
+    assert sorted(p.name for p in (tmp_path / "fail8").iterdir()) == ["decompress-summary.json"]
 
 
 def test_rate_control_in_the_ray_job_meets_reachable_targets_and_lists_the_rest(local_ray, tmp_path):

@@ -135,7 +135,9 @@ class DecompressConfig:
     rows' paths; ``verify`` then also checks PSNR against them. Nothing a row
     names is ever fetched. ``region`` (left, top, width, height in pixels):
     restore only that window of the one selected image, decoding only the tiles
-    it overlaps.
+    it overlaps. ``band_tiles``: an image of more tiles than this is restored in
+    bands of whole tile rows, about that many tiles each, one Ray task per band,
+    and written as one PNG by a streaming writer (:mod:`pipeline.pngstream`).
     """
 
     input: str
@@ -149,7 +151,10 @@ class DecompressConfig:
     ray: RayConfig = RayConfig()
     progress: bool = True
     region: tiling.Region | None = None
+    band_tiles: int = 64
 
     def __post_init__(self) -> None:
+        if self.band_tiles < 1:
+            raise ValueError("--band-tiles must be 1 or more")
         if self.region is not None and self.verify:
             raise ValueError("--verify checks whole images; leave out --region to verify")

@@ -1,4 +1,5 @@
-"""The worker side of decompression: one image's rows, gathered from the units that hold its tiles → a PNG file."""
+"""The worker side of decompression: one image's rows, gathered from the units that hold its tiles → a PNG file
+(or, for a huge image, one band of its tile rows → that band's compressed PNG rows, which the driver writes in order)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from oml import codec, tiling
 from oml.imageio import DEFAULT_MAX_PIXELS, decode_image, encode_png
 from oml.models.zoo import ModelUnavailableError, load_decoder
-from pipeline import schema, storage
+from pipeline import pngstream, schema, storage
 from pipeline.archive.config import ModelConfig
 from pipeline.archive.encoder import get_model
 
@@ -27,6 +28,7 @@ class DecodedImage(NamedTuple):
     status: str
     reason: str
     checks: dict[str, Any]
+    band: tuple[int, pngstream.Band | None] | None = None  # a band of a banded restore: its number and PNG rows (None: failed)
 
 
 class TileSource(NamedTuple):
@@ -42,12 +44,15 @@ class TileSource(NamedTuple):
 
 
 class DecodeJob(NamedTuple):
-    """One image to restore: its image row, where its tiles are, the output URI, and an optional window."""
+    """One image to restore: its image row, where its tiles are, the output URI, and an optional window.
+    With ``band`` set, ``region`` is band number ``band`` (whole tile rows) of a banded restore: the
+    task returns the band's compressed PNG rows instead of writing a file."""
 
     image: dict[str, Any]
     tiles: tuple[TileSource, ...]
     output: str
     region: tiling.Region | None = None
+    band: int | None = None
 
 
 _DECODERS: dict[tuple, Any] = {}
@@ -111,24 +116,34 @@ class ImageDecoder:
         row = job.image
 
         def result(status: str, reason: str = "", **checks: Any) -> DecodedImage:
-            return DecodedImage(row["source"], row["path"], job.output, status, reason, checks)
+            return DecodedImage(row["source"], row["path"], job.output, status, reason, checks, None if job.band is None else (job.band, None))
 
         try:
             model = _decoder_for(dataclasses.replace(self.model, name=row["model"], download=False), row)  # never fetch what a row names
             if job.region is None:
                 image, tiles = self._whole(model, job)
             else:
-                image, tiles = self._window(model, job), []
+                image, tiles = self._window(model, job)
         except _Refused as exc:
             return result("failed", str(exc))
         except (codec.CodecError, ValueError, ModelUnavailableError) as exc:
             return result("failed", f"cannot decode: {exc}")
-        storage.write_bytes(job.output, encode_png(image))
+        if job.band is None:
+            storage.write_bytes(job.output, encode_png(image))
+            return self._verify(row, tiles, self._stored(model, job, image, tiles), result) if self.verify else result("ok")
+        band = (job.band, pngstream.encode_band(image.permute(1, 2, 0).numpy()))
         if not self.verify:
-            return result("ok")
-        header = schema.header_of(row)
-        stored = image if codec.select_set(header, self.metric) == 0 else codec.decode(model, schema.coded_bytes(row, tiles))
-        return self._verify(row, tiles, stored, result)
+            return result("ok")._replace(band=band)
+        return self._verify(row, tiles, self._stored(model, job, image, tiles), result, job.region)._replace(band=band)
+
+    def _stored(self, model: Any, job: DecodeJob, image: torch.Tensor, tiles: list[dict[str, Any]]) -> torch.Tensor:
+        """The pixels with the first stored λ* set, the one compression recorded hashes of."""
+        header = schema.header_of(job.image)
+        if codec.select_set(header, self.metric) == 0:
+            return image
+        if job.region is None:
+            return codec.decode(model, schema.coded_bytes(job.image, tiles))
+        return codec.decode_window(model, header, {t["index"]: schema.record_of(t, header) for t in tiles}, job.region, None)
 
     def _rows(self, job: DecodeJob, wanted: set[int] | None) -> list[dict[str, Any]]:
         tiles = [t for src in job.tiles for t in read_tiles(src, job.image["path"], wanted)]
@@ -141,24 +156,34 @@ class ImageDecoder:
         tiles = self._rows(job, None)
         return codec.decode(model, schema.coded_bytes(job.image, tiles), metric=self.metric), sorted(tiles, key=lambda t: t["index"])
 
-    def _window(self, model: Any, job: DecodeJob) -> torch.Tensor:
+    def _window(self, model: Any, job: DecodeJob) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         header = schema.header_of(job.image)
         wanted = set(tiling.overlapping(tiling.tile_grid(header.height, header.width, header.tile), job.region))
         tiles = self._rows(job, wanted)
-        return codec.decode_window(model, header, {t["index"]: schema.record_of(t, header) for t in tiles}, job.region, self.metric)
+        image = codec.decode_window(model, header, {t["index"]: schema.record_of(t, header) for t in tiles}, job.region, self.metric)
+        return image, sorted(tiles, key=lambda t: t["index"])
 
-    def _verify(self, row: dict[str, Any], tiles: list[dict[str, Any]], image: torch.Tensor, result: Callable[..., DecodedImage]) -> DecodedImage:
+    def _verify(
+        self, row: dict[str, Any], tiles: list[dict[str, Any]], image: torch.Tensor, result: Callable[..., DecodedImage],
+        band: tiling.Region | None = None,
+    ) -> DecodedImage:
         """Compare with compression time, from the archive's own records: the records' hashes
         (checked before decoding), the symbols (format 2: every tile's check), each tile's
         reconstruction hash, and, when the user named a ``sources`` folder, PSNR against the
-        source file at the row's path there. A row's ``source`` URI is never opened."""
-        grid = [tiling.Tile(t["top"], t["left"], t["height"], t["width"]) for t in tiles]
+        source file at the row's path there. A row's ``source`` URI is never opened. A ``band`` of
+        a banded restore (whole tile rows) checks its own tiles; PSNR against the source is left to
+        the bit-exact check there, as hashing the whole source once per band would cost more than
+        the restore."""
+        top = band.top if band is not None else 0
+        grid = [tiling.Tile(t["top"] - top, t["left"], t["height"], t["width"]) for t in tiles]
         parts = tiling.split(image, grid)
         bit_exact = all(schema.pixels_sha256(p) == t["reconstruction_sha256"] for p, t in zip(parts, tiles))
         if not bit_exact and row["format_version"] < 2:
             return result("mismatch", "reconstruction differs from compression time (format 1: no symbol check)", bit_exact=False)
         if self.sources is None:
             return result("ok", bit_exact=bit_exact, checks_source="no --sources given")
+        if band is not None:
+            return result("ok", bit_exact=bit_exact, checks_source="restored in bands: the bit-exact check stands for PSNR")
         try:
             source = storage.read_bytes(storage.join(self.sources, storage.safe_relative(row["path"])))
         except (OSError, ValueError):

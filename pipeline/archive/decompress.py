@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import time
 from collections.abc import Callable, Sequence
@@ -9,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oml import tiling
-from pipeline import schema, storage
+from pipeline import pngstream, schema, storage
 from pipeline.archive import layout, plan as planning
-from pipeline.archive.config import DecompressConfig, ModelConfig
+from pipeline.archive.config import DecompressConfig, ModelConfig, RayConfig
 from pipeline.archive.decoder import DecodedImage, DecodeJob, ImageDecoder, TileSource
 from pipeline.archive.progress import Progress
 from pipeline.archive.runner import ray_session, run_tasks
@@ -104,8 +105,97 @@ def _decode_jobs(found: Catalogue, config: DecompressConfig, output: str) -> tup
         if target == row["source"]:
             refused.append(DecodedImage(row["source"], row["path"], target, "failed", "not restored: the output would overwrite its source", {}))
             continue
-        jobs.append(DecodeJob(row, tuple(found.tiles.get(row["path"], ())), target, config.region))
+        job = DecodeJob(row, tuple(found.tiles.get(row["path"], ())), target, config.region)
+        jobs += _bands(job, config.band_tiles) if config.region is None else [job]
     return jobs, refused
+
+
+def _bands(job: DecodeJob, band_tiles: int) -> list[DecodeJob]:
+    """``job`` itself, or, for an image of more than ``band_tiles`` tiles, one job per band of whole
+    tile rows (about ``band_tiles`` tiles each), top to bottom."""
+    row = job.image
+    size, height, width = row["tile_size"], row["height"], row["width"]
+    rows, cols = -(-height // size), -(-width // size)
+    if rows * cols <= band_tiles or rows < 2:
+        return [job]
+    step = max(1, band_tiles // cols) * size
+    tops = range(0, height, step)
+    return [job._replace(region=tiling.Region(0, top, width, min(step, height - top)), band=k) for k, top in enumerate(tops)]
+
+
+class _BandedWriter:
+    """Writes each banded image's PNG as its bands come back, in order (a band that arrives early
+    waits for those above it), and reports the image once: when its last band is written and the
+    file committed, or at its first failed band, when the partial file is discarded."""
+
+    def __init__(self, jobs: Sequence[DecodeJob], report: Callable[[DecodedImage], None]) -> None:
+        self.report = report
+        self.bands = {j.image["path"]: sum(b.image["path"] == j.image["path"] for b in jobs) for j in jobs if j.band is not None}
+        self.open: dict[str, dict[str, Any]] = {}
+        self.done: set[str] = set()
+
+    def add(self, r: DecodedImage, job: DecodeJob) -> None:
+        path = job.image["path"]
+        if path in self.done:
+            return
+        if r.band is None or r.band[1] is None:  # failed
+            self._finish(path, r._replace(reason=f"band {job.band}: {r.reason}"), commit=False)
+            return
+        state = self.open.get(path)
+        if state is None:
+            state = self.open[path] = {"next": 0, "pending": {}, "writer": None, "png": None, "results": []}
+        state["results"].append(r)
+        state["pending"][r.band[0]] = r.band[1]
+        try:
+            while state["next"] in state["pending"]:
+                if state["writer"] is None:
+                    state["writer"] = storage.Writer(job.output)
+                    state["png"] = pngstream.PngWriter(state["writer"], job.image["width"], job.image["height"])
+                state["png"].write(state["pending"].pop(state["next"]))
+                state["next"] += 1
+            if state["next"] < self.bands[path]:
+                return
+            state["png"].close()
+        except (OSError, ValueError) as exc:
+            self._finish(path, r._replace(status="failed", reason=f"cannot write {storage.redact(job.output)}: {exc}", band=None), commit=False)
+            return
+        self._finish(path, _merged(state["results"]), commit=True)
+
+    def _finish(self, path: str, result: DecodedImage, commit: bool) -> None:
+        state = self.open.pop(path, None)
+        self.done.add(path)
+        if state is not None and state["writer"] is not None:
+            if commit:
+                try:
+                    state["writer"].commit()
+                except OSError as exc:
+                    state["writer"].abort()
+                    result = result._replace(status="failed", reason=f"cannot write {storage.redact(result.output)}: {exc}")
+            else:
+                state["writer"].abort()
+        self.report(result._replace(band=None))
+
+    def abort_all(self) -> None:
+        """Discard every partial file (the run stopped before their last band)."""
+        for state in self.open.values():
+            if state["writer"] is not None:
+                state["writer"].abort()
+        self.open.clear()
+
+
+def _merged(results: list[DecodedImage]) -> DecodedImage:
+    """One image's result from its bands' (all written): a mismatch in any band is the image's."""
+    first = results[0]
+    bad = next((r for r in results if r.status != "ok"), None)
+    checks: dict[str, Any] = {"bands": len(results)}
+    if all("bit_exact" in r.checks for r in results):
+        checks["bit_exact"] = all(r.checks["bit_exact"] for r in results)
+    sources = {r.checks["checks_source"] for r in results if "checks_source" in r.checks}
+    if sources:
+        checks["checks_source"] = sources.pop()
+    if bad is not None:
+        return first._replace(status=bad.status, reason=bad.reason, checks=checks | bad.checks)
+    return first._replace(checks=checks)
 
 
 def _check_region(config: DecompressConfig, jobs: list[DecodeJob], refused: list[DecodedImage]) -> None:
@@ -115,6 +205,15 @@ def _check_region(config: DecompressConfig, jobs: list[DecodeJob], refused: list
         raise ValueError(f"--region restores a window of one image; the selection matches {len(jobs) + len(refused)}: name one with --select")
     for job in jobs:
         tiling.check_region(config.region, job.image["height"], job.image["width"])
+
+
+def _bounded(ray: Any, cfg: RayConfig, banded: _BandedWriter) -> RayConfig:
+    """With banded images and no ``--workers``: twice as many tasks in flight as the cluster runs at
+    once, so bands that finish before those above them cannot pile up in the driver."""
+    if cfg.num_workers is not None or not banded.bands:
+        return cfg
+    slots = int(ray.cluster_resources().get("CPU", 1) // cfg.cpus_per_worker)
+    return dataclasses.replace(cfg, num_workers=max(2, 2 * slots))
 
 
 def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], DecodedImage] | None = None) -> DecompressReport:
@@ -145,18 +244,27 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
     results: list[DecodedImage] = list(refused)
     progress.update(0, len(refused))
 
-    def finished(r: DecodedImage) -> None:
+    def report(r: DecodedImage) -> None:
         results.append(r)
         progress.update(r.status == "ok", r.status != "ok")
 
+    banded = _BandedWriter(jobs, report)
+    by_band = {(j.image["path"], j.band): j for j in jobs if j.band is not None}
+
+    def finished(r: DecodedImage) -> None:
+        (banded.add(r, by_band[r.path, r.band[0]]) if r.band is not None else report(r))
+
     def crashed(job: DecodeJob, reason: str) -> None:
-        results.append(DecodedImage(job.image["source"], job.image["path"], job.output, "failed", reason, {}))
-        progress.update(0, 1)
+        failed = DecodedImage(job.image["source"], job.image["path"], job.output, "failed", reason, {})
+        (banded.add(failed, job) if job.band is not None else report(failed))
 
     start = time.perf_counter()
-    if jobs:
-        with ray_session(config.ray) as ray:
-            run_tasks(ray, config.ray, decoder, jobs, finished, crashed)
+    try:
+        if jobs:
+            with ray_session(config.ray) as ray:
+                run_tasks(ray, _bounded(ray, config.ray, banded), decoder, jobs, finished, crashed)
+    finally:
+        banded.abort_all()
     elapsed = time.perf_counter() - start
     progress.close()
     results.sort(key=lambda r: r.path)
@@ -174,7 +282,7 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
             "verify": config.verify,
             **({"region": list(config.region)} if config.region else {}),
             "seconds": round(elapsed, 3),
-            "problems": [r._asdict() for r in results if r.status != "ok"],
+            "problems": [{k: v for k, v in r._asdict().items() if k != "band"} for r in results if r.status != "ok"],
         },
     )
     return DecompressReport(total, counts["ok"], counts["failed"], counts["mismatch"], summary_uri, tuple(results))
