@@ -54,7 +54,12 @@ def run_tasks(
     on_done: Callable[[Any], None],
     on_error: Callable[[Any, str], None],
 ) -> None:
-    """Run ``func(item)`` as Ray tasks, at most ``cfg.num_workers`` at once; report each outcome as it arrives."""
+    """Run ``func(item)`` as Ray tasks, at most ``cfg.num_workers`` at once; report each outcome as it arrives.
+
+    Resources are set per call with ``.options()``, never in ``ray.remote(...)``: a function declared
+    with GPUs gets ``max_calls=1`` (a fresh process per task), which would reload the model that
+    ``func``'s per-process cache keeps for the next unit.
+    """
     remote = ray.remote(_apply).options(
         num_cpus=cfg.cpus_per_worker,
         num_gpus=cfg.gpus_per_worker,
