@@ -9,6 +9,8 @@ decode against a full decode; per-worker peak memory over image sizes.
 - Region decode: a 512² window in the middle of the archived 8192² image (jobs' ``--region``)
   against restoring the whole image: seconds of the Ray job and of the decode alone, and bytes of
   tiles files read.
+- Restore: the whole huge-image archive restored with 1 and then 2 workers (each image over 64
+  tiles is restored in bands, one task each, streamed into one PNG): wall-time ratio.
 - Memory: ``bench/memory.py`` (one unit of the default 64 tiles of a size² image, in a fresh
   process) with streamed region reads (pyvips) and with Pillow's whole-image decode.
 
@@ -60,6 +62,17 @@ def compress(inp: Path, out: Path, model, workers: int, quality: int) -> dict:
     s = report.summary
     return {"workers": workers, "seconds": round(seconds, 2), "images": report.archived, "tiles": s["tiles"], "units": report.units,
             "worker_seconds": s["last_run"]["worker_seconds"], "mean_bpp": s["mean_bpp"]}  # fmt: skip
+
+
+def restore(archive: Path, out: Path, workers: int) -> dict:
+    from pipeline.archive import DecompressConfig, RayConfig, run_decompress
+
+    start = time.perf_counter()
+    report = run_decompress(DecompressConfig(str(archive), str(out), ray=RayConfig(num_workers=workers), progress=False))
+    seconds = time.perf_counter() - start
+    if report.exit_code:
+        raise RuntimeError(f"restore failed: {[r.reason for r in report.results if r.status != 'ok']}")
+    return {"workers": workers, "seconds": round(seconds, 2), "images": report.restored, "bands": sum(r.checks.get("bands", 1) for r in report.results)}
 
 
 def region_decode(archive: Path, scratch: Path, name: str, size: int) -> dict:
@@ -145,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         results["load_before"] = os.getloadavg()
         results["huge"] = [compress(huge, scratch / f"huge-{n}", model, n, args.quality) for n in (1, 2)]
         results["kodak"] = [compress(KODAK, scratch / f"kodak-{n}", model, n, args.quality) for n in (1, 2)]
+        results["restore"] = [restore(scratch / "huge-2", scratch / f"restore-{n}", n) for n in (1, 2)]
         results["load_after"] = os.getloadavg()
         results["region_decode"] = region_decode(scratch / "huge-2", scratch / "restored", f"{max(args.sizes)}.png", max(args.sizes))
     finally:
@@ -168,6 +182,9 @@ def report(r: dict) -> None:
     print(f"huge images ({h1['tiles']} tiles, {h1['units']} units): 1 worker {h1['seconds']:.1f} s, 2 workers {h2['seconds']:.1f} s, ratio {h2['seconds'] / h1['seconds']:.2f}")
     k1, k2 = r["kodak"]
     print(f"Kodak ({k1['tiles']} tiles, {k1['units']} units): 1 worker {k1['seconds']:.1f} s, 2 workers {k2['seconds']:.1f} s, speed-up {k1['seconds'] / k2['seconds']:.2f}x")
+    if "restore" in r:
+        r1, r2 = r["restore"]
+        print(f"restore of the huge images ({r1['bands']} bands): 1 worker {r1['seconds']:.1f} s, 2 workers {r2['seconds']:.1f} s, ratio {r2['seconds'] / r1['seconds']:.2f}")
     d = r["region_decode"]
     print(f"region {d['region']} of {d['image']}: job {d['region_job_seconds']:.1f} s vs {d['full_job_seconds']:.1f} s; decode {d['region_decode_seconds']:.2f} s vs "
           f"{d['full_decode_seconds']:.1f} s; {d['region_tiles']} of {d['tiles']} tiles; tiles files read {d['region_bytes_read'] / 2**20:.2f} MiB "

@@ -39,7 +39,7 @@ def demo_inputs(out: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/demo", help="folder for the archive and the restored images")
-    parser.add_argument("--quality", type=int, default=3, help="quality 1-4 (default 3)")
+    parser.add_argument("--quality", type=int, default=3, help="quality 1-6 (default 3)")
     parser.add_argument("--steps", type=int, default=5, help="online-adaptation iterations per tile (default 5)")
     parser.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
     args = parser.parse_args(argv)

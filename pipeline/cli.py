@@ -150,6 +150,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return _run_each(list(zip(files, outs)), work, "compress")
 
 
+def _group(name: str) -> tuple[int, ...]:
+    from oml.models.zoo import ZOO
+
+    return ZOO[name].groups[0]
+
+
 def _first_quality(name: str) -> int:
     from oml.models.zoo import ZOO
 
@@ -230,7 +236,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(
         inputs=args.inputs, output=args.output, model=args.model, weights=args.weights,
-        qualities=tuple(args.quality), steps=tuple(args.steps), refine=tuple(args.refine), metric=args.metric,
+        qualities=tuple(args.quality or _group(args.model)), steps=tuple(args.steps), refine=tuple(args.refine), metric=args.metric,
         baselines=tuple(args.baselines), per_image=args.per_image, limit=args.limit,
     )
     result = run_eval(cfg)
@@ -282,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="folder for rd.json and rd.png")
     p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS)
     p.add_argument("--weights", help="local oml weights file")
-    p.add_argument("--quality", "-q", type=int, nargs="+", default=[1, 2, 3, 4], help="qualities to code (default 1 2 3 4)")
+    p.add_argument("--quality", "-q", type=int, nargs="+", help="qualities to code (default: every quality of the model's first group, 1-6 for oml-default)")
     p.add_argument("--steps", type=int, nargs="+", default=[0], help="adaptation iterations, one curve per value (default 0)")
     p.add_argument("--refine", type=int, nargs="+", default=[0], metavar="N", help="latent-refinement iterations, one curve per value and --steps value (default 0)")
     p.add_argument("--metric", default="psnr", choices=METRICS, help="adaptation target")

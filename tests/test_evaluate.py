@@ -23,8 +23,8 @@ def test_eval_writes_json_and_plot(tmp_path, random_default_model, capsys):
     assert code == 0
     result = json.loads((tmp_path / "out" / "rd.json").read_text())
     assert set(result["curves"]) == {"oml-default N=0", "oml-default N=2", "jpeg"}
-    assert len(result["curves"]["oml-default N=0"]) == 4
-    assert len(result["per_image"]) == 2 * (2 * 4) + 2 * len(result["curves"]["jpeg"])
+    assert len(result["curves"]["oml-default N=0"]) == 6  # by default every quality of the group, q1-6
+    assert len(result["per_image"]) == 2 * (2 * 6) + 2 * len(result["curves"]["jpeg"])
     assert "oml-default N=0 vs jpeg" in result["bd_rate_percent"]
     adapted, plain = result["curves"]["oml-default N=2"], result["curves"]["oml-default N=0"]
     assert all(a["psnr"] >= p["psnr"] - 1e-9 for a, p in zip(adapted, plain))

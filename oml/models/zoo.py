@@ -3,7 +3,7 @@
 ==================== ============ ============== ===================== ===================
 model id             latent kind  quality groups g_s block starts      weights
 ==================== ============ ============== ===================== ===================
-oml-default          mean_scale   (1–4)          built-in              shipped in the repo
+oml-default          mean_scale   (1–6)          built-in              shipped in the repo
 bmshj2018-hyperprior scale        (1–4), (5–8)   0, 2, 4, 6            CompressAI zoo
 mbt2018-mean         mean_scale   (1–4), (5–8)   0, 2, 4, 6            CompressAI zoo
 mbt2018              autoregressive (1–4), (5–8) 0, 2, 4, 6            CompressAI zoo
@@ -51,7 +51,7 @@ class ZooEntry:
 
 
 ZOO: dict[str, ZooEntry] = {
-    "oml-default": ZooEntry("mean_scale", ((1, 2, 3, 4),), source="package"),
+    "oml-default": ZooEntry("mean_scale", ((1, 2, 3, 4, 5, 6),), source="package"),
     "bmshj2018-hyperprior": ZooEntry("scale", ((1, 2, 3, 4), (5, 6, 7, 8)), (0, 2, 4, 6)),
     "mbt2018-mean": ZooEntry("mean_scale", ((1, 2, 3, 4), (5, 6, 7, 8)), (0, 2, 4, 6)),
     "mbt2018": ZooEntry("autoregressive", ((1, 2, 3, 4), (5, 6, 7, 8)), (0, 2, 4, 6)),
