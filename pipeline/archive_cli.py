@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.cli import add_coding_arguments, region_arg
+from pipeline.cli import UserError, add_coding_arguments, check_counts, region_arg
 
 ARCHIVE_DOC = """Archive an image collection on Ray: every image under --input is cut into tiles, coded in units of tiles under --output.
 
@@ -90,8 +90,6 @@ def _compress_config(args: argparse.Namespace):
     from oml.ratecontrol import target_from
     from pipeline.archive import CodingConfig, CompressConfig, ModelConfig, RayConfig
 
-    if args.steps < 0 or args.refine < 0:
-        raise ValueError("--steps and --refine must be 0 or more")
     target = target_from(args.target_psnr, args.target_bpp)
     options = {"extensions": tuple(args.extensions)} if args.extensions else {}
     return CompressConfig(
@@ -177,6 +175,10 @@ def run_restore(args: argparse.Namespace, prog: str) -> int:
 
 def job_main(kind: str, prog: str, argv: Sequence[str] | None = None) -> int:
     """Entry of ``jobs/compress.py`` (``kind="archive"``) and ``jobs/decompress.py`` (``"restore"``)."""
-    if kind == "archive":
-        return run_archive(archive_parser(prog).parse_args(argv), prog)
-    return run_restore(restore_parser(prog).parse_args(argv), prog)
+    args = (archive_parser if kind == "archive" else restore_parser)(prog).parse_args(argv)
+    try:
+        check_counts(args)  # `oml archive` runs the same check in pipeline.cli.main
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return run_archive(args, prog) if kind == "archive" else run_restore(args, prog)

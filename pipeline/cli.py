@@ -157,9 +157,7 @@ def _group(name: str) -> tuple[int, ...]:
 
 
 def _first_quality(name: str) -> int:
-    from oml.models.zoo import ZOO
-
-    return ZOO[name].groups[0][0] if name in ZOO else 1
+    return _group(name)[0] if name in MODEL_IDS else 1
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
@@ -264,6 +262,14 @@ def add_coding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
 
 
+def check_counts(args: argparse.Namespace) -> None:
+    """UserError unless ``--steps`` and ``--refine`` (one value or a list) are 0 or more."""
+    for flag in ("steps", "refine"):
+        values = getattr(args, flag, 0)
+        if any(n < 0 for n in (values if isinstance(values, list) else [values])):
+            raise UserError(f"--{flag} must be 0 or more")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oml", description="Variable-rate learned image compression with online meta adaptation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -320,10 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        for flag in ("steps", "refine"):
-            values = getattr(args, flag, 0)
-            if any(n < 0 for n in (values if isinstance(values, list) else [values])):
-                raise UserError(f"--{flag} must be 0 or more")
+        check_counts(args)
         return args.func(args)
     except (UserError, ModelUnavailableError, ValueError) as exc:
         print(f"oml: error: {exc}", file=sys.stderr)

@@ -156,27 +156,15 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole file so that readers see either nothing, the old file or the new one.
-
-    Local files go to a unique temporary name beside the target, then are
-    renamed over it; an object store's single PUT is already all-or-nothing.
-    """
-    fs, path = url_to_fs(uri)
-    if _is_local(fs):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return
-    fs.pipe_file(path, data)
-    fs.invalidate_cache(posixpath.dirname(path))
+    """Write a whole file so that readers see either nothing, the old file or the new one
+    (:class:`Writer`: a renamed local temporary; on an object store one upload)."""
+    writer = Writer(uri)
+    try:
+        writer.write(data)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
 
 
 class Writer:
@@ -199,10 +187,14 @@ class Writer:
 
     def commit(self) -> None:
         if self.local:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            os.replace(self.tmp, self.path)
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+                self.file.close()
+                os.replace(self.tmp, self.path)
+            except BaseException:
+                self.abort()  # no temporary left behind
+                raise
         else:
             self.file.close()
             self.fs.invalidate_cache(posixpath.dirname(self.path))

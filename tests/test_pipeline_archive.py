@@ -103,6 +103,25 @@ def edited_copy(out: Path, copy: Path, index: int, kind: str, edit) -> Path:
     return copy
 
 
+@dataclasses.dataclass(frozen=True)
+class DiesOnce(archive.UnitEncoder):
+    """An encoder whose worker process dies (as under SIGKILL or the OOM killer) the first time it
+    starts unit ``unit``, after a torn write of that unit's tiles file when ``torn``; ``flag`` is
+    the file that records the death, so Ray's retry runs the unit normally."""
+
+    flag: str = ""
+    unit: int = 1
+    torn: bool = False
+
+    def __call__(self, unit):
+        if unit.index == self.unit and not os.path.exists(self.flag):
+            Path(self.flag).write_text(str(os.getpid()))
+            if self.torn:
+                storage.write_bytes(archive.unit_uri(self.output, unit.index, "tiles"), b"PAR1 torn")
+            os._exit(9)
+        return super().__call__(unit)
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     yield start_local_ray()
@@ -345,20 +364,9 @@ def test_a_killed_worker_loses_nothing(archived, tmp_path):
     inp, out, _ = archived
     flag = tmp_path / "killed-once"
 
-    @dataclasses.dataclass(frozen=True)
-    class DiesOnce(archive.UnitEncoder):
-        flag: str = ""
-
-        def __call__(self, unit):
-            if unit.index == 1 and not os.path.exists(self.flag):
-                Path(self.flag).write_text(str(os.getpid()))
-                storage.write_bytes(archive.unit_uri(self.output, 1, "tiles"), b"PAR1 torn")
-                os._exit(9)  # the worker process dies mid-unit, as under SIGKILL or the OOM killer
-            return super().__call__(unit)
-
     target = tmp_path / "archive"
     fingerprint = archive.get_model(MODEL, CODING.quality).fingerprint(CODING.quality).hex()
-    encoder = DiesOnce(str(target), MODEL, CODING, fingerprint, flag=str(flag))
+    encoder = DiesOnce(str(target), MODEL, CODING, fingerprint, flag=str(flag), torn=True)
     report = archive.run_compress(config(inp, target), encoder=encoder)
     assert flag.exists() and int(flag.read_text()) != os.getpid()
     assert (report.archived, report.failed, report.units_written, report.units_failed) == (3, 5, 3, ())
@@ -578,17 +586,7 @@ def test_a_huge_image_spreads_over_units_survives_a_killed_worker_and_restores_b
     flag, out = tmp_path / "killed-once", tmp_path / "archive"
     model = archive.get_model(model_cfg, 2)
 
-    @dataclasses.dataclass(frozen=True)
-    class DiesMidImage(archive.UnitEncoder):
-        flag: str = ""
-
-        def __call__(self, unit):
-            if unit.index == 2 and not os.path.exists(self.flag):
-                Path(self.flag).write_text(str(os.getpid()))
-                os._exit(9)
-            return super().__call__(unit)
-
-    encoder = DiesMidImage(str(out), model_cfg, coding, model.fingerprint(2).hex(), flag=str(flag))
+    encoder = DiesOnce(str(out), model_cfg, coding, model.fingerprint(2).hex(), flag=str(flag), unit=2)
     cfg = CompressConfig(str(tmp_path / "in"), str(out), model=model_cfg, coding=coding, unit_tiles=8, min_units=1, progress=False)
     report = archive.run_compress(cfg, encoder=encoder)
     assert flag.exists() and (report.archived, report.units, report.units_written, report.units_failed) == (1, 6, 6, ())

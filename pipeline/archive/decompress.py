@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,17 @@ def _bands(job: DecodeJob, band_tiles: int) -> list[DecodeJob]:
     return [job._replace(region=tiling.Region(0, top, width, min(step, height - top)), band=k) for k, top in enumerate(tops)]
 
 
+@dataclass
+class _Partial:
+    """A banded image being written: the next band the file needs, bands that came early, results so far."""
+
+    next: int = 0
+    early: dict[int, pngstream.Band] = field(default_factory=dict)
+    results: list[DecodedImage] = field(default_factory=list)
+    file: storage.Writer | None = None
+    png: pngstream.PngWriter | None = None
+
+
 class _BandedWriter:
     """Writes each banded image's PNG as its bands come back, in order (a band that arrives early
     waits for those above it), and reports the image once: when its last band is written and the
@@ -130,56 +142,57 @@ class _BandedWriter:
 
     def __init__(self, jobs: Sequence[DecodeJob], report: Callable[[DecodedImage], None]) -> None:
         self.report = report
-        self.bands = {j.image["path"]: sum(b.image["path"] == j.image["path"] for b in jobs) for j in jobs if j.band is not None}
-        self.open: dict[str, dict[str, Any]] = {}
+        self.jobs = {(j.image["path"], j.band): j for j in jobs if j.band is not None}
+        self.bands = Counter(path for path, _ in self.jobs)
+        self.open: dict[str, _Partial] = {}
         self.done: set[str] = set()
 
-    def add(self, r: DecodedImage, job: DecodeJob) -> None:
-        path = job.image["path"]
+    def add(self, r: DecodedImage, band: int) -> None:
+        """The result of band number ``band`` of image ``r.path`` (failed when it carries no rows)."""
+        job = self.jobs[r.path, band]
+        path = r.path
         if path in self.done:
             return
-        if r.band is None or r.band[1] is None:  # failed
-            self._finish(path, r._replace(reason=f"band {job.band}: {r.reason}"), commit=False)
+        if r.band is None or r.band[1] is None:
+            self._finish(path, r._replace(reason=f"band {band}: {r.reason}"), commit=False)
             return
-        state = self.open.get(path)
-        if state is None:
-            state = self.open[path] = {"next": 0, "pending": {}, "writer": None, "png": None, "results": []}
-        state["results"].append(r)
-        state["pending"][r.band[0]] = r.band[1]
+        state = self.open.setdefault(path, _Partial())
+        state.results.append(r)
+        state.early[band] = r.band[1]
         try:
-            while state["next"] in state["pending"]:
-                if state["writer"] is None:
-                    state["writer"] = storage.Writer(job.output)
-                    state["png"] = pngstream.PngWriter(state["writer"], job.image["width"], job.image["height"])
-                state["png"].write(state["pending"].pop(state["next"]))
-                state["next"] += 1
-            if state["next"] < self.bands[path]:
+            while state.next in state.early:
+                if state.png is None:
+                    state.file = storage.Writer(job.output)
+                    state.png = pngstream.PngWriter(state.file, job.image["width"], job.image["height"])
+                state.png.write(state.early.pop(state.next))
+                state.next += 1
+            if state.next < self.bands[path]:
                 return
-            state["png"].close()
+            state.png.close()
         except (OSError, ValueError) as exc:
             self._finish(path, r._replace(status="failed", reason=f"cannot write {storage.redact(job.output)}: {exc}", band=None), commit=False)
             return
-        self._finish(path, _merged(state["results"]), commit=True)
+        self._finish(path, _merged(state.results), commit=True)
 
     def _finish(self, path: str, result: DecodedImage, commit: bool) -> None:
         state = self.open.pop(path, None)
         self.done.add(path)
-        if state is not None and state["writer"] is not None:
+        if state is not None and state.file is not None:
             if commit:
                 try:
-                    state["writer"].commit()
+                    state.file.commit()
                 except OSError as exc:
-                    state["writer"].abort()
+                    state.file.abort()
                     result = result._replace(status="failed", reason=f"cannot write {storage.redact(result.output)}: {exc}")
             else:
-                state["writer"].abort()
+                state.file.abort()
         self.report(result._replace(band=None))
 
     def abort_all(self) -> None:
         """Discard every partial file (the run stopped before their last band)."""
         for state in self.open.values():
-            if state["writer"] is not None:
-                state["writer"].abort()
+            if state.file is not None:
+                state.file.abort()
         self.open.clear()
 
 
@@ -249,14 +262,13 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
         progress.update(r.status == "ok", r.status != "ok")
 
     banded = _BandedWriter(jobs, report)
-    by_band = {(j.image["path"], j.band): j for j in jobs if j.band is not None}
 
     def finished(r: DecodedImage) -> None:
-        (banded.add(r, by_band[r.path, r.band[0]]) if r.band is not None else report(r))
+        (banded.add(r, r.band[0]) if r.band is not None else report(r))
 
     def crashed(job: DecodeJob, reason: str) -> None:
         failed = DecodedImage(job.image["source"], job.image["path"], job.output, "failed", reason, {})
-        (banded.add(failed, job) if job.band is not None else report(failed))
+        (banded.add(failed, job.band) if job.band is not None else report(failed))
 
     start = time.perf_counter()
     try:
