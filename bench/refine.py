@@ -56,20 +56,21 @@ def _ladder(args, model, images, out: Path) -> list[dict]:
 
     from oml import codec
     from oml.adapt import AdaptConfig
-    from oml.metrics import psnr
+    from oml.metrics import ms_ssim, ms_ssim_db, psnr
     from oml.names import PLAIN
     from oml.refine import RefineConfig
 
     store = out / "points.json"
     points = json.loads(store.read_text()) if store.exists() else []
-    done = {(p["image"], p["quality"], p["refine"], p["steps"]) for p in points}
-    for q in args.quality:
-        for n in args.refine:
-            for name, image in images:
-                if (name, q, n, args.steps) in done:
+    done = {(p["image"], p["quality"], p["refine"], p["steps"], p.get("metric", "psnr")) for p in points}
+    # image by image, so that a run stopped part-way still gives whole curves on the images it did
+    for name, image in images:
+        for q in args.quality:
+            for n in args.refine:
+                if (name, q, n, args.steps, args.metric) in done:
                     continue
                 t0 = time.perf_counter()
-                enc = codec.encode(model, image, quality=q, adapt_config=AdaptConfig(args.steps), refine_config=RefineConfig(n))
+                enc = codec.encode(model, image, quality=q, adapt_config=AdaptConfig(args.steps, (args.metric,)), refine_config=RefineConfig(n))
                 t1 = time.perf_counter()
                 adapted = codec.decode(model, enc.data)
                 t2 = time.perf_counter()
@@ -77,9 +78,10 @@ def _ladder(args, model, images, out: Path) -> list[dict]:
                 assert torch.equal(adapted, enc.reconstruction)
                 h, w = image.shape[1:]
                 point = {
-                    "image": name, "quality": q, "refine": n, "steps": args.steps,
+                    "image": name, "quality": q, "refine": n, "steps": args.steps, "metric": args.metric,
                     "bpp": 8 * len(enc.data) / (h * w),
                     "psnr_plain": float(psnr(plain, image)), "psnr_adapted": float(psnr(adapted, image)),
+                    "msssim_plain": float(ms_ssim_db(ms_ssim(plain, image))), "msssim_adapted": float(ms_ssim_db(ms_ssim(adapted, image))),
                     "tiles": len(enc.tiles), "tiles_refined": sum(t.refined for t in enc.tiles),
                     "encode_s": t1 - t0, "decode_s": t2 - t1,
                 }
@@ -88,12 +90,13 @@ def _ladder(args, model, images, out: Path) -> list[dict]:
                 print(f"q{q} N={n} {name}: {point['bpp']:.4f} bpp, {point['psnr_plain']:.2f} / {point['psnr_adapted']:.2f} dB, "
                       f"{point['tiles_refined']}/{point['tiles']} tiles refined, {point['encode_s']:.1f} s", flush=True)
     names = {name for name, _ in images}
-    return [p for p in points if p["image"] in names and p["steps"] == args.steps and p["quality"] in args.quality and p["refine"] in args.refine]
+    return [p for p in points if p["image"] in names and p["steps"] == args.steps and p["quality"] in args.quality and p["refine"] in args.refine
+            and p.get("metric", "psnr") == args.metric]
 
 
-def _baseline_curves(images) -> dict[str, tuple[list[float], list[float]]]:
+def _baseline_curves(images, metric: str) -> dict[str, tuple[list[float], list[float]]]:
     from oml import baselines
-    from oml.metrics import psnr
+    from oml.metrics import ms_ssim, ms_ssim_db, psnr
 
     curves = {}
     for name in BASELINES:
@@ -103,7 +106,8 @@ def _baseline_curves(images) -> dict[str, tuple[list[float], list[float]]]:
             for _, image in images:
                 data = baselines.encode(image, name, q)
                 bpp.append(8 * len(data) / (image.shape[1] * image.shape[2]))
-                db.append(float(psnr(baselines.decode(data), image)))
+                decoded = baselines.decode(data)
+                db.append(float(psnr(decoded, image) if metric == "psnr" else ms_ssim_db(ms_ssim(decoded, image))))
             rates.append(statistics.mean(bpp))
             dists.append(statistics.mean(db))
         curves[name] = (rates, dists)
@@ -121,8 +125,9 @@ def _summary(args, points: list[dict], images) -> dict:
             rows = [[p for p in points if p["refine"] == n and p["quality"] == q] for q in args.quality]
             if any(len(r) != len(images) for r in rows):
                 continue
-            curves[label] = ([statistics.mean(p["bpp"] for p in r) for r in rows], [statistics.mean(p[f"psnr_{kind}"] for p in r) for r in rows])
-    anchors = _baseline_curves(images)
+            key = f"{'psnr' if args.metric == 'psnr' else 'msssim'}_{kind}"
+            curves[label] = ([statistics.mean(p["bpp"] for p in r) for r in rows], [statistics.mean(p[key] for p in r) for r in rows])
+    anchors = _baseline_curves(images, args.metric)
     reference = f"R={args.refine[0]}"
     bd = {}
     for label, (rate, dist) in curves.items():
@@ -139,7 +144,7 @@ def _summary(args, points: list[dict], images) -> dict:
         share = sum(p["tiles_refined"] for p in points if p["refine"] == n) / max(1, sum(p["tiles"] for p in points if p["refine"] == n))
         time_rows.append({"refine": n, "encode_s": statistics.mean(p["encode_s"] for p in points if p["refine"] == n),
                           "encode_vs_plain": statistics.mean(rel), "decode_vs_plain": statistics.mean(dec), "tiles_refined": share})
-    return {"images": [name for name, _ in images], "qualities": args.quality, "steps": args.steps,
+    return {"images": [name for name, _ in images], "qualities": args.quality, "steps": args.steps, "metric": args.metric,
             "curves": {k: {"bpp": v[0], "psnr": v[1]} for k, v in (curves | anchors).items()}, "bd_rate_percent": bd, "time": time_rows}
 
 
@@ -154,7 +159,7 @@ def _plot(summary: dict, path: Path) -> None:
         style = "--" if label in BASELINES else "-o"
         ax.plot(c["bpp"], c["psnr"], style, label=label, markersize=3)
     ax.set_xlabel("bits per pixel")
-    ax.set_ylabel("PSNR (dB)")
+    ax.set_ylabel("PSNR (dB)" if summary.get("metric", "psnr") == "psnr" else "MS-SSIM (dB)")
     ax.set_xlim(0, max(max(c["bpp"]) for k, c in summary["curves"].items() if k not in BASELINES) * 1.15)
     ax.set_ylim(bottom=min(min(c["psnr"]) for k, c in summary["curves"].items() if k not in BASELINES) - 1.5)
     ax.grid(alpha=0.3)
@@ -252,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--refine", type=int, nargs="+", default=[0, 100, 400], help="refinement iterations; the first is the reference")
     parser.add_argument("--steps", type=int, default=5, help="online-adaptation steps of the adapted curves (default 5)")
+    parser.add_argument("--metric", choices=("psnr", "ms-ssim"), default="psnr",
+                        help="what refinement and adaptation lower, and the quality axis of the curves (default psnr)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", help="oml weights file (default: the shipped model)")
     parser.add_argument("--study", action="store_true", help="gain against iterations on crops instead")

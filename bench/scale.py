@@ -53,7 +53,7 @@ def tiled_kodak(path: Path, size: int) -> None:
 def compress(inp: Path, out: Path, model, workers: int, quality: int) -> dict:
     from pipeline.archive import CodingConfig, CompressConfig, RayConfig, run_compress
 
-    config = CompressConfig(str(inp), str(out), model=model, coding=CodingConfig(quality=quality), ray=RayConfig(num_workers=workers), progress=False)
+    config = CompressConfig(str(inp), str(out), model=model, coding=CodingConfig(quality=quality, max_pixels=2**30), ray=RayConfig(num_workers=workers), progress=False)
     start = time.perf_counter()
     report = run_compress(config)
     seconds = time.perf_counter() - start
@@ -76,11 +76,13 @@ def restore(archive: Path, out: Path, workers: int) -> dict:
 
 
 def region_decode(archive: Path, scratch: Path, name: str, size: int) -> dict:
-    """Restore ``name`` whole and a 512² window in its middle; seconds, tiles decoded, bytes of tiles files read."""
+    """Restore ``name`` whole and a 512² window in its middle: seconds of the Ray jobs and of the
+    decoding alone, tiles decoded, bytes of tiles files read (as the jobs report them); and what
+    the row groups that let a window read less cost in storage (the same tiles files written as
+    one row group each, the layout before session 8)."""
     from oml import codec, tiling
     from pipeline import schema, storage
     from pipeline.archive import DecompressConfig, ModelConfig, get_model, run_decompress
-    from pipeline.archive.decoder import read_tiles
     from pipeline.archive.decompress import catalogue
 
     region = tiling.Region(size // 2 - 256, size // 2 - 256, 512, 512)
@@ -90,15 +92,18 @@ def region_decode(archive: Path, scratch: Path, name: str, size: int) -> dict:
         report = run_decompress(DecompressConfig(str(archive), str(scratch / label), select=(name,), region=reg, progress=False))
         assert report.exit_code == 0, report.results
         out[f"{label}_job_seconds"] = round(time.perf_counter() - start, 2)
+        out[f"{label}_bytes_read"] = report.results[0].bytes_read
     found = catalogue(str(archive), storage.read_json(str(archive / "plan.json")))
     row, sources = found.rows[name], found.tiles[name]
     header = schema.header_of(row)
     grid = tiling.tile_grid(header.height, header.width, header.tile)
     wanted = set(tiling.overlapping(grid, region))
     needed = [s for s in sources if any(s.first <= i < s.first + s.count for i in wanted)]
-    out.update(tiles=len(grid), region_tiles=len(wanted), full_bytes_read=sum(s.size for s in sources), region_bytes_read=sum(s.size for s in needed),
-               units=len(sources), region_units=len(needed))  # fmt: skip
-    tiles = [t for s in sources for t in read_tiles(s, name)]
+    tables = {s.uri: schema.read_parquet(storage.read_bytes(s.uri)).to_pylist() for s in sources}
+    one_group = sum(len(schema.to_parquet(t, schema.TILE_SCHEMA)) for t in tables.values())
+    out.update(tiles=len(grid), region_tiles=len(wanted), units=len(sources), region_units=len(needed),
+               tiles_files_bytes=sum(s.size for s in sources), one_group_bytes=one_group)  # fmt: skip
+    tiles = [t for table in tables.values() for t in table if t["path"] == name]
     model = get_model(ModelConfig(**storage.read_json(str(archive / "plan.json"))["model"]), row["quality"] or 1)
     data = schema.coded_bytes(row, tiles)
     start = time.perf_counter()
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--memory-only", action="store_true", help="redo only the memory part of the --json file")
+    parser.add_argument("--region-size", type=int, metavar="N", help="only archive one N² image (2 workers, default units) and "
+                        "restore a 512² window of it against the whole; added to the --json file as region_decode_large")
     args = parser.parse_args(argv)
     if args.memory_only:
         results = {**json.loads(Path(args.json).read_text()), "memory": memory(args.memory_sizes, args.quality)}
@@ -143,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     model = model_config(None)
+    if args.region_size:
+        return large_region(args, model)
     results: dict = {"model": "packaged" if model.pretrained else "random weights (seed 0)", "quality": args.quality, "cpus": os.cpu_count()}
     scratch = Path(tempfile.mkdtemp(prefix="oml-scale-"))
     huge = scratch / "huge"
@@ -170,6 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def large_region(args, model) -> int:
+    import ray
+
+    scratch = Path(tempfile.mkdtemp(prefix="oml-scale-region-"))
+    (scratch / "in").mkdir()
+    name = f"{args.region_size}.png"
+    tiled_kodak(scratch / "in" / name, args.region_size)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        coded = compress(scratch / "in", scratch / "archive", model, 2, args.quality)
+        result = {"archive": coded, **region_decode(scratch / "archive", scratch / "restored", name, args.region_size)}
+    finally:
+        ray.shutdown()
+    results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {}
+    save(results | {"region_decode_large": result}, args.json)
+    report({"region_decode_large": result})
+    return 0
+
+
 def save(results: dict, path: str | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +205,8 @@ def save(results: dict, path: str | None) -> None:
 
 
 def report(r: dict) -> None:
+    if "huge" not in r:
+        return report_regions(r)
     h1, h2 = r["huge"]
     print(f"model {r['model']}, quality {r['quality']}, {r['cpus']} CPUs, load average before {r['load_before'][0]:.2f}, after {r['load_after'][0]:.2f}")
     print(f"huge images ({h1['tiles']} tiles, {h1['units']} units): 1 worker {h1['seconds']:.1f} s, 2 workers {h2['seconds']:.1f} s, ratio {h2['seconds'] / h1['seconds']:.2f}")
@@ -185,12 +215,19 @@ def report(r: dict) -> None:
     if "restore" in r:
         r1, r2 = r["restore"]
         print(f"restore of the huge images ({r1['bands']} bands): 1 worker {r1['seconds']:.1f} s, 2 workers {r2['seconds']:.1f} s, ratio {r2['seconds'] / r1['seconds']:.2f}")
-    d = r["region_decode"]
-    print(f"region {d['region']} of {d['image']}: job {d['region_job_seconds']:.1f} s vs {d['full_job_seconds']:.1f} s; decode {d['region_decode_seconds']:.2f} s vs "
-          f"{d['full_decode_seconds']:.1f} s; {d['region_tiles']} of {d['tiles']} tiles; tiles files read {d['region_bytes_read'] / 2**20:.2f} MiB "
-          f"({d['region_units']} units) vs {d['full_bytes_read'] / 2**20:.2f} MiB ({d['units']} units)")  # fmt: skip
+    report_regions(r)
     for m in r["memory"]:
         print(f"{m['size']}² {m['reads']}: peak RSS {m['peak_rss_mib']:.0f} MiB (model loaded {m['baseline_rss_mib']:.0f} MiB), a unit of {m['tiles']} tiles in {m['seconds']:.0f} s")
+
+
+def report_regions(r: dict) -> None:
+    for d in [r[k] for k in ("region_decode", "region_decode_large") if k in r]:
+        print(f"region {d['region']} of {d['image']}: job {d['region_job_seconds']:.1f} s vs {d['full_job_seconds']:.1f} s; decode {d['region_decode_seconds']:.2f} s vs "
+              f"{d['full_decode_seconds']:.1f} s; {d['region_tiles']} of {d['tiles']} tiles; tiles files read {d['region_bytes_read'] / 2**20:.3f} MiB "
+              f"({d['region_units']} of {d['units']} units) vs {d['full_bytes_read'] / 2**20:.2f} MiB")  # fmt: skip
+        if "one_group_bytes" in d:
+            print(f"  row groups of {d['image']}'s tiles files: {d['tiles_files_bytes']} bytes against {d['one_group_bytes']} in one group each "
+                  f"({100 * (d['tiles_files_bytes'] / d['one_group_bytes'] - 1):+.2f} %)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import hashlib
 import io
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -208,6 +208,52 @@ def to_parquet(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
+
+
+TILES_PER_GROUP = 8
+"""Tile rows per Parquet row group of a tiles file: a window reads only the groups holding its
+tiles. Each group costs about 2 KB (page headers and footer entries of 17 columns), so smaller
+groups would cost more storage than they save reading (docs/ARCHIVE.md, "Reading a window")."""
+
+
+class Span(NamedTuple):
+    """Bytes ``offset … offset+length-1`` of a file, with their SHA-256; ``rows``: tile rows in a
+    row group (0 for the footer)."""
+
+    offset: int
+    length: int
+    sha256: str
+    rows: int = 0
+
+
+def tiles_parquet(rows: list[dict[str, Any]]) -> tuple[bytes, list[Span], Span]:
+    """Tile rows → a Parquet file in row groups of :data:`TILES_PER_GROUP` rows (no dictionaries
+    and no statistics, which nothing reads and which cost bytes in every group), with the byte
+    span and hash of each group and of the footer, which a reader of single groups checks."""
+    table = pa.Table.from_pylist(rows, schema=TILE_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=TILES_PER_GROUP, use_dictionary=False, write_statistics=False)
+    data = buf.getvalue()
+    groups, footer = layout_of(data)
+    return data, [Span(o, n, sha256(data[o : o + n]), r) for o, n, r in groups], Span(footer[0], footer[1], sha256(data[footer[0] :]))
+
+
+def layout_of(data: bytes | bytearray) -> tuple[list[tuple[int, int, int]], tuple[int, int]]:
+    """Where a Parquet file's row groups lie (offset, length, rows) and its footer (offset, length:
+    the metadata, its length and the closing magic), read from the footer."""
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    groups = []
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        starts, ends = [], []
+        for c in range(group.num_columns):
+            col = group.column(c)
+            start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+            starts.append(start)
+            ends.append(start + col.total_compressed_size)
+        groups.append((min(starts), max(ends) - min(starts), group.num_rows))
+    footer = len(data) - 8 - meta.serialized_size
+    return groups, (footer, len(data) - footer)
 
 
 def read_parquet(data: bytes, columns: list[str] | None = None) -> pa.Table:

@@ -13,6 +13,7 @@ summaries.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -153,6 +154,21 @@ def list_images(uri: str) -> list[str]:
 def read_bytes(uri: str) -> bytes:
     fs, path = url_to_fs(uri)
     return fs.cat_file(path)
+
+
+def read_range(uri: str, offset: int, length: int) -> bytes:
+    """Bytes ``offset … offset+length-1`` of the file at ``uri`` (an object store serves the range alone)."""
+    fs, path = url_to_fs(uri)
+    return fs.cat_file(path, start=offset, end=offset + length)
+
+
+def file_sha256(uri: str, chunk: int = 8 << 20) -> str:
+    """SHA-256 of the file at ``uri``, read in pieces (memory does not grow with the file)."""
+    digest = hashlib.sha256()
+    with open_file(uri) as f:
+        while piece := f.read(chunk):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def write_bytes(uri: str, data: bytes) -> None:

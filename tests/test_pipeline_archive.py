@@ -87,10 +87,15 @@ def snapshot(out: Path, pattern: str = "*") -> dict[str, bytes]:
 
 def reseal(out: Path, index: int, kind: str, table: list[dict]) -> None:
     """Write ``table`` as unit ``index``'s ``kind`` file and re-seal its marker (as a forger would)."""
-    data = schema.to_parquet(table, schema.TILE_SCHEMA if kind == "tiles" else schema.IMAGE_SCHEMA)
+    seal = {}
+    if kind == "tiles":
+        data, groups, footer = schema.tiles_parquet(table)
+        seal = {"tiles_groups": groups, "tiles_footer": footer}
+    else:
+        data = schema.to_parquet(table, schema.IMAGE_SCHEMA)
     unit_file(out, index, kind).write_bytes(data)
     marker = unit_file(out, index, "done")
-    marker.write_text(json.dumps(json.loads(marker.read_text()) | {f"{kind}_bytes": len(data), f"{kind}_sha256": schema.sha256(data)}))
+    marker.write_text(json.dumps(json.loads(marker.read_text()) | {f"{kind}_bytes": len(data), f"{kind}_sha256": schema.sha256(data)} | seal))
 
 
 def edited_copy(out: Path, copy: Path, index: int, kind: str, edit) -> Path:
@@ -448,6 +453,63 @@ def test_region_decode_equals_the_window_of_a_full_decode(archived, tmp_path):
         archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "x"), select=("sub/*",), region=tiling.Region(0, 0, 8, 8), progress=False))
 
 
+def test_a_window_reads_only_the_row_groups_of_its_tiles_each_checked(local_ray, tmp_path):
+    """One unit of 32 tiles (128², a 512x1024 image) is 4 row groups of 8. A 100² window inside
+    tiles 9, 10, 17 and 18 (groups 1 and 2) reads the footer and those two groups, and decodes
+    what the full restore holds there. Damage outside them goes unnoticed by the window (it is
+    never read) while the full restore names it; damage inside a group read, or in the footer,
+    is refused naming the bytes. A marker from before row groups were recorded reads the whole file."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "wide.png").write_bytes(encode_png(natural_image(512, 1024, 3)))
+    out = tmp_path / "archive"
+    report = archive.run_compress(config(tmp_path / "in", out, unit_tiles=32, coding=dataclasses.replace(CODING, max_pixels=2**20)))
+    assert (report.archived, report.units) == (1, 1)
+    marker = json.loads(unit_file(out, 0, "done").read_text())
+    groups, footer = [schema.Span(*g) for g in marker["tiles_groups"]], schema.Span(*marker["tiles_footer"])
+    assert [g.rows for g in groups] == [8, 8, 8, 8]
+    whole = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "whole"), progress=False))
+    assert whole.exit_code == 0 and whole.results[0].bytes_read == unit_file(out, 0, "tiles").stat().st_size
+    full = decode_image((tmp_path / "whole" / "wide.png").read_bytes())
+    region = tiling.Region(200, 200, 100, 100)
+
+    def window(root: Path, name: str) -> archive.DecodedImage:
+        report = archive.run_decompress(DecompressConfig(str(root), str(tmp_path / name), region=region, progress=False))
+        return report.results[0]
+
+    r = window(out, "win")
+    assert r.status == "ok" and r.bytes_read == footer.length + groups[1].length + groups[2].length
+    assert torch.equal(decode_image(Path(r.output).read_bytes()), full[:, 200:300, 200:300])
+
+    def damaged(name: str, offset: int) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        data = bytearray(unit_file(copy, 0, "tiles").read_bytes())
+        data[offset] ^= 0x40
+        unit_file(copy, 0, "tiles").write_bytes(bytes(data))
+        return copy
+
+    elsewhere = damaged("elsewhere", groups[3].offset + 10)
+    assert window(elsewhere, "w1").status == "ok"
+    assert archive.run_decompress(DecompressConfig(str(elsewhere), str(tmp_path / "w1-full"), progress=False)).exit_code == 1
+    for name, offset in (("inside", groups[2].offset + groups[2].length // 2), ("footer", footer.offset + 5)):
+        r = window(damaged(name, offset), f"w-{name}")
+        assert r.status == "failed" and "of its tiles Parquet file differ from those committed" in r.reason, r.reason
+        assert not Path(r.output).exists()
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    unit_file(older, 0, "done").write_text(json.dumps({k: v for k, v in marker.items() if k not in ("tiles_groups", "tiles_footer")}))
+    r = window(older, "w-older")
+    assert r.status == "ok" and r.bytes_read == unit_file(out, 0, "tiles").stat().st_size
+    assert torch.equal(decode_image(Path(r.output).read_bytes()), full[:, 200:300, 200:300])
+    forged = tmp_path / "forged"
+    shutil.copytree(out, forged)
+    spans = [list(g) for g in marker["tiles_groups"]]
+    spans[1][0] = -100  # a span before the file's start (fsspec would read from its end)
+    unit_file(forged, 0, "done").write_text(json.dumps(marker | {"tiles_groups": spans}))
+    r = window(forged, "w-forged")
+    assert r.status == "failed" and "damaged marker" in r.reason and "outside its tiles file" in r.reason, r.reason
+
+
 def test_verify_reports_damaged_records_and_changed_sources(archived, tmp_path):
     inp, out, _ = archived
 
@@ -601,7 +663,17 @@ def test_a_huge_image_spreads_over_units_survives_a_killed_worker_and_restores_b
     # In bands (8 tiles: one tile row each, 6 tasks), streamed into one PNG: the same pixels, verified per band.
     banded = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "bands"), band_tiles=8, verify=True, progress=False))
     assert banded.exit_code == 0 and banded.results[0].checks == {"bands": 6, "bit_exact": True, "checks_source": "no --sources given"}
+    assert (banded.selected, banded.restored) == (1, 1)  # images, not bands
     assert torch.equal(decode_image((tmp_path / "bands" / "huge.png").read_bytes()), decode_image((tmp_path / "cli.png").read_bytes()))
+    # With --sources, each band compares its tiles' PSNR with its own rows of the source (the
+    # source's hash checked once, by the driver); a changed source is named, not compared.
+    checked = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "b2"), band_tiles=8, verify=True, sources=str(tmp_path / "in"), progress=False))
+    assert checked.exit_code == 0 and set(checked.results[0].checks) == {"bands", "bit_exact", "max_psnr_error"}
+    assert checked.results[0].checks["max_psnr_error"] <= 0.01
+    (tmp_path / "changed").mkdir()
+    (tmp_path / "changed" / "huge.png").write_bytes(encode_png(natural_image(1536, 2048, 6)))
+    changed = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "b3"), band_tiles=8, verify=True, sources=str(tmp_path / "changed"), progress=False))
+    assert changed.exit_code == 0 and changed.results[0].checks["checks_source"] == "source changed since compression"
 
     # A band whose task fails: the image is reported failed, naming the band, and no file (or temporary) is left.
     @dataclasses.dataclass(frozen=True)

@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from oml import codec, tiling
 from oml.imageio import DEFAULT_MAX_PIXELS, decode_image, encode_png
 from oml.models.zoo import ModelUnavailableError, load_decoder
-from pipeline import pngstream, schema, storage
+from pipeline import pngstream, regions, schema, storage
 from pipeline.archive.config import ModelConfig
 from pipeline.archive.encoder import get_model
 
@@ -29,11 +33,13 @@ class DecodedImage(NamedTuple):
     reason: str
     checks: dict[str, Any]
     band: tuple[int, pngstream.Band | None] | None = None  # a band of a banded restore: its number and PNG rows (None: failed)
+    bytes_read: int = 0  # of the archive's tiles files, for this image (or band)
 
 
 class TileSource(NamedTuple):
     """Tiles ``first … first+count-1`` of an image, in unit ``unit``'s tiles file (``uri``, committed
-    with ``size`` bytes and ``sha256``)."""
+    with ``size`` bytes and ``sha256``), where they are rows ``position …``; the file's row groups
+    and footer as its marker records them (none in older archives)."""
 
     unit: int
     uri: str
@@ -41,6 +47,9 @@ class TileSource(NamedTuple):
     sha256: str
     first: int
     count: int
+    position: int = 0
+    groups: tuple[schema.Span, ...] = ()
+    footer: schema.Span | None = None
 
 
 class DecodeJob(NamedTuple):
@@ -53,6 +62,7 @@ class DecodeJob(NamedTuple):
     output: str
     region: tiling.Region | None = None
     band: int | None = None
+    source_check: str = ""  # a band under --verify with --sources: SOURCE_OK when the driver found the source unchanged, else why not
 
 
 _DECODERS: dict[tuple, Any] = {}
@@ -78,26 +88,71 @@ class _Refused(Exception):
 _TABLES: dict[tuple[str, str], list[dict[str, Any]]] = {}  # the last unit files read here (images of a unit come in a row)
 
 
-def read_tiles(src: TileSource, path: str, wanted: set[int] | None = None) -> list[dict[str, Any]]:
-    """The rows of ``path``'s tiles in ``src`` (only the ``wanted`` numbers, if given), after checking
-    the file is the one its unit committed."""
+def read_tiles(src: TileSource, path: str, wanted: set[int] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The rows of ``path``'s tiles in ``src`` (only the ``wanted`` numbers, if given), each read
+    from bytes checked against the unit's marker, and how many bytes of the tiles file were read
+    (0 when it was already here). With ``wanted`` and a marker that records the row groups, only the
+    footer and the groups holding those tiles are read; otherwise the whole file."""
+    end = src.first + src.count
+    if wanted is not None and src.groups and src.footer is not None:
+        positions = [src.position + i - src.first for i in wanted if src.first <= i < end]
+        table, read = _read_groups(src, positions) if positions else ([], 0)
+    else:
+        table, read = _read_whole(src)
+    return [r for r in table if r["path"] == path and src.first <= r["index"] < end and (wanted is None or r["index"] in wanted)], read
+
+
+def _read_whole(src: TileSource) -> tuple[list[dict[str, Any]], int]:
     key = (src.uri, src.sha256)
-    if key not in _TABLES:
+    if key in _TABLES:
+        return _TABLES[key], 0
+    try:
+        data = storage.read_bytes(src.uri)
+    except OSError:
+        raise _Refused(f"not restored: unit {src.unit}: its tiles Parquet file is missing; re-run compress to repair it") from None
+    if len(data) != src.size or schema.sha256(data) != src.sha256:
+        raise _Refused(f"not restored: unit {src.unit}: its tiles Parquet file is {len(data)} bytes, not the {src.size} committed, or another hash; re-run compress to repair it")
+    table = _parse(src, lambda: schema.read_parquet(data))
+    if len(_TABLES) >= 2:
+        _TABLES.pop(next(iter(_TABLES)))
+    _TABLES[key] = table
+    return table, len(data)
+
+
+def _read_groups(src: TileSource, positions: list[int]) -> tuple[list[dict[str, Any]], int]:
+    """The rows of the row groups holding rows ``positions`` of the tiles file: its footer and those
+    groups are read, each checked against the hash its marker recorded, into an otherwise empty
+    buffer of the file's size, from which Parquet reads them."""
+    starts = list(itertools.accumulate((g.rows for g in src.groups), initial=0))
+    needed = sorted({bisect.bisect_right(starts, p) - 1 for p in positions})
+    if needed[0] < 0 or needed[-1] >= len(src.groups):
+        raise _Refused(f"not restored: unit {src.unit}: its marker's row groups do not hold its tiles (damaged or forged marker)")
+    buf = bytearray(src.size)
+    for span in (src.footer, *(src.groups[k] for k in needed)):
         try:
-            data = storage.read_bytes(src.uri)
+            data = storage.read_range(src.uri, span.offset, span.length)
         except OSError:
             raise _Refused(f"not restored: unit {src.unit}: its tiles Parquet file is missing; re-run compress to repair it") from None
-        if len(data) != src.size or schema.sha256(data) != src.sha256:
-            raise _Refused(f"not restored: unit {src.unit}: its tiles Parquet file is {len(data)} bytes, not the {src.size} committed, or another hash; re-run compress to repair it")
-        try:
-            table = schema.read_parquet(data).to_pylist()
-        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
-            raise _Refused(f"not restored: unit {src.unit}: its tiles Parquet file cannot be read ({type(exc).__name__}: {exc})") from None
-        if len(_TABLES) >= 2:
-            _TABLES.pop(next(iter(_TABLES)))
-        _TABLES[key] = table
-    end = src.first + src.count
-    return [r for r in _TABLES[key] if r["path"] == path and src.first <= r["index"] < end and (wanted is None or r["index"] in wanted)]
+        if len(data) != span.length or span.offset + span.length > src.size or schema.sha256(data) != span.sha256:
+            raise _Refused(f"not restored: unit {src.unit}: bytes {span.offset}-{span.offset + span.length - 1} of its tiles Parquet file differ from those committed; re-run compress to repair it")
+        buf[span.offset : span.offset + span.length] = data
+    read = src.footer.length + sum(src.groups[k].length for k in needed)
+    view = pa.py_buffer(buf)
+
+    def parse() -> pa.Table:
+        groups, _ = schema.layout_of(view)
+        if groups != [(g.offset, g.length, g.rows) for g in src.groups]:
+            raise ValueError("its row groups are not where its marker says")
+        return pq.ParquetFile(pa.BufferReader(view)).read_row_groups(needed)
+
+    return _parse(src, parse), read
+
+
+def _parse(src: TileSource, read: Callable[[], pa.Table]) -> list[dict[str, Any]]:
+    try:
+        return read().to_pylist()
+    except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise _Refused(f"not restored: unit {src.unit}: its tiles Parquet file cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
@@ -114,67 +169,65 @@ class ImageDecoder:
     def __call__(self, job: DecodeJob) -> DecodedImage:
         torch.set_num_threads(self.threads)
         row = job.image
+        read = 0  # bytes of tiles files read
 
         def result(status: str, reason: str = "", **checks: Any) -> DecodedImage:
-            return DecodedImage(row["source"], row["path"], job.output, status, reason, checks, None if job.band is None else (job.band, None))
+            return DecodedImage(row["source"], row["path"], job.output, status, reason, checks, None if job.band is None else (job.band, None), read)
 
         try:
             model = _decoder_for(dataclasses.replace(self.model, name=row["model"], download=False), row)  # never fetch what a row names
-            if job.region is None:
-                image, tiles = self._whole(model, job)
-            else:
-                image, tiles = self._window(model, job)
+            tiles, read = self._rows(job, None if job.region is None else self._overlapped(job))
+            image = self._decode(model, job, tiles, self.metric)
         except _Refused as exc:
             return result("failed", str(exc))
         except (codec.CodecError, ValueError, ModelUnavailableError) as exc:
             return result("failed", f"cannot decode: {exc}")
         if job.band is None:
             storage.write_bytes(job.output, encode_png(image))
-            return self._verify(row, tiles, self._stored(model, job, image, tiles), result) if self.verify else result("ok")
+            return self._verify(job, tiles, self._stored(model, job, image, tiles), result) if self.verify else result("ok")
         band = (job.band, pngstream.encode_band(image.permute(1, 2, 0).numpy()))
         if not self.verify:
             return result("ok")._replace(band=band)
-        return self._verify(row, tiles, self._stored(model, job, image, tiles), result, job.region)._replace(band=band)
+        return self._verify(job, tiles, self._stored(model, job, image, tiles), result)._replace(band=band)
 
     def _stored(self, model: Any, job: DecodeJob, image: torch.Tensor, tiles: list[dict[str, Any]]) -> torch.Tensor:
         """The pixels with the first stored λ* set, the one compression recorded hashes of."""
         header = schema.header_of(job.image)
-        if codec.select_set(header, self.metric) == 0:
-            return image
-        if job.region is None:
-            return codec.decode(model, schema.coded_bytes(job.image, tiles))
-        return codec.decode_window(model, header, {t["index"]: schema.record_of(t, header) for t in tiles}, job.region, None)
+        return image if codec.select_set(header, self.metric) == 0 else self._decode(model, job, tiles, None)
 
-    def _rows(self, job: DecodeJob, wanted: set[int] | None) -> list[dict[str, Any]]:
-        tiles = [t for src in job.tiles for t in read_tiles(src, job.image["path"], wanted)]
+    @staticmethod
+    def _overlapped(job: DecodeJob) -> set[int]:
+        header = schema.header_of(job.image)
+        return set(tiling.overlapping(tiling.tile_grid(header.height, header.width, header.tile), job.region))
+
+    def _rows(self, job: DecodeJob, wanted: set[int] | None) -> tuple[list[dict[str, Any]], int]:
+        """The image's tile rows (only the ``wanted`` ones, if given), checked, in tile order; and the bytes read."""
+        tiles, read = [], 0
+        for src in job.tiles:
+            rows, n = read_tiles(src, job.image["path"], wanted)
+            tiles += rows
+            read += n
         why = schema.damage(job.image, tiles, whole=wanted is None)  # always: a damaged row must not restore as wrong pixels
         if why:
             raise _Refused(why)
-        return tiles
+        return sorted(tiles, key=lambda t: t["index"]), read
 
-    def _whole(self, model: Any, job: DecodeJob) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        tiles = self._rows(job, None)
-        return codec.decode(model, schema.coded_bytes(job.image, tiles), metric=self.metric), sorted(tiles, key=lambda t: t["index"])
-
-    def _window(self, model: Any, job: DecodeJob) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    @staticmethod
+    def _decode(model: Any, job: DecodeJob, tiles: list[dict[str, Any]], metric: str | None) -> torch.Tensor:
+        if job.region is None:
+            return codec.decode(model, schema.coded_bytes(job.image, tiles), metric=metric)
         header = schema.header_of(job.image)
-        wanted = set(tiling.overlapping(tiling.tile_grid(header.height, header.width, header.tile), job.region))
-        tiles = self._rows(job, wanted)
-        image = codec.decode_window(model, header, {t["index"]: schema.record_of(t, header) for t in tiles}, job.region, self.metric)
-        return image, sorted(tiles, key=lambda t: t["index"])
+        return codec.decode_window(model, header, {t["index"]: schema.record_of(t, header) for t in tiles}, job.region, metric)
 
-    def _verify(
-        self, row: dict[str, Any], tiles: list[dict[str, Any]], image: torch.Tensor, result: Callable[..., DecodedImage],
-        band: tiling.Region | None = None,
-    ) -> DecodedImage:
+    def _verify(self, job: DecodeJob, tiles: list[dict[str, Any]], image: torch.Tensor, result: Callable[..., DecodedImage]) -> DecodedImage:
         """Compare with compression time, from the archive's own records: the records' hashes
         (checked before decoding), the symbols (format 2: every tile's check), each tile's
         reconstruction hash, and, when the user named a ``sources`` folder, PSNR against the
-        source file at the row's path there. A row's ``source`` URI is never opened. A ``band`` of
-        a banded restore (whole tile rows) checks its own tiles; PSNR against the source is left to
-        the bit-exact check there, as hashing the whole source once per band would cost more than
-        the restore."""
-        top = band.top if band is not None else 0
+        source file at the row's path there. A row's ``source`` URI is never opened. A band of a
+        banded restore (whole tile rows) checks its own tiles, against its rows of the source,
+        streamed (the driver checked the source's hash once for all bands)."""
+        row = job.image
+        top = job.region.top if job.band is not None else 0
         grid = [tiling.Tile(t["top"] - top, t["left"], t["height"], t["width"]) for t in tiles]
         parts = tiling.split(image, grid)
         bit_exact = all(schema.pixels_sha256(p) == t["reconstruction_sha256"] for p, t in zip(parts, tiles))
@@ -182,19 +235,50 @@ class ImageDecoder:
             return result("mismatch", "reconstruction differs from compression time (format 1: no symbol check)", bit_exact=False)
         if self.sources is None:
             return result("ok", bit_exact=bit_exact, checks_source="no --sources given")
-        if band is not None:
-            return result("ok", bit_exact=bit_exact, checks_source="restored in bands: the bit-exact check stands for PSNR")
-        try:
-            source = storage.read_bytes(storage.join(self.sources, storage.safe_relative(row["path"])))
-        except (OSError, ValueError):
-            source = None
-        if source is None or schema.sha256(source) != row["source_sha256"]:
-            why = "source unavailable" if source is None else "source changed since compression"
+        original, why = self._source(job)
+        if original is None:
             return result("ok", checks_source=why, bit_exact=bit_exact)
-        original = decode_image(source, max_pixels=max(DEFAULT_MAX_PIXELS, row["width"] * row["height"]))
         errors = [abs(schema.psnr(p, o) - t["psnr_after"]) for p, o, t in zip(parts, tiling.split(original, grid), tiles)]
         worst = max(0.0 if math.isnan(e) else e for e in errors)  # NaN: both PSNRs are inf (exact tiles)
         if worst > self.psnr_tolerance:
             reason = f"PSNR differs from compression time by up to {worst:.4f} dB"
             return result("mismatch", reason, bit_exact=bit_exact, max_psnr_error=worst)
         return result("ok", bit_exact=bit_exact, max_psnr_error=worst)
+
+    def _source(self, job: DecodeJob) -> tuple[torch.Tensor | None, str]:
+        """The source's pixels under the job's image (or band), or ``None`` and why they are not compared."""
+        row = job.image
+        try:
+            uri = storage.join(self.sources, storage.safe_relative(row["path"]))
+        except ValueError:
+            return None, "source unavailable"
+        if job.band is not None:
+            if job.source_check != SOURCE_OK:
+                return None, job.source_check or "source not checked"
+            rect = tiling.Tile(job.region.top, 0, job.region.height, row["width"])
+            try:
+                pixels = regions.read_region(uri, rect, row["width"], row["height"])
+            except (OSError, regions.RegionError) as exc:
+                return None, f"source unreadable: {exc}"
+            return pixels, "" if pixels is not None else "the source cannot be read in bands (needs pyvips and an 8-bit PNG or JPEG): the bit-exact check stands"
+        try:
+            source = storage.read_bytes(uri)
+        except OSError:
+            return None, "source unavailable"
+        if schema.sha256(source) != row["source_sha256"]:
+            return None, "source changed since compression"
+        return decode_image(source, max_pixels=max(DEFAULT_MAX_PIXELS, row["width"] * row["height"])), ""
+
+
+SOURCE_OK = "ok"
+
+
+def check_source(sources: str, row: dict[str, Any]) -> str:
+    """Whether the file at ``row``'s path under ``sources`` is the one compressed (its SHA-256,
+    streamed): :data:`SOURCE_OK`, or why not. Run once per banded image, by the driver."""
+    try:
+        uri = storage.join(sources, storage.safe_relative(row["path"]))
+        digest = storage.file_sha256(uri)
+    except (OSError, ValueError):
+        return "source unavailable"
+    return SOURCE_OK if digest == row["source_sha256"] else "source changed since compression"

@@ -14,7 +14,7 @@ from oml import tiling
 from pipeline import pngstream, schema, storage
 from pipeline.archive import layout, plan as planning
 from pipeline.archive.config import DecompressConfig, ModelConfig, RayConfig
-from pipeline.archive.decoder import DecodedImage, DecodeJob, ImageDecoder, TileSource
+from pipeline.archive.decoder import DecodedImage, DecodeJob, ImageDecoder, TileSource, check_source
 from pipeline.archive.progress import Progress
 from pipeline.archive.runner import ray_session, run_tasks
 from pipeline.walk import output_names
@@ -74,8 +74,12 @@ def catalogue(root: str, plan: dict[str, Any]) -> Catalogue:
             found.rows.setdefault(row["path"], row)
         uri = layout.unit_uri(root, unit.index, "tiles")
         r = check.result
+        position = 0  # the unit's tiles file holds its pieces' tiles in the marker's order
         for p in r.pieces:
-            found.tiles.setdefault(p.path, []).append(TileSource(r.index, uri, r.tiles_bytes, r.tiles_sha256, p.first, p.count))
+            found.tiles.setdefault(p.path, []).append(
+                TileSource(r.index, uri, r.tiles_bytes, r.tiles_sha256, p.first, p.count, position, r.tiles_groups, r.tiles_footer)
+            )
+            position += p.count
     return found
 
 
@@ -203,12 +207,25 @@ def _merged(results: list[DecodedImage]) -> DecodedImage:
     checks: dict[str, Any] = {"bands": len(results)}
     if all("bit_exact" in r.checks for r in results):
         checks["bit_exact"] = all(r.checks["bit_exact"] for r in results)
-    sources = {r.checks["checks_source"] for r in results if "checks_source" in r.checks}
+    sources = sorted({r.checks["checks_source"] for r in results if "checks_source" in r.checks})
     if sources:
-        checks["checks_source"] = sources.pop()
+        checks["checks_source"] = "; ".join(sources)
+    if all("max_psnr_error" in r.checks for r in results):
+        checks["max_psnr_error"] = max(r.checks["max_psnr_error"] for r in results)
+    first = first._replace(bytes_read=sum(r.bytes_read for r in results))
     if bad is not None:
         return first._replace(status=bad.status, reason=bad.reason, checks=checks | bad.checks)
     return first._replace(checks=checks)
+
+
+def _check_sources(jobs: list[DecodeJob], sources: str) -> list[DecodeJob]:
+    """Bands of a banded image compare with their rows of the source only if the source is the file
+    that was compressed: its hash, taken here once per image, not once per band."""
+    checked: dict[str, str] = {}
+    for job in jobs:
+        if job.band is not None and job.image["path"] not in checked:
+            checked[job.image["path"]] = check_source(sources, job.image)
+    return [job._replace(source_check=checked[job.image["path"]]) if job.band is not None else job for job in jobs]
 
 
 def _check_region(config: DecompressConfig, jobs: list[DecodeJob], refused: list[DecodedImage]) -> None:
@@ -251,8 +268,10 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
         raise ValueError("no archived image matches the selection" if config.select else "the archive has no images yet")
     _check_region(config, jobs, refused)
     sources = storage.normalize(config.sources) if config.sources else None
+    if config.verify and sources:
+        jobs = _check_sources(jobs, sources)
     decoder = decoder or ImageDecoder(model, config.verify, config.metric, config.psnr_tolerance, max(1, int(config.ray.cpus_per_worker)), sources)
-    total = len(jobs) + len(refused)
+    total = len({j.image["path"] for j in jobs}) + len(refused)  # images, not bands
     progress = Progress("decompress", total, 0, config.progress)
     results: list[DecodedImage] = list(refused)
     progress.update(0, len(refused))
@@ -294,7 +313,8 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
             "verify": config.verify,
             **({"region": list(config.region)} if config.region else {}),
             "seconds": round(elapsed, 3),
-            "problems": [{k: v for k, v in r._asdict().items() if k != "band"} for r in results if r.status != "ok"],
+            "tiles_bytes_read": sum(r.bytes_read for r in results),
+            "problems": [{k: v for k, v in r._asdict().items() if k not in ("band", "bytes_read")} for r in results if r.status != "ok"],
         },
     )
     return DecompressReport(total, counts["ok"], counts["failed"], counts["mismatch"], summary_uri, tuple(results))

@@ -114,7 +114,7 @@ class UnitEncoder:
             images += [image_row] if image_row else []
             pieces.append(result)
         with _Clock(seconds)("write"):
-            tiles_file, images_file = schema.to_parquet(tiles, schema.TILE_SCHEMA), schema.to_parquet(images, schema.IMAGE_SCHEMA)
+            (tiles_file, groups, footer), images_file = schema.tiles_parquet(tiles), schema.to_parquet(images, schema.IMAGE_SCHEMA)
             storage.write_bytes(unit_uri(self.output, unit.index, "tiles"), tiles_file)
             storage.write_bytes(unit_uri(self.output, unit.index, "images"), images_file)
         result = UnitResult(
@@ -126,6 +126,8 @@ class UnitEncoder:
             tiles_sha256=schema.sha256(tiles_file),
             images_bytes=len(images_file),
             images_sha256=schema.sha256(images_file),
+            tiles_groups=tuple(groups),
+            tiles_footer=footer,
         )
         storage.write_json(unit_uri(self.output, unit.index, "done"), result.to_json())  # the commit, always last
         return result

@@ -52,7 +52,10 @@ class PieceResult(NamedTuple):
 @dataclass(frozen=True)
 class UnitResult:
     """What one unit task did (its done marker): pieces coded, failures, seconds per stage, and
-    the size and SHA-256 of the two Parquet files it committed."""
+    the size and SHA-256 of the two Parquet files it committed; and where the tiles file's row
+    groups and footer lie, with their hashes, so that a window can read and check only those it
+    needs (absent in markers written before session 8: their windows read the whole file). The
+    tiles file holds the pieces' tiles in the order of ``pieces``."""
 
     index: int
     pieces: tuple[PieceResult, ...]
@@ -62,6 +65,8 @@ class UnitResult:
     tiles_sha256: str = ""
     images_bytes: int = 0
     images_sha256: str = ""
+    tiles_groups: tuple[schema.Span, ...] = ()
+    tiles_footer: schema.Span | None = None
 
     @property
     def tiles(self) -> int:
@@ -79,10 +84,21 @@ class UnitResult:
         try:
             if d.get("format") != MARKER_FORMAT:
                 raise ValueError(f"marker format {d.get('format')!r}, expected {MARKER_FORMAT}")
-            kwargs = {f.name: d[f.name] for f in dataclasses.fields(cls)}
+            fields = dataclasses.fields(cls)
+            kwargs = {f.name: d[f.name] for f in fields if f.name in d or f.default is dataclasses.MISSING}
             kwargs["pieces"] = tuple(PieceResult(*p) for p in kwargs["pieces"])
             kwargs["failures"] = tuple(Failure(**f) for f in kwargs["failures"])
-            return cls(**kwargs)
+            if "tiles_groups" in kwargs:
+                kwargs["tiles_groups"] = tuple(schema.Span(*g) for g in kwargs["tiles_groups"])
+            if kwargs.get("tiles_footer") is not None:
+                kwargs["tiles_footer"] = schema.Span(*kwargs["tiles_footer"])
+            result = cls(**kwargs)
+            if sum(g.rows for g in result.tiles_groups) not in (0, result.tiles):
+                raise ValueError(f"its row groups hold {sum(g.rows for g in result.tiles_groups)} tiles, its pieces {result.tiles}")
+            spans = result.tiles_groups + ((result.tiles_footer,) if result.tiles_footer else ())
+            if any(not (0 <= s.offset and 0 < s.length and s.offset + s.length <= result.tiles_bytes) for s in spans):
+                raise ValueError("a row-group span lies outside its tiles file")
+            return result
         except (AttributeError, KeyError, TypeError) as exc:
             raise ValueError(f"not a unit marker ({type(exc).__name__}: {exc})") from None
 
