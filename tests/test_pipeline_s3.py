@@ -6,7 +6,9 @@ import json
 import os
 
 import pytest
+import torch
 
+from oml import tiling
 from oml.imageio import decode_image, encode_png
 
 from .conftest import natural_image, start_local_ray
@@ -112,6 +114,12 @@ def test_s3_round_trip(s3, tmp_path, capfd):
     assert all(r.checks.get("max_psnr_error") == 0.0 for r in to_s3.results)  # the sources named were read from S3
     restored = decode_image(s3.cat_file(f"{BUCKET}/restored/deep/b.png"))
     assert restored.shape == decode_image(files["in/deep/b.PNG"]).shape
+
+    # A window reads its row groups by ranges of the S3 objects, each checked against the marker.
+    window = archive.run_decompress(DecompressConfig(f"s3://{BUCKET}/archive", str(tmp_path / "win"), select=("*/b.PNG",), region=tiling.Region(10, 100, 60, 30)))
+    tiles_files = sum(s3.size(k) for k in s3.find(f"{BUCKET}/archive/units") if k.endswith(".tiles.parquet"))
+    assert window.exit_code == 0 and 0 < window.results[0].bytes_read < tiles_files  # footers and groups, not the leading magic
+    assert torch.equal(decode_image((tmp_path / "win" / "deep" / "b.png").read_bytes()), restored[:, 100:130, 10:70])
 
     local = archive.run_decompress(DecompressConfig(f"s3://{BUCKET}/archive", str(tmp_path), select=("*/a.png",)))
     assert [r.path for r in local.results] == ["a.png"] and (tmp_path / "a.png").is_file()
