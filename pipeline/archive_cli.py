@@ -165,7 +165,9 @@ def run_restore(args: argparse.Namespace, prog: str) -> int:
     report = _run(prog, lambda: run_decompress(_restore_config(args)))
     if isinstance(report, int):
         return report
-    print(f"restored {report.restored} of {report.selected} images; {report.failed} failed, {report.mismatched} differ from compression time")
+    read = sum(r.bytes_read for r in report.results)
+    print(f"restored {report.restored} of {report.selected} images; {report.failed} failed, {report.mismatched} differ from compression time; "
+          f"{read / 2**20:.2f} MiB of tiles files read")
     for r in report.results:
         if r.status != "ok":
             print(f"{r.status}: {r.path}: {r.reason}")
