@@ -396,7 +396,7 @@ def flip_row_latent(copy: Path) -> None:
             latent = bytearray(row["strings"][0])
             latent[len(latent) // 2] ^= 0x04
             row["strings"][0] = bytes(latent)
-            row["record_sha256"] = schema.sha256(codec.pack_tile(schema.record_of(row, header)))
+            row["record_sha256"] = schema.digest(codec.pack_tile(schema.record_of(row, header)))
 
     rewrite(copy, 0, "tiles", edit)
 

@@ -43,7 +43,7 @@ def add_archive_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-weights", action="store_true", help="untrained weights seeded by --seed (tests, smoke runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extensions", nargs="+", help="file name endings to archive (default: .png .jpg .jpeg .webp .tif .tiff)")
-    p.add_argument("--unit-tiles", type=int, default=64, help="tiles per unit of work (default 64; fewer when the collection has under 32 units' worth)")
+    p.add_argument("--unit-tiles", type=int, default=64, help="tiles per unit of work, at most (default 64; a small collection is cut into up to 32 units, of no fewer than 16 tiles)")
     _add_ray_arguments(p)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per worker (default 0)")
@@ -153,6 +153,9 @@ def run_archive(args: argparse.Namespace, prog: str) -> int:
         f"({report.units_written} written, {report.units_skipped} already committed); "
         f"{report.failed} failed (see {report.manifest_uri})"
     )
+    coded, stored = report.summary["coded_bytes"], report.summary["stored_bytes"]
+    if coded and report.summary["stored_bpp"] is not None:
+        print(f"size: {coded} bytes coded, {stored} bytes of unit files ({stored / coded - 1:+.1%} container), {report.summary['stored_bpp']:.4f} bpp stored")
     for index, reason in report.units_failed:
         print(f"unit {index} did not finish: {reason}; run the same command again to retry it")
     print(f"summary: {report.summary_uri}")

@@ -30,7 +30,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the archiving pipeline needs pyarrow: pip install 'oml-archive[pipeline]'") from exc
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"  # 4: SHA-256 digests stored as 32 bytes, not 64 hex characters
 
 TILE_SCHEMA = pa.schema(
     [
@@ -46,11 +46,11 @@ TILE_SCHEMA = pa.schema(
         ("check", pa.int64()),
         ("lambdas", pa.list_(pa.float16())),
         ("num_bytes", pa.int32()),
-        ("record_sha256", pa.string()),
+        ("record_sha256", pa.binary(32)),
         ("bpp", pa.float64()),
         ("psnr_before", pa.float64()),
         ("psnr_after", pa.float64()),
-        ("reconstruction_sha256", pa.string()),
+        ("reconstruction_sha256", pa.binary(32)),
     ],
     metadata={"oml-archive-schema": SCHEMA_VERSION, "oml-archive-rows": "tiles"},
 )
@@ -60,7 +60,7 @@ IMAGE_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("path", pa.string()),
         ("source_bytes", pa.int64()),
-        ("source_sha256", pa.string()),
+        ("source_sha256", pa.binary(32)),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("model", pa.string()),
@@ -72,7 +72,7 @@ IMAGE_SCHEMA = pa.schema(
         ("num_lambdas", pa.int16()),
         ("metrics", pa.list_(pa.string())),
         ("num_tiles", pa.int32()),
-        ("header_sha256", pa.string()),
+        ("header_sha256", pa.binary(32)),
     ],
     metadata={"oml-archive-schema": SCHEMA_VERSION, "oml-archive-rows": "images"},
 )
@@ -80,6 +80,17 @@ IMAGE_SCHEMA = pa.schema(
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def digest(data: bytes) -> bytes:
+    """The 32-byte SHA-256 a row stores (schema 4; :func:`hex_of` reads it as :func:`sha256` writes it)."""
+    return hashlib.sha256(data).digest()
+
+
+def hex_of(stored: Any) -> Any:
+    """A row's stored digest as hex: 32 bytes since schema 4, a hex string in files written before
+    (anything else is returned as is, and compares unequal to every digest)."""
+    return stored.hex() if isinstance(stored, (bytes, bytearray)) else stored
 
 
 def pixels_sha256(image: Tensor) -> str:
@@ -117,21 +128,21 @@ def tile_row(path: str, tile: tiling.Tile, number: int, stats: codec.TileStats, 
         "check": record.check,
         "lambdas": record.lambdas.to(torch.float16).flatten().tolist(),
         "num_bytes": stats.num_bytes,
-        "record_sha256": sha256(codec.pack_tile(record)),
+        "record_sha256": digest(codec.pack_tile(record)),
         "bpp": 8.0 * stats.num_bytes / (tile.height * tile.width),
         "psnr_before": stats.psnr_before,
         "psnr_after": stats.psnr_after,
-        "reconstruction_sha256": pixels_sha256(reconstruction),
+        "reconstruction_sha256": bytes.fromhex(pixels_sha256(reconstruction)),
     }
 
 
 def image_row(source: str, path: str, source_bytes: int, source_sha256: str, header: codec.Header) -> dict[str, Any]:
-    """The Parquet row of one image: where it came from and its whole-image codec ``header``."""
+    """The Parquet row of one image: where it came from (``source_sha256``: hex) and its whole-image codec ``header``."""
     return {
         "source": source,
         "path": path,
         "source_bytes": source_bytes,
-        "source_sha256": source_sha256,
+        "source_sha256": bytes.fromhex(source_sha256),
         "width": header.width,
         "height": header.height,
         "model": header.model,
@@ -143,7 +154,7 @@ def image_row(source: str, path: str, source_bytes: int, source_sha256: str, hea
         "num_lambdas": header.num_lambdas,
         "metrics": list(header.metrics),
         "num_tiles": header.num_tiles,
-        "header_sha256": sha256(codec.pack_header(header)),
+        "header_sha256": digest(codec.pack_header(header)),
     }
 
 
@@ -180,14 +191,14 @@ def damage(image: dict[str, Any], tiles: Sequence[dict[str, Any]], whole: bool =
     tile record's SHA-256 must match the recorded ones, each tile be stored once, and, when the rows
     are the ``whole`` image, its tiles be exactly ``0 … n-1``."""
     header = header_of(image)
-    if sha256(codec.pack_header(header)) != image["header_sha256"]:
+    if sha256(codec.pack_header(header)) != hex_of(image["header_sha256"]):
         return "archive record damaged: header checksum differs"
     numbers = sorted(t["index"] for t in tiles)
     expected = list(range(header.num_tiles)) if whole else sorted(set(numbers) & set(range(header.num_tiles)))
     if numbers != expected:
         return f"archive record damaged: {len(set(numbers))} distinct of {header.num_tiles} tiles stored ({len(numbers)} rows)"
     for t in tiles:
-        if sha256(codec.pack_tile(record_of(t, header))) != t["record_sha256"]:
+        if sha256(codec.pack_tile(record_of(t, header))) != hex_of(t["record_sha256"]):
             return f"archive record damaged: tile {t['index']} checksum differs"
     return ""
 
@@ -232,10 +243,10 @@ class Span(NamedTuple):
     rows: int = 0
 
 
-def tiles_parquet(rows: list[dict[str, Any]]) -> tuple[bytes, list[Span], Span]:
+def tiles_parquet(rows: list[dict[str, Any]], table_schema: pa.Schema = TILE_SCHEMA) -> tuple[bytes, list[Span], Span]:
     """Tile rows → a Parquet file in row groups of :data:`TILES_PER_GROUP` rows, with the byte
     span and hash of each group and of the footer, which a reader of single groups checks."""
-    table = pa.Table.from_pylist(rows, schema=TILE_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=table_schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=TILES_PER_GROUP, **_WRITE)
     data = buf.getvalue()

@@ -86,14 +86,14 @@ def snapshot(out: Path, pattern: str = "*") -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "units").glob(pattern))}
 
 
-def reseal(out: Path, index: int, kind: str, table: list[dict]) -> None:
+def reseal(out: Path, index: int, kind: str, table: list[dict], table_schema=None) -> None:
     """Write ``table`` as unit ``index``'s ``kind`` file and re-seal its marker (as a forger would)."""
     seal = {}
     if kind == "tiles":
-        data, groups, footer = schema.tiles_parquet(table)
+        data, groups, footer = schema.tiles_parquet(table, table_schema or schema.TILE_SCHEMA)
         seal = {"tiles_groups": groups, "tiles_footer": footer}
     else:
-        data = schema.to_parquet(table, schema.IMAGE_SCHEMA)
+        data = schema.to_parquet(table, table_schema or schema.IMAGE_SCHEMA)
     unit_file(out, index, kind).write_bytes(data)
     marker = unit_file(out, index, "done")
     marker.write_text(json.dumps(json.loads(marker.read_text()) | {f"{kind}_bytes": len(data), f"{kind}_sha256": schema.sha256(data)} | seal))
@@ -169,6 +169,23 @@ def test_units_are_deterministic_cuts_of_the_sorted_listing_by_tiles(tmp_path):
     assert [u.tiles for u in archive.make_units(images, 128, 4, whole_images=True)] == [8, 2]
 
 
+def test_a_small_collection_is_not_cut_into_units_smaller_than_the_floor():
+    """min_units splits a small collection for the workers, but never below min_unit_tiles tiles
+    per unit (each unit's footers would outweigh its tiles); plans written before the floor existed
+    re-plan to the units they had, so those archives still resume and restore."""
+    images = [archive.PlannedImage(f"/in/{i:02d}.png", f"{i:02d}.png", 768, 512) for i in range(24)]  # Kodak: 2 tiles each
+    defaults = CompressConfig("/in", "/out")
+    units = archive.make_units(images, 512, defaults.unit_tiles, defaults.min_units, min_unit_tiles=defaults.min_unit_tiles)
+    assert [u.tiles for u in units] == [16, 16, 16]
+    assert [u.tiles for u in archive.make_units(images[:10], 512, 64, 32, min_unit_tiles=16)] == [16, 4]
+    assert [u.tiles for u in archive.make_units(images, 512, 8, 32, min_unit_tiles=16)] == [8] * 6  # --unit-tiles still caps
+    plan = planning.settings(defaults, [storage.SourceFile(im.source, im.path, 1) for im in images], "f")
+    assert plan["min_unit_tiles"] == 16 and len(planning.planned_units(plan, images)) == 3
+    older = {k: v for k, v in plan.items() if k != "min_unit_tiles"}
+    assert [u.tiles for u in planning.planned_units(older, images)] == [2] * 24
+    planning.check(older, plan, "/out")  # the older plan's archive resumes under today's settings
+
+
 def test_header_sizes_follow_exif_orientation(tmp_path):
     from PIL import Image
 
@@ -189,7 +206,7 @@ def test_tiles_coded_by_pieces_are_the_whole_image_codec_bytes(model):
             pixels = image[:, rect.top : rect.top + rect.height, rect.left : rect.left + rect.width]
             header, coded = archive.encode_rect(model, pixels, CODING, rect, 200, 300)
             tile_rows += [schema.tile_row("p", c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
-    row = schema.image_row("src", "p", 3, "raw", header)
+    row = schema.image_row("src", "p", 3, schema.sha256(b"raw"), header)
     assert schema.coded_bytes(row, tile_rows[::-1]) == expected.data and schema.damage(row, tile_rows) == ""
     # Through Parquet and back: float16 λ*, binary strings and float32 λ_t survive exactly.
     back = schema.read_parquet(schema.to_parquet([row], schema.IMAGE_SCHEMA)).to_pylist()[0]
@@ -211,7 +228,7 @@ def test_refined_tiles_coded_by_pieces_are_the_whole_image_codec_bytes():
         for rect in tiling.tile_range_rects(128, 320, 128, first, count):
             header, coded = archive.encode_rect(model, image[:, rect.top : rect.top + rect.height, rect.left : rect.left + rect.width], coding, rect, 128, 320)
             tile_rows += [schema.tile_row("p", c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
-    data = schema.coded_bytes(schema.image_row("src", "p", 3, "raw", header), tile_rows)
+    data = schema.coded_bytes(schema.image_row("src", "p", 3, schema.sha256(b"raw"), header), tile_rows)
     assert data == expected.data
     assert torch.equal(codec.decode(model, data), expected.reconstruction)
 
@@ -294,6 +311,8 @@ def test_bad_inputs_are_in_the_manifest_and_the_job_completes(archived):
     assert (summary["images"], summary["archived"], summary["failed"], summary["tiles"]) == (8, 3, 5, 9)
     assert summary["units"] == {"total": 3, "tiles_per_unit": 4, "committed": 3, "skipped": 0, "written": 3, "failed": 0}
     assert summary["mean_bpp"] > 0 and summary["last_run"]["tiles_per_second"] > 0
+    parquet = sum(f.stat().st_size for f in (out / "units").glob("*.parquet"))
+    assert summary["stored_bytes"] == parquet > summary["coded_bytes"]
 
 
 def test_rows_follow_the_schema_and_rebuild_the_codec_bytes(archived, model):
@@ -308,7 +327,7 @@ def test_rows_follow_the_schema_and_rebuild_the_codec_bytes(archived, model):
     for r in rows(out):
         data = (inp / r["path"]).read_bytes()
         image = decode_image(data)
-        assert r["source_sha256"] == schema.sha256(data) and r["source_bytes"] == len(data)
+        assert r["source_sha256"] == schema.digest(data) and r["source_bytes"] == len(data)
         assert (r["height"], r["width"], r["model"], r["quality"]) == (*image.shape[1:], "oml-default", 2)
         expected = codec.encode(model, image, quality=2, adapt_config=CODING.adapt, tile_size=128)
         assert coded[r["path"]] == expected.data
@@ -442,6 +461,39 @@ def test_decompress_all_with_verify(archived, model, tmp_path):
     assert json.loads((tmp_path / "png" / "decompress-summary.json").read_text())["restored"] == 3
 
 
+def test_an_archive_written_with_hex_digests_still_restores_and_verifies(archived, tmp_path):
+    """Schema 3 stored each SHA-256 as 64 hex characters (schema 4: 32 bytes). Such an archive
+    restores bit-exactly under --verify, its sources check, and a wrong hex digest is still named."""
+    inp, out, _ = archived
+    copy = tmp_path / "archive"
+    shutil.copytree(out, copy)
+
+    def as_hex(table_schema):
+        return pa.schema([(f.name, pa.string()) if f.name.endswith("_sha256") else f for f in table_schema])
+
+    for index in range(3):
+        for kind, old in (("tiles", as_hex(schema.TILE_SCHEMA)), ("images", as_hex(schema.IMAGE_SCHEMA))):
+            table = pq.read_table(unit_file(copy, index, kind)).to_pylist()
+            for row in table:
+                row.update({k: v.hex() for k, v in row.items() if k.endswith("_sha256")})
+            reseal(copy, index, kind, table, old)
+    assert pq.read_table(unit_file(copy, 0, "tiles")).schema.field("record_sha256").type == pa.string()
+    report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), verify=True, sources=str(inp), progress=False))
+    assert (report.restored, report.mismatched, report.exit_code) == (3, 0, 0)
+    assert all(r.checks["bit_exact"] and r.checks["max_psnr_error"] == 0.0 for r in report.results)
+
+    def wrong(row: dict) -> None:
+        if row["path"] == "a.png" and row["index"] == 1:
+            row["record_sha256"] = "0" * 64
+
+    table = pq.read_table(unit_file(copy, 0, "tiles")).to_pylist()
+    for row in table:
+        wrong(row)
+    reseal(copy, 0, "tiles", table, as_hex(schema.TILE_SCHEMA))
+    report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png2"), select=("a.png",), progress=False))
+    assert report.exit_code == 1 and "tile 1 checksum differs" in report.results[0].reason
+
+
 def test_decompress_a_selection(archived, tmp_path):
     inp, out, _ = archived
     by_glob = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "g"), select=("sub/*",), progress=False))
@@ -561,7 +613,7 @@ def test_a_desynchronised_tile_is_in_the_summary_not_in_the_output(archived, tmp
     def alter_check(row: dict) -> None:
         if row["path"] == "a.png" and row["index"] == 1:
             row["check"] ^= 1
-            row["record_sha256"] = schema.sha256(codec.pack_tile(schema.record_of(row, schema.header_of(rows(out)[0]))))  # a consistent record
+            row["record_sha256"] = schema.digest(codec.pack_tile(schema.record_of(row, schema.header_of(rows(out)[0]))))  # a consistent record
 
     copy = edited_copy(out, tmp_path / "archive", 0, "tiles", alter_check)
     report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))

@@ -105,9 +105,9 @@ def _plan(config: CompressConfig, root: str, files: Sequence[storage.SourceFile]
         old = storage.read_json(uri)
         planning.check(old, settings, root)
         probed = planning.from_json(old, files)
-    else:
-        probed = planning.probe_all(files, config.coding.max_pixels)
-        storage.write_json(uri, planning.to_json(settings, probed))
+        return probed, planning.planned_units(old, probed)  # the old plan's units (its unit floor, if older)
+    probed = planning.probe_all(files, config.coding.max_pixels)
+    storage.write_json(uri, planning.to_json(settings, probed))
     return probed, planning.planned_units(settings, probed)
 
 
@@ -212,12 +212,16 @@ def _summary(config: CompressConfig, root: str, run: _Run, archived: list[ImageT
         "tiles": sum(r.tiles for r in run.results),
         "coded_bytes": sum(t.coded_bytes for t in archived),
         "mean_bpp": _mean([8.0 * t.coded_bytes / t.pixels for t in archived]),
+        # what the archive occupies: the units' Parquet files (the markers and the run's JSON files are
+        # a few hundred bytes each more); over coded_bytes, the container's overhead
+        "stored_bytes": sum(r.tiles_bytes + r.images_bytes for r in run.results),
+        "stored_bpp": 8.0 * sum(r.tiles_bytes + r.images_bytes for r in run.results) / pixels if (pixels := sum(t.pixels for t in archived)) else None,
         "mean_psnr_before": _mean(before),
         "mean_psnr_after": _mean(after),
         "mean_delta_psnr": _mean([a - b for a, b in zip(after, before)]),
         "units": {
             "total": len(run.units),
-            "tiles_per_unit": planning.unit_size(sum(u.tiles for u in run.units), config.unit_tiles, config.min_units),
+            "tiles_per_unit": max((u.tiles for u in run.units), default=0),
             "committed": len(run.done),
             "skipped": run.skipped,
             "written": len(run.written),

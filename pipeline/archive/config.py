@@ -13,6 +13,10 @@ from oml.refine import RefineConfig
 
 UNIT_TILES = 64
 MIN_UNITS = 32
+MIN_UNIT_TILES = 16
+"""A small collection is split into ``MIN_UNITS`` units for the workers, but never into units of
+fewer tiles than this: each unit carries about 5 KB of Parquet footers, page headers and marker,
+which made units of one Kodak image (2 tiles) +28 % of the coded bytes (docs/ARCHIVE.md, "Units")."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,9 @@ class CompressConfig:
     """Archive every image under ``input`` into ``output``.
 
     ``unit_tiles``: tiles per unit of work, at most; a collection of fewer than ``min_units`` ×
-    ``unit_tiles`` tiles is cut into ``min_units`` smaller units instead, so a few images still keep
-    that many workers busy (:func:`pipeline.archive.plan.make_units`).
+    ``unit_tiles`` tiles is cut into up to ``min_units`` smaller units instead, so a few images still
+    keep several workers busy, but of no fewer than ``min_unit_tiles`` tiles, so that the units'
+    container overhead stays small (:func:`pipeline.archive.plan.make_units`).
     """
 
     input: str
@@ -117,11 +122,14 @@ class CompressConfig:
     extensions: tuple[str, ...] = IMAGE_SUFFIXES
     unit_tiles: int = UNIT_TILES
     min_units: int = MIN_UNITS
+    min_unit_tiles: int = MIN_UNIT_TILES
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.unit_tiles < 1 or self.min_units < 1:
-            raise ValueError(f"unit_tiles and min_units must be at least 1, got {self.unit_tiles} and {self.min_units}")
+        if self.unit_tiles < 1 or self.min_units < 1 or self.min_unit_tiles < 1:
+            raise ValueError(
+                f"unit_tiles, min_units and min_unit_tiles must be at least 1, got {self.unit_tiles}, {self.min_units} and {self.min_unit_tiles}"
+            )
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ class ImageDecoder:
         top = job.region.top if job.band is not None else 0
         grid = [tiling.Tile(t["top"] - top, t["left"], t["height"], t["width"]) for t in tiles]
         parts = tiling.split(image, grid)
-        bit_exact = all(schema.pixels_sha256(p) == t["reconstruction_sha256"] for p, t in zip(parts, tiles))
+        bit_exact = all(schema.pixels_sha256(p) == schema.hex_of(t["reconstruction_sha256"]) for p, t in zip(parts, tiles))
         if not bit_exact and row["format_version"] < 2:
             return result("mismatch", "reconstruction differs from compression time (format 1: no symbol check)", bit_exact=False)
         if self.sources is None:
@@ -265,7 +265,7 @@ class ImageDecoder:
             source = storage.read_bytes(uri)
         except OSError:
             return None, "source unavailable"
-        if schema.sha256(source) != row["source_sha256"]:
+        if schema.sha256(source) != schema.hex_of(row["source_sha256"]):
             return None, "source changed since compression"
         return decode_image(source, max_pixels=max(DEFAULT_MAX_PIXELS, row["width"] * row["height"])), ""
 
@@ -281,4 +281,4 @@ def check_source(sources: str, row: dict[str, Any]) -> str:
         digest = storage.file_sha256(uri)
     except (OSError, ValueError):
         return "source unavailable"
-    return SOURCE_OK if digest == row["source_sha256"] else "source changed since compression"
+    return SOURCE_OK if digest == schema.hex_of(row["source_sha256"]) else "source changed since compression"

@@ -70,16 +70,18 @@ def num_tiles(image: PlannedImage, tile: int) -> int:
     return rows * cols
 
 
-def unit_size(total_tiles: int, unit_tiles: int, min_units: int) -> int:
-    """Tiles per unit: ``unit_tiles``, or fewer so that a small collection still makes
-    ``min_units`` units for the workers to share."""
-    return max(1, min(unit_tiles, -(-total_tiles // min_units)))
+def unit_size(total_tiles: int, unit_tiles: int, min_units: int, min_unit_tiles: int = 1) -> int:
+    """Tiles per unit: ``unit_tiles``, or fewer so that a small collection still makes up to
+    ``min_units`` units for the workers to share, but not fewer than ``min_unit_tiles``."""
+    return max(1, min(unit_tiles, max(min_unit_tiles, -(-total_tiles // min_units))))
 
 
-def make_units(images: Sequence[PlannedImage], tile: int, unit_tiles: int, min_units: int = 1, whole_images: bool = False) -> list[Unit]:
+def make_units(
+    images: Sequence[PlannedImage], tile: int, unit_tiles: int, min_units: int = 1, whole_images: bool = False, min_unit_tiles: int = 1
+) -> list[Unit]:
     """Cut the images' tiles, laid end to end, every :func:`unit_size` tiles; with
     ``whole_images`` cut only between images (a unit then holds at least that many tiles)."""
-    size = unit_size(sum(num_tiles(im, tile) for im in images), unit_tiles, min_units)
+    size = unit_size(sum(num_tiles(im, tile) for im in images), unit_tiles, min_units, min_unit_tiles)
     units: list[Unit] = []
     pieces: list[Piece] = []
     filled = 0
@@ -137,6 +139,7 @@ def settings(cfg: CompressConfig, files: Sequence[storage.SourceFile], fingerpri
         "extensions": sorted(e.lower() for e in cfg.extensions),
         "unit_tiles": cfg.unit_tiles,
         "min_units": cfg.min_units,
+        "min_unit_tiles": cfg.min_unit_tiles,
         "files": len(files),
         "listing_sha256": listing_sha256(files),
     }
@@ -165,6 +168,8 @@ def check(old: dict[str, Any], new: dict[str, Any], root: str) -> None:
     if old.get("format") != PLAN_FORMAT:
         raise ValueError(older_archive(root, old))
     old = {**old, "coding": {**_coding_defaults(), **old.get("coding", {})}}  # fields added since keep their default
+    if "min_unit_tiles" not in old:  # planned before units had a floor: the re-run keeps the old plan's units
+        new = {k: v for k, v in new.items() if k != "min_unit_tiles"}
     changed = [k for k in new if k != "input" and json.loads(json.dumps(old.get(k))) != json.loads(json.dumps(new[k]))]
     if not changed:
         return
@@ -191,4 +196,11 @@ def older_archive(root: str, plan: dict[str, Any]) -> str:
 def planned_units(plan: dict[str, Any], probed: Sequence[PlannedImage | Failure]) -> list[Unit]:
     coding = plan["coding"]
     images = [p for p in probed if isinstance(p, PlannedImage)]
-    return make_units(images, int(coding["tile"]), int(plan["unit_tiles"]), int(plan["min_units"]), whole_images=coding.get("target") is not None)
+    return make_units(
+        images,
+        int(coding["tile"]),
+        int(plan["unit_tiles"]),
+        int(plan["min_units"]),
+        whole_images=coding.get("target") is not None,
+        min_unit_tiles=int(plan.get("min_unit_tiles", 1)),  # absent: planned before units had a floor
+    )
