@@ -1,11 +1,13 @@
 """Archiving throughput on the 24 Kodak images with 1 and 2 Ray workers, and the per-tile time split.
 
     python bench/throughput.py --steps 2 --json docs/data/throughput.json
+    python bench/throughput.py --steps 2 --min-unit-tiles 1    # one image per unit, as before the floor
 
 Both runs use one local Ray (as many CPUs as the most workers asked for) whose
-workers are warmed up first (torch imported, model loaded), and the default units
-(24 images of 2 tiles: at least 32 units wanted, so one image per unit) so the
-workers share the load evenly. Throughput is images/s of the whole
+workers are warmed up first (torch imported, model loaded), and the jobs' default
+units: 24 images of 2 tiles make 3 units of 16 tiles (the 16-tile floor), so two
+workers share 3 units and reach at most 1.5x; ``--min-unit-tiles 1`` cuts one image
+per unit (24 units: at least 32 wanted), as the jobs did before the floor. Throughput is images/s of the whole
 ``run_compress`` call; the ratio is the 2-worker rate over the 1-worker rate.
 
 The split: the workers time reading, decoding, coding and writing each unit
@@ -30,6 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.archive.config import MIN_UNIT_TILES  # noqa: E402
 
 
 def model_config(weights: str | None):
@@ -43,10 +48,10 @@ def model_config(weights: str | None):
     return ModelConfig(pretrained=False, seed=0)
 
 
-def throughput(kodak: str, model, coding, workers: int, out: Path) -> dict:
+def throughput(kodak: str, model, coding, workers: int, out: Path, min_unit_tiles: int) -> dict:
     from pipeline.archive import CompressConfig, RayConfig, run_compress
 
-    config = CompressConfig(kodak, str(out), model=model, coding=coding, ray=RayConfig(num_workers=workers), progress=False)
+    config = CompressConfig(kodak, str(out), model=model, coding=coding, ray=RayConfig(num_workers=workers), progress=False, min_unit_tiles=min_unit_tiles)
     report = run_compress(config)
     if report.failed or report.units_failed:
         raise RuntimeError(f"{report.failed} images failed; see {report.manifest_uri}")
@@ -57,6 +62,9 @@ def throughput(kodak: str, model, coding, workers: int, out: Path) -> dict:
         "seconds": run["seconds"],
         "images_per_second": report.archived / run["seconds"],
         "tiles": run["tiles"],
+        "units": report.units,
+        "stored_bytes": report.summary["stored_bytes"],
+        "coded_bytes": report.summary["coded_bytes"],
         "worker_seconds": run["worker_seconds"],
         "mean_bpp": report.summary["mean_bpp"],
         "mean_delta_psnr": report.summary["mean_delta_psnr"],
@@ -120,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="adaptation iterations per tile")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--split-images", type=int, default=4, help="images for the in-process coding split")
+    parser.add_argument("--min-unit-tiles", type=int, default=MIN_UNIT_TILES, help=f"the units' floor in tiles (default {MIN_UNIT_TILES}, as the jobs)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -134,16 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(Path(args.kodak).glob("*.png"))
     scratch = Path(tempfile.mkdtemp(prefix="oml-bench-"))
     results: dict = {"model": "random weights (seed 0)" if not model.pretrained and not model.weights else (model.weights or "packaged"),
-                     "quality": args.quality, "steps": args.steps, "images": len(files), "cpus": os.cpu_count()}  # fmt: skip
+                     "quality": args.quality, "steps": args.steps, "images": len(files), "cpus": os.cpu_count(),
+                     "min_unit_tiles": args.min_unit_tiles}  # fmt: skip
     ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
     try:
         warm = scratch / "warm-in"
         warm.mkdir()
         for f in files[: max(args.workers)]:
             shutil.copy(f, warm)
-        throughput(str(warm), model, CodingConfig(quality=args.quality, steps=0), max(args.workers), scratch / "warm-out")
+        throughput(str(warm), model, CodingConfig(quality=args.quality, steps=0), max(args.workers), scratch / "warm-out", 1)
         results["load_before"] = os.getloadavg()
-        results["runs"] = [throughput(args.kodak, model, coding, n, scratch / f"out-{n}") for n in args.workers]
+        results["runs"] = [throughput(args.kodak, model, coding, n, scratch / f"out-{n}", args.min_unit_tiles) for n in args.workers]
         results["load_after"] = os.getloadavg()
     finally:
         ray.shutdown()
@@ -159,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 def report(results: dict, out: Callable[[str], None] = print) -> None:
     out(f"model {results['model']}, quality {results['quality']}, {results['steps']} adaptation steps, "
         f"{results['images']} Kodak images, {results['cpus']} CPUs, load average before {results['load_before'][0]:.2f}")  # fmt: skip
+    r = results["runs"][0]
+    out(f"{r['units']} units (floor {results.get('min_unit_tiles', 1)} tiles); unit files {r['stored_bytes'] / r['coded_bytes'] - 1:+.1%} over the coded bytes")
     base = results["runs"][0]["images_per_second"]
     for r in results["runs"]:
         out(f"{r['workers']} worker(s): {r['images']} images in {r['seconds']:.1f} s = {r['images_per_second']:.3f} images/s "
