@@ -20,7 +20,7 @@ from oml.imageio import DEFAULT_MAX_PIXELS, decode_image, encode_png
 from oml.models.zoo import ModelUnavailableError, load_decoder
 from pipeline import pngstream, regions, schema, storage
 from pipeline.archive.config import ModelConfig
-from pipeline.archive.encoder import get_model
+from pipeline.archive.encoder import get_model, one_entry
 
 
 class DecodedImage(NamedTuple):
@@ -74,11 +74,8 @@ def _decoder_for(cfg: ModelConfig, row: dict[str, Any]) -> Any:
     quality = row["quality"] or 1
     if not cfg.pretrained and cfg.weights is None:
         return get_model(cfg, quality)
-    key = (cfg, quality, bytes(row["fingerprint"]), int(row["format_version"]))
-    if key not in _DECODERS:
-        _DECODERS.clear()  # one model kept per worker, as get_model does
-        _DECODERS[key] = load_decoder(cfg.name, quality, key[2], key[3], weights=cfg.weights)
-    return _DECODERS[key]
+    fingerprint, version = bytes(row["fingerprint"]), int(row["format_version"])
+    return one_entry(_DECODERS, (cfg, quality, fingerprint, version), lambda: load_decoder(cfg.name, quality, fingerprint, version, weights=cfg.weights))
 
 
 class _Refused(Exception):

@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,16 +28,24 @@ from pipeline.archive.plan import PERMANENT_READ_ERRORS, Failure, Piece, Planned
 _MODEL_CACHE: dict[tuple, VariableRateModel] = {}
 
 
+def one_entry(cache: dict, key: Any, build: Callable[[], Any]) -> Any:
+    """``cache[key]``, built by ``build`` when missing; the cache keeps one entry, so a worker
+    process holds one model however many it is asked for in turn."""
+    if key not in cache:
+        cache.clear()
+        cache[key] = build()
+    return cache[key]
+
+
 def get_model(cfg: ModelConfig, quality: int, device: str = "cpu") -> VariableRateModel:
-    """The model for ``quality``'s group, built once per process (one entry kept, so memory stays bounded)."""
-    key = (cfg, quality_group(cfg.name, quality), device)
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE.clear()
+    """The model for ``quality``'s group, built once per process (:func:`one_entry`)."""
+
+    def build() -> VariableRateModel:
         if not cfg.pretrained and cfg.weights is None:
             torch.manual_seed(cfg.seed)  # random weights: identical on every worker
-        model = load_model(cfg.name, quality, weights=cfg.weights, pretrained=cfg.pretrained, download=cfg.download)
-        _MODEL_CACHE[key] = model.to(device)
-    return _MODEL_CACHE[key]
+        return load_model(cfg.name, quality, weights=cfg.weights, pretrained=cfg.pretrained, download=cfg.download).to(device)
+
+    return one_entry(_MODEL_CACHE, (cfg, quality_group(cfg.name, quality), device), build)
 
 
 def device_for(gpus: float) -> str:
