@@ -2,7 +2,8 @@
 
 Policy (applies to every input format Pillow reads: PNG, JPEG, WebP, TIFF, …):
 
-- EXIF orientation is applied, so the archive stores the image as viewers show it.
+- EXIF orientation is applied, so the archive stores the image as viewers show it (a PNG's
+  ``eXIf`` chunk only before the image data, where a reader of the header finds it).
 - Grayscale (``L``, ``I;16``…), palette (``P``), CMYK and other modes are converted
   to 8-bit RGB; grayscale becomes three equal channels.
 - Alpha (``RGBA``, ``LA``, ``P`` with transparency) is dropped: only the colour is
@@ -85,7 +86,8 @@ def image_size(stream: BinaryIO) -> tuple[int, int]:
     applied), from its header only: the pixels are not decoded.
 
     A PNG's orientation is read only from an ``eXIf`` chunk before the image data (reading one
-    after it would decode the image); a later one is caught when the image is decoded.
+    after it would decode the image), and :func:`decode_image` ignores a later one too, so the
+    two always agree.
 
     Raises :class:`ImageDecodeError` for what is not a readable image header.
     """
@@ -126,9 +128,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tensor:
                 frames = int(getattr(img, "n_frames", 1))
                 if frames > 1:  # archiving the first frame would lose the rest without a word
                     raise ImageDecodeError(f"animated image with {frames} frames: only still images are archived")
+                # a PNG's eXIf counts only before IDAT, where image_size (a header read) finds it
+                oriented = img.format != "PNG" or "exif" in img.info
                 img.load()
-                # in place, and only when needed: a large image is held once, not copied
-                ImageOps.exif_transpose(img, in_place=True)
+                if oriented:  # in place, and only when needed: a large image is held once, not copied
+                    ImageOps.exif_transpose(img, in_place=True)
                 rgb = img if img.mode == "RGB" else _to_rgb8(img)
                 arr = np.array(rgb, dtype=np.uint8)
                 del rgb

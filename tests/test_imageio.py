@@ -44,6 +44,32 @@ def test_exif_orientation_is_applied():
     assert decode_image(_encode(img, "JPEG", exif=exif)).shape == (3, 40, 30)
 
 
+def test_a_png_orientation_after_the_image_data_is_ignored_by_header_and_decoder_alike():
+    """A PNG's eXIf chunk counts only before IDAT, where a reader of the header finds it. One after
+    IDAT is ignored by the decoder as by image_size, so such a file is archived as stored, not
+    planned at one size and refused at another."""
+    import struct
+    import zlib
+
+    from oml.imageio import image_size
+
+    img = _rgb(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tiff = exif.tobytes()
+    tiff = tiff[6:] if tiff.startswith(b"Exif\0\0") else tiff
+    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
+    png = _encode(img, "PNG")
+    late = png[:-12] + chunk + png[-12:]  # before IEND, after IDAT
+    assert late.index(b"eXIf") > late.index(b"IDAT")
+    out = decode_image(late)
+    assert image_size(io.BytesIO(late)) == (40, 30) and out.shape == (3, 30, 40)
+    assert torch.equal(out, torch.from_numpy(np.array(img)).permute(2, 0, 1))
+    early = _encode(img, "PNG", exif=exif)
+    assert early.index(b"eXIf") < early.index(b"IDAT")
+    assert image_size(io.BytesIO(early)) == (30, 40) and decode_image(early).shape == (3, 40, 30)
+
+
 def test_grayscale_palette_rgba_and_16_bit():
     gray = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
     out = decode_image(_encode(gray, "PNG"))
