@@ -5,9 +5,9 @@
 
 Both runs use one local Ray (as many CPUs as the most workers asked for) whose
 workers are warmed up first (torch imported, model loaded), and the jobs' default
-units: 24 images of 2 tiles make 3 units of 16 tiles (the 16-tile floor), so two
-workers share 3 units and reach at most 1.5x; ``--min-unit-tiles 1`` cuts one image
-per unit (24 units: at least 32 wanted), as the jobs did before the floor. Throughput is images/s of the whole
+units: 24 images of 2 tiles make 2 units of 24 tiles (a power of two of units of at
+least 16 tiles); ``--min-unit-tiles 1`` cuts one image per unit (24 units: at least
+32 wanted), as the jobs did before the floor. Throughput is images/s of the whole
 ``run_compress`` call; the ratio is the 2-worker rate over the 1-worker rate.
 
 The split: the workers time reading, decoding, coding and writing each unit

@@ -43,7 +43,7 @@ def add_archive_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-weights", action="store_true", help="untrained weights seeded by --seed (tests, smoke runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extensions", nargs="+", help="file name endings to archive (default: .png .jpg .jpeg .webp .tif .tiff)")
-    p.add_argument("--unit-tiles", type=int, default=64, help="tiles per unit of work, at most (default 64; a small collection is cut into up to 32 units, of no fewer than 16 tiles)")
+    p.add_argument("--unit-tiles", type=int, default=64, help="tiles per unit of work, at most (default 64; a small collection is cut into up to 32 units, a power of two of them, of no fewer than 16 tiles)")
     _add_ray_arguments(p)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per worker (default 0)")

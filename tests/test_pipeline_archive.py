@@ -170,17 +170,22 @@ def test_units_are_deterministic_cuts_of_the_sorted_listing_by_tiles(tmp_path):
 
 
 def test_a_small_collection_is_not_cut_into_units_smaller_than_the_floor():
-    """min_units splits a small collection for the workers, but never below min_unit_tiles tiles
-    per unit (each unit's footers would outweigh its tiles); plans written before the floor existed
-    re-plan to the units they had, so those archives still resume and restore."""
+    """min_units splits a small collection for the workers, into a power of two of units (even
+    shares for 2, 4, 8 … workers), never below min_unit_tiles tiles per unit (each unit's footers
+    would outweigh its tiles); plans written before the floor existed re-plan to the units they
+    had, so those archives still resume and restore."""
     images = [archive.PlannedImage(f"/in/{i:02d}.png", f"{i:02d}.png", 768, 512) for i in range(24)]  # Kodak: 2 tiles each
     defaults = CompressConfig("/in", "/out")
     units = archive.make_units(images, 512, defaults.unit_tiles, defaults.min_units, min_unit_tiles=defaults.min_unit_tiles)
-    assert [u.tiles for u in units] == [16, 16, 16]
-    assert [u.tiles for u in archive.make_units(images[:10], 512, 64, 32, min_unit_tiles=16)] == [16, 4]
+    assert [u.tiles for u in units] == [24, 24]  # 3 units of 16 would leave one of 2 workers idle a third of the time
+    assert [u.tiles for u in archive.make_units(images[:10], 512, 64, 32, min_unit_tiles=16)] == [20]
     assert [u.tiles for u in archive.make_units(images, 512, 8, 32, min_unit_tiles=16)] == [8] * 6  # --unit-tiles still caps
+    big = [archive.PlannedImage("/in/big.png", "big.png", 8192, 8192)]  # 256 tiles: 16 units of 16
+    assert [u.tiles for u in archive.make_units(big, 512, 64, 32, min_unit_tiles=16)] == [16] * 16
+    many = [archive.PlannedImage(f"/in/{i}.png", f"{i}.png", 8192, 8192) for i in range(9)]  # 2304 tiles: 64 each, as before the floor
+    assert archive.make_units(many, 512, 64, 32, min_unit_tiles=16) == archive.make_units(many, 512, 64, 32)
     plan = planning.settings(defaults, [storage.SourceFile(im.source, im.path, 1) for im in images], "f")
-    assert plan["min_unit_tiles"] == 16 and len(planning.planned_units(plan, images)) == 3
+    assert plan["min_unit_tiles"] == 16 and len(planning.planned_units(plan, images)) == 2
     older = {k: v for k, v in plan.items() if k != "min_unit_tiles"}
     assert [u.tiles for u in planning.planned_units(older, images)] == [2] * 24
     planning.check(older, plan, "/out")  # the older plan's archive resumes under today's settings

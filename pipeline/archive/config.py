@@ -14,9 +14,10 @@ from oml.refine import RefineConfig
 UNIT_TILES = 64
 MIN_UNITS = 32
 MIN_UNIT_TILES = 16
-"""A small collection is split into ``MIN_UNITS`` units for the workers, but never into units of
-fewer tiles than this: each unit carries about 5 KB of Parquet footers, page headers and marker,
-which made units of one Kodak image (2 tiles) +28 % of the coded bytes (docs/ARCHIVE.md, "Units")."""
+"""A small collection is split into up to ``MIN_UNITS`` units for the workers (a power of two of
+them), but never into units of fewer tiles than this: each unit carries about 5 KB of Parquet
+footers, page headers and marker, which made units of one Kodak image (2 tiles) +23 % of the coded
+bytes (docs/ARCHIVE.md, "Units of tiles")."""
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,10 @@ class CompressConfig:
     """Archive every image under ``input`` into ``output``.
 
     ``unit_tiles``: tiles per unit of work, at most; a collection of fewer than ``min_units`` ×
-    ``unit_tiles`` tiles is cut into up to ``min_units`` smaller units instead, so a few images still
-    keep several workers busy, but of no fewer than ``min_unit_tiles`` tiles, so that the units'
-    container overhead stays small (:func:`pipeline.archive.plan.make_units`).
+    ``unit_tiles`` tiles is cut into up to ``min_units`` smaller units instead (a power of two of
+    them, so that they share evenly among 2, 4, 8 … workers), so a few images still keep several
+    workers busy, but of no fewer than ``min_unit_tiles`` tiles, so that the units' container
+    overhead stays small (:func:`pipeline.archive.plan.make_units`).
     """
 
     input: str

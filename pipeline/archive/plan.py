@@ -70,14 +70,20 @@ def num_tiles(image: PlannedImage, tile: int) -> int:
     return rows * cols
 
 
-def unit_size(total_tiles: int, unit_tiles: int, min_units: int, min_unit_tiles: int = 1) -> int:
+def unit_size(total_tiles: int, unit_tiles: int, min_units: int, min_unit_tiles: int | None = None) -> int:
     """Tiles per unit: ``unit_tiles``, or fewer so that a small collection still makes up to
-    ``min_units`` units for the workers to share, but not fewer than ``min_unit_tiles``."""
-    return max(1, min(unit_tiles, max(min_unit_tiles, -(-total_tiles // min_units))))
+    ``min_units`` units for the workers to share. With ``min_unit_tiles``, that split makes a power
+    of two of units (they divide evenly among 2, 4, 8 … workers) of at least ``min_unit_tiles``
+    tiles each; ``None`` is the rule of plans written before the floor (no power of two, no floor)."""
+    if min_unit_tiles is None:
+        return max(1, min(unit_tiles, -(-total_tiles // min_units)))
+    units = max(1, min(min_units, total_tiles // min_unit_tiles))
+    units = 1 << (units.bit_length() - 1)  # the largest power of two not above it
+    return max(1, min(unit_tiles, -(-total_tiles // units)))
 
 
 def make_units(
-    images: Sequence[PlannedImage], tile: int, unit_tiles: int, min_units: int = 1, whole_images: bool = False, min_unit_tiles: int = 1
+    images: Sequence[PlannedImage], tile: int, unit_tiles: int, min_units: int = 1, whole_images: bool = False, min_unit_tiles: int | None = None
 ) -> list[Unit]:
     """Cut the images' tiles, laid end to end, every :func:`unit_size` tiles; with
     ``whole_images`` cut only between images (a unit then holds at least that many tiles)."""
@@ -202,5 +208,5 @@ def planned_units(plan: dict[str, Any], probed: Sequence[PlannedImage | Failure]
         int(plan["unit_tiles"]),
         int(plan["min_units"]),
         whole_images=coding.get("target") is not None,
-        min_unit_tiles=int(plan.get("min_unit_tiles", 1)),  # absent: planned before units had a floor
+        min_unit_tiles=plan.get("min_unit_tiles"),  # absent: planned before units had a floor
     )
