@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = [
         ("Kodak rate-distortion (oml eval)", data / "kodak_rd" / "rd.json", lambda d: eval_tables(d)),
         ("Adaptation, PSNR target", data / "adapt_psnr_summary.json", adapt_table),
-        ("Adaptation, MS-SSIM target", data / "msssim" / "adapt_ms-ssim_summary.json", adapt_table),
+        ("Adaptation, MS-SSIM target (v1)", data / "msssim" / "adapt_ms-ssim_summary.json", adapt_table),
+        ("Adaptation, MS-SSIM target (v2)", data / "msssim-v2" / "adapt_ms-ssim_summary.json", adapt_table),
     ]
     for title, path, render in sections:
         if path.exists():
