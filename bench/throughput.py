@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         warm.mkdir()
         for f in files[: max(args.workers)]:
             shutil.copy(f, warm)
+        # one image per unit here, so that every worker gets a unit and loads the model
         throughput(str(warm), model, CodingConfig(quality=args.quality, steps=0), max(args.workers), scratch / "warm-out", 1)
         results["load_before"] = os.getloadavg()
         results["runs"] = [throughput(args.kodak, model, coding, n, scratch / f"out-{n}", args.min_unit_tiles) for n in args.workers]

@@ -193,6 +193,9 @@ def _rate(count: int, seconds: float) -> float | None:
 
 def _summary(config: CompressConfig, root: str, run: _Run, archived: list[ImageTotals], failed: int) -> dict[str, Any]:
     run_tiles = sum(r.tiles for r in run.written)
+    # what the archive occupies: the units' Parquet files (the markers and the run's JSON files are
+    # a few hundred bytes each more); over coded_bytes, the container's overhead
+    stored, pixels = sum(r.tiles_bytes + r.images_bytes for r in run.results), sum(t.pixels for t in archived)
     before = [psnr_of(t.sse_before, t.pixels) for t in archived]
     after = [psnr_of(t.sse_after, t.pixels) for t in archived]
     return {
@@ -212,10 +215,8 @@ def _summary(config: CompressConfig, root: str, run: _Run, archived: list[ImageT
         "tiles": sum(r.tiles for r in run.results),
         "coded_bytes": sum(t.coded_bytes for t in archived),
         "mean_bpp": _mean([8.0 * t.coded_bytes / t.pixels for t in archived]),
-        # what the archive occupies: the units' Parquet files (the markers and the run's JSON files are
-        # a few hundred bytes each more); over coded_bytes, the container's overhead
-        "stored_bytes": sum(r.tiles_bytes + r.images_bytes for r in run.results),
-        "stored_bpp": 8.0 * sum(r.tiles_bytes + r.images_bytes for r in run.results) / pixels if (pixels := sum(t.pixels for t in archived)) else None,
+        "stored_bytes": stored,
+        "stored_bpp": 8.0 * stored / pixels if pixels else None,
         "mean_psnr_before": _mean(before),
         "mean_psnr_after": _mean(after),
         "mean_delta_psnr": _mean([a - b for a, b in zip(after, before)]),
