@@ -702,6 +702,27 @@ def test_decompress_refuses_what_is_not_an_archive(tmp_path):
         archive.run_decompress(DecompressConfig(str(tmp_path), str(tmp_path / "png")))
 
 
+def test_a_damaged_plan_loses_no_image_without_a_word(archived, tmp_path):
+    """plan.json is not hashed: a plan whose unit numbers were altered is one clear error when they
+    are not positive whole numbers, and otherwise re-plans units that the markers do not account
+    for, so every image of those units is named (exit 1), none silently left out."""
+    _, out, _ = archived
+    for key, value in [("min_unit_tiles", 0), ("min_unit_tiles", "x"), ("unit_tiles", -1), ("min_units", 0)]:
+        copy = tmp_path / f"{key}-{value}"
+        shutil.copytree(out, copy)
+        plan = json.loads((copy / "plan.json").read_text())
+        (copy / "plan.json").write_text(json.dumps(plan | {key: value}))
+        with pytest.raises(ValueError, match=f"plan.json is damaged: {key} "):
+            archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))
+    copy = tmp_path / "one-unit"
+    shutil.copytree(out, copy)
+    plan = json.loads((copy / "plan.json").read_text())
+    (copy / "plan.json").write_text(json.dumps(plan | {"unit_tiles": 100}))  # one unit where three were coded
+    report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png1"), progress=False))
+    assert report.exit_code == 1 and sorted(r.path for r in report.results) == sorted([*GOOD, "truncated.png"])  # every image the plan names
+    assert all(r.status == "failed" and "does not account for" in r.reason for r in report.results)
+
+
 # --------------------------------------------------------------------------- one huge image
 
 

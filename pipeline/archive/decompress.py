@@ -66,6 +66,8 @@ def catalogue(root: str, plan: dict[str, Any]) -> Catalogue:
             table = schema.read_parquet(check.images).to_pylist() if check.result else []
         except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
             check = check._replace(result=None, why=f"unit {unit.index}: its images Parquet file cannot be read ({type(exc).__name__}: {exc})")
+        if check.result is not None and not check.result.covers(unit):  # as compress judges a unit committed
+            check = check._replace(result=None, why=f"unit {unit.index}: its marker does not account for the tiles plan.json gives it (plan or marker damaged)")
         if check.result is None:
             for piece in unit.pieces:
                 found.broken.setdefault(piece.image.path, check.why)

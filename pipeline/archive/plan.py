@@ -200,13 +200,19 @@ def older_archive(root: str, plan: dict[str, Any]) -> str:
 
 
 def planned_units(plan: dict[str, Any], probed: Sequence[PlannedImage | Failure]) -> list[Unit]:
+    """The units ``plan`` cuts. Raises ValueError when its unit settings are not positive whole
+    numbers (plan.json is not hashed: a damaged or edited one)."""
     coding = plan["coding"]
+    counts = {"unit_tiles": plan.get("unit_tiles"), "min_units": plan.get("min_units"), "min_unit_tiles": plan.get("min_unit_tiles", 1)}
+    for key, value in counts.items():  # min_unit_tiles is absent from plans written before units had a floor
+        if type(value) is not int or value < 1:
+            raise ValueError(f"plan.json is damaged: {key} is {value!r}, not a positive whole number")
     images = [p for p in probed if isinstance(p, PlannedImage)]
     return make_units(
         images,
         int(coding["tile"]),
-        int(plan["unit_tiles"]),
-        int(plan["min_units"]),
+        counts["unit_tiles"],
+        counts["min_units"],
         whole_images=coding.get("target") is not None,
-        min_unit_tiles=plan.get("min_unit_tiles"),  # absent: planned before units had a floor
+        min_unit_tiles=plan.get("min_unit_tiles"),
     )
