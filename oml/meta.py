@@ -204,6 +204,9 @@ def latent_and_bits(kind: str, m: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]
     elif kind == "mean_scale":
         scales, means = params.chunk(2, 1)
         y_hat, y_likelihoods = gc(y, scales, means=means)
+    elif kind == "checkerboard":
+        scales, means = m.context(y, params)
+        y_hat, y_likelihoods = gc(y, scales, means=means)
     elif kind == "autoregressive":
         ctx = m.context_prediction(torch.round(y))
         scales, means = m.entropy_parameters(torch.cat((params, ctx), dim=1)).chunk(2, 1)

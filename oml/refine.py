@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from oml.adapt import distortion
+from oml.models.checkerboard import anchor_mask
 from oml.names import METRICS
 
 SURROGATES = ("sga", "ste", "noise")
@@ -178,6 +179,17 @@ class Objective:
             scales, means = params.chunk(2, 1)
             y_rate = q.for_rate(y - means) + means
             y_hat = q.for_decoder(y - means, y_rate - means) + means
+        elif self.kind == "checkerboard":  # anchors first; their quantised values feed the rest's context
+            anchors = anchor_mask(y.shape[2], y.shape[3], y.device)
+            halves = []
+            ctx = torch.zeros_like(params)
+            for _ in range(2):
+                scales, means = m.context.refine(params, ctx).chunk(2, 1)
+                y_rate = q.for_rate(y - means) + means
+                y_hat = q.for_decoder(y - means, y_rate - means) + means
+                halves.append((scales, means, y_rate, y_hat))
+                ctx = m.context.context_prediction(y_hat * anchors)
+            scales, means, y_rate, y_hat = (a * anchors + b * (1 - anchors) for a, b in zip(*halves))
         else:  # autoregressive: the context sees the rounded latent (CompressAI's training pass)
             y_rate = q.for_rate(y)
             y_hat = q.for_decoder(y, y_rate)

@@ -22,6 +22,7 @@ from torch import nn
 
 from .conftest import natural_image
 from oml import codec
+from oml.models.checkerboard import CheckerboardContext
 from oml.models.zoo import load_model, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,7 @@ KINDS = {
     "autoregressive": "mbt2018",
     "autoregressive-subpel": "cheng2020-anchor",
     "default": "oml-default",
+    "checkerboard": "oml-default",  # the default model with a checkerboard context (v3 on)
 }
 OTHER_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "DNNL_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": "1"}
 
@@ -64,6 +66,18 @@ def lively(model, x: torch.Tensor):
     return model
 
 
+@torch.no_grad()
+def with_context(model):
+    """Give a random default model a checkerboard context whose refinement is not zero."""
+    net = model.encoders["0"]
+    net.context = CheckerboardContext(net.M)
+    last = net.context.entropy_parameters[-1]
+    nn.init.normal_(last.weight, std=0.05)
+    nn.init.normal_(last.bias, std=0.5)
+    model.update_entropy_models()
+    return model
+
+
 @pytest.fixture(scope="module")
 def coded(tmp_path_factory):
     """Per kind: weights file, .oml file, the encoder's reconstruction."""
@@ -73,7 +87,10 @@ def coded(tmp_path_factory):
     result = {}
     for label, name in KINDS.items():
         torch.manual_seed(0)
-        model = lively(load_model(name, 1, pretrained=False), x)
+        model = load_model(name, 1, pretrained=False)
+        if label == "checkerboard":
+            with_context(model)
+        model = lively(model, x)
         weights = out / f"{label}.pt"
         save_weights(model, weights)
         model = load_model(name, 1, weights=weights)  # what a decoder elsewhere loads

@@ -27,6 +27,7 @@ from compressai.models.utils import conv, deconv
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
+from oml.models.checkerboard import CheckerboardContext
 from oml.models.modulator import Modulator
 from oml.models.synthesis import ModulatedSynthesis
 
@@ -60,9 +61,11 @@ class OMLHyperprior(CompressionModel):
         M: channels of the latent y.
         offsets: give the decoder λ-offset branches
             (:class:`~oml.models.modulator.LambdaOffset`).
+        context: refine the hyperprior's parameters with a checkerboard context
+            (:class:`~oml.models.checkerboard.CheckerboardContext`, shipped from v3).
     """
 
-    def __init__(self, N: int = 64, M: int = 128, offsets: bool = False) -> None:
+    def __init__(self, N: int = 64, M: int = 128, offsets: bool = False, context: bool = False) -> None:
         super().__init__()
         self.N, self.M = int(N), int(M)
         self.g_a = ConditionalAnalysis(N, M)
@@ -93,19 +96,21 @@ class OMLHyperprior(CompressionModel):
         )
         self.entropy_bottleneck = EntropyBottleneck(N)
         self.gaussian_conditional = GaussianConditional(None)
+        self.context = CheckerboardContext(M) if context else None
 
     def forward(self, x: Tensor, lmbda: Tensor) -> dict:
         """Training pass: x ``(B,3,H,W)`` in [0, 1], λ ``(B,)``.
 
         Mixed quantisation (Minnen & Singh 2020): the rate term sees y plus
         uniform noise, the decoder sees the rounded latent ``μ + round(y − μ)``
-        with a straight-through gradient, as it will at test time. The decoder
-        gets ``λ^1 = … = λ^4 = λ``.
+        with a straight-through gradient, as it will at test time (μ refined by
+        the checkerboard context when the model has one). The decoder gets ``λ^1 = … = λ^4 = λ``.
         """
         y = self.g_a(x, lmbda)
         z = self.h_a(y)
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        scales_hat, means_hat = self.h_s(z_hat).chunk(2, 1)
+        params = self.h_s(z_hat)
+        scales_hat, means_hat = params.chunk(2, 1) if self.context is None else self.context(y, params)
         _, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
         y_hat = quantize_ste(y - means_hat) + means_hat
         lambdas = lmbda.unsqueeze(1).expand(-1, self.g_s.num_lambdas)

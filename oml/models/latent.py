@@ -9,6 +9,9 @@ Three kinds, matching CompressAI's models, one class each:
 - :class:`AutoregressiveCodec`: Minnen 2018 joint autoregressive + hierarchical
   prior (``mbt2018``, ``cheng2020-*``), coded position by position with the
   base model's masked context model.
+- :class:`CheckerboardCodec`: a mean-scale hyperprior refined by a checkerboard
+  context (:mod:`oml.models.checkerboard`, the default model from v3): the
+  anchors, then the rest, each half in one vectorised step.
 
 Every quantity the entropy decoder depends on is computed exactly
 (:mod:`oml.models.exact`): the CDF tables are integers loaded from the weights
@@ -32,9 +35,10 @@ import torch.nn.functional as F
 from compressai.ans import RansDecoder, RansEncoder
 from torch import Tensor, nn
 
+from oml.models.checkerboard import anchor_mask
 from oml.models.exact import FRACTION_BITS, LIMIT, ExactNet, from_fixed, to_fixed
 
-LATENT_KINDS = ("scale", "mean_scale", "autoregressive")
+LATENT_KINDS = ("scale", "mean_scale", "autoregressive", "checkerboard")
 
 _AR_KERNEL = 5
 _AR_PAD = (_AR_KERNEL - 1) // 2
@@ -251,7 +255,72 @@ class AutoregressiveCodec(LatentCodec):
         return self._positions(params, step)
 
 
-CODECS: dict[str, type[LatentCodec]] = {c.kind: c for c in (ScaleCodec, MeanScaleCodec, AutoregressiveCodec)}
+class CheckerboardCodec(LatentCodec):
+    """Mean-scale hyperprior + checkerboard context: one stream, the anchors' symbols first.
+
+    Anchors (``(h + w)`` even) are coded with ``(σ, μ) = params + entropy_parameters(params, 0)``;
+    the other positions with the context of the decoded anchors. Each half is one vectorised
+    exact-integer step, so decoding costs two passes of the small networks, not one per position.
+    """
+
+    kind = "checkerboard"
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__(m)
+        self.context = ExactNet(m.context.context_prediction)
+        self.entropy_parameters = ExactNet(m.context.entropy_parameters)
+
+    def _refined(self, params: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        out = (params + self.entropy_parameters(torch.cat((params, ctx), 1))).clamp_(-LIMIT, LIMIT)
+        return out.chunk(2, 1)
+
+    def _halves(self, params: Tensor, first, second) -> tuple[Tensor, Tensor]:
+        """``first(indexes, μ)`` then ``second(indexes, μ)`` return the symbols ``(M, n)`` of the anchors
+        and of the rest (positions in raster order, channels first)."""
+        _, _, height, width = params.shape
+        channels = params.shape[1] // 2
+        anchors = anchor_mask(height, width)[0, 0].bool()
+        symbols = torch.zeros((channels, height, width), dtype=torch.float64)
+        y_hat = torch.zeros((1, channels, height, width), dtype=torch.float64)
+        y_fixed = torch.zeros((1, channels, height, width), dtype=torch.float64)
+        ctx = torch.zeros_like(params)
+        for where, code in ((anchors, first), (~anchors, second)):
+            scales, means = self._refined(params, ctx)
+            s = code(self.indexes(scales[0][:, where]), from_fixed(means[0][:, where]))
+            symbols[:, where] = s
+            y_hat[0][:, where] = s + from_fixed(means[0][:, where])
+            y_fixed[0][:, where] = (s * 2.0**FRACTION_BITS + means[0][:, where]).clamp(-LIMIT, LIMIT)
+            ctx = self.context(y_fixed)
+        return symbols, y_hat
+
+    def _encode_y(self, y: Tensor, params: Tensor) -> tuple[bytes, Tensor, Tensor]:
+        coded: list[tuple[Tensor, Tensor]] = []
+        anchors = anchor_mask(y.shape[2], y.shape[3])[0, 0].bool()
+
+        def half(where: Tensor):
+            def code(indexes: Tensor, mu: Tensor) -> Tensor:
+                s = torch.round(y[0][:, where] - mu)
+                coded.append((s, indexes))
+                return s
+
+            return code
+
+        symbols, y_hat = self._halves(params, half(anchors), half(~anchors))
+        string = self.tables.encode(torch.cat([s.reshape(-1) for s, _ in coded]), torch.cat([i.reshape(-1) for _, i in coded]))
+        return string, symbols, y_hat
+
+    def _decode_y(self, string: bytes, params: Tensor) -> tuple[Tensor, Tensor]:
+        decoder = RansDecoder()
+        decoder.set_stream(_padded(string, params.numel() // 2))
+
+        def read(indexes: Tensor, mu: Tensor) -> Tensor:
+            values = decoder.decode_stream(indexes.reshape(-1).tolist(), self.tables.cdf, self.tables.lengths, self.tables.offsets)
+            return torch.tensor(values, dtype=torch.float64).view(indexes.shape)
+
+        return self._halves(params, read, read)
+
+
+CODECS: dict[str, type[LatentCodec]] = {c.kind: c for c in (ScaleCodec, MeanScaleCodec, AutoregressiveCodec, CheckerboardCodec)}
 
 
 def latent_codec(kind: str, m: nn.Module) -> LatentCodec:
@@ -278,4 +347,6 @@ def decode_latent_float(kind: str, m: nn.Module, strings: list[bytes], z_shape: 
         y_pad = torch.zeros((1, channels, h + 2 * _AR_PAD, w + 2 * _AR_PAD), device=z_hat.device)
         m._decompress_ar(y_string, y_pad, params, h, w, _AR_KERNEL, _AR_PAD)
         return F.pad(y_pad, (-_AR_PAD,) * 4)
+    if kind == "checkerboard":
+        raise ValueError("format 1 predates the checkerboard context: no format-1 file was coded with it")
     raise ValueError(f"unknown latent kind {kind!r}; expected one of {LATENT_KINDS}")

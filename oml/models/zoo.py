@@ -3,13 +3,16 @@
 ==================== ============ ============== ===================== ===================
 model id             latent kind  quality groups g_s block starts      weights
 ==================== ============ ============== ===================== ===================
-oml-default          mean_scale   (1–6)          built-in              shipped in the repo
+oml-default          checkerboard (1–6)          built-in              shipped in the repo
 bmshj2018-hyperprior scale        (1–4), (5–8)   0, 2, 4, 6            CompressAI zoo
 mbt2018-mean         mean_scale   (1–4), (5–8)   0, 2, 4, 6            CompressAI zoo
 mbt2018              autoregressive (1–4), (5–8) 0, 2, 4, 6            CompressAI zoo
 cheng2020-anchor     autoregressive (1–3), (4–6) 0, 2, 4, 6            CompressAI zoo
 cheng2020-attn       autoregressive (1–3), (4–6) 0, 3, 5, 8            CompressAI zoo
 ==================== ============ ============== ===================== ===================
+
+The default model's kind follows its weights: v1 and v2 are mean-scale hyperpriors,
+v3 adds a checkerboard context (``encoders.0.context.*``) to v2's unchanged weights.
 
 For CompressAI bases each quality keeps its own pretrained encoder and entropy
 models; the group shares the decoder ``g_s`` of its highest quality, cut at the
@@ -214,6 +217,11 @@ def _architecture(state: dict, origin: str) -> dict | None:
     return dict(config)
 
 
+def _has_context(state: dict) -> bool:
+    """Whether a default-model weights file holds a checkerboard context (v3 on)."""
+    return any(k.startswith("encoders.0.context.") for k in state)
+
+
 def _has_offsets(state: dict) -> bool:
     """Whether a weights file's tensors include λ-offset branches (meta mode ``offset``)."""
     return any(".offsets." in k or k.startswith("offsets.") for k in state)
@@ -227,12 +235,13 @@ def _build(
     offsets: bool = False,
     download: bool = True,
     config: dict | None = None,
+    context: bool = False,
 ) -> VariableRateModel:
     entry = _entry(name)
     lambdas = {q: MSE_LAMBDAS[q] for q in group}
     if name == "oml-default":
-        net = OMLHyperprior(**(config or {}), offsets=offsets)
-        return VariableRateModel(name, entry.kind, lambdas, {0: net}, net.g_s, net.M)
+        net = OMLHyperprior(**(config or {}), offsets=offsets, context=context)
+        return VariableRateModel(name, "checkerboard" if context else entry.kind, lambdas, {0: net}, net.g_s, net.M)
     bases = {q: _compressai_base(name, q, pretrained, download) for q in sorted(set(qualities) | {max(group)})}
     top = bases[max(group)]
     stages = split_sequential(copy.deepcopy(top.g_s), entry.splits)
@@ -341,6 +350,7 @@ def load_model(
         offsets=from_file and _has_offsets(state["state_dict"]),
         download=download,
         config=_architecture(state, str(path)) if from_file else None,
+        context=from_file and name == "oml-default" and _has_context(state["state_dict"]),
     )
     if from_file:
         _load_state(model, state["state_dict"], str(path))
