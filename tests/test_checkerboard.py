@@ -135,5 +135,7 @@ def test_the_exact_codec_codes_what_the_float_model_trains_on(base, tile):
     code = model.latent_codec(3).encode(y)
     with torch.no_grad():
         y_hat, bits = latent_and_bits("checkerboard", net, y)
-    assert float((y_hat - code.y_hat).abs().gt(1e-3).float().mean()) < 1e-3
+    diff = (y_hat - code.y_hat).abs()
+    assert float(diff.gt(0.5).float().mean()) < 1e-3  # symbols that rounded the other way
+    assert float(diff[diff < 0.5].max()) < 0.01  # μ: the fixed-point networks' rounding
     assert float(bits) == pytest.approx(8 * sum(map(len, code.strings)), rel=0.03)
