@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from oml.names import DEFAULT_MAX_PIXELS
+from oml.names import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES
 
 Image.MAX_IMAGE_PIXELS = None  # max_pixels below is the limit, checked before any pixel is decoded
 
