@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def eval_tables(rd: dict) -> str:
@@ -26,6 +28,32 @@ def eval_tables(rd: dict) -> str:
     for key, value in rd["bd_rate_percent"].items():
         anchor = key.split(" vs ", 1)[1]
         lines.append(f"| {names.get(anchor, anchor)} | {value:+.1f} % |")
+    return "\n".join(lines)
+
+
+def _default_curve(rd: dict) -> list[dict]:
+    return next(v for k, v in rd["curves"].items() if k.startswith("oml-default") and k.endswith("N=0"))
+
+
+def versus_table(rd: dict, earlier: dict[str, dict]) -> str:
+    """BD-rate of the current default curve over q1–q4 and over every quality, against the
+    baselines in ``rd`` and against earlier versions' curves (``label → rd.json``)."""
+    from oml.metrics import bd_rate
+
+    curve = _default_curve(rd)
+    anchors = {k: v for k, v in rd["curves"].items() if not k.startswith("oml-default")}
+    versions = {label: _default_curve(d) for label, d in earlier.items()}
+    lines = ["| against | q1–q4 | q1–q6 |", "|---|---|---|"]
+    for name, all_points in (anchors | versions).items():
+        cells = []
+        for cut in (4, len(curve)):
+            mine = curve[:cut]
+            points = all_points[:cut] if name in versions else all_points  # a version: the same qualities
+            try:
+                cells.append(f"{bd_rate([p['bpp'] for p in points], [p['psnr'] for p in points], [p['bpp'] for p in mine], [p['psnr'] for p in mine]):+.1f} %")
+            except ValueError:
+                cells.append("n/a")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -52,8 +80,18 @@ def adapt_table(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT / "docs" / "data"))
+    parser.add_argument("--against", nargs="*", default=[], metavar="LABEL=RD_JSON",
+                        help="earlier versions' rd.json (e.g. v2=<(git show REV:docs/data/kodak_rd/rd.json)) for a BD-rate table")
     args = parser.parse_args(argv)
     data = Path(args.data)
+    if args.against:
+        earlier = {}
+        for item in args.against:
+            label, _, path = item.partition("=")
+            earlier[label] = json.loads(Path(path).read_text())
+        rd = json.loads((data / "kodak_rd" / "rd.json").read_text())
+        print("### BD-rate of the current default model, q1–q4 and all its qualities\n")
+        print(versus_table(rd, earlier) + "\n")
     sections = [
         ("Kodak rate-distortion (oml eval)", data / "kodak_rd" / "rd.json", lambda d: eval_tables(d)),
         ("Adaptation, PSNR target", data / "adapt_psnr_summary.json", adapt_table),
