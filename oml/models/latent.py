@@ -271,8 +271,28 @@ class CheckerboardCodec(LatentCodec):
         self.entropy_parameters = ExactNet(m.context.entropy_parameters)
 
     def _refined(self, params: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
-        out = (params + self.entropy_parameters(torch.cat((params, ctx), 1))).clamp_(-LIMIT, LIMIT)
-        return out.chunk(2, 1)
+        """(σ, μ) in fixed point from parameters and context ``(2M, n)`` at n positions (1×1 layers only)."""
+        x = torch.cat((params, ctx), 0).unsqueeze(0).unsqueeze(-1)
+        out = (params + self.entropy_parameters(x)[0, :, :, 0]).clamp_(-LIMIT, LIMIT)
+        return out.chunk(2, 0)
+
+    def _context_of_the_rest(self, y_fixed: Tensor) -> Tensor:
+        """The context ``(2M, h, w)`` at the non-anchors (0 elsewhere) from the anchors' fixed-point ŷ.
+
+        The non-anchors form two stride-2 lattices (even rows × odd columns, odd rows × even
+        columns); the 5×5 convolution is evaluated on each with stride 2, so no work is spent on
+        the anchors. Integer sums: the same bits as the full convolution.
+        """
+        conv = self.context.ops[0]
+        pad = _AR_PAD
+        x = F.pad(y_fixed, (pad, pad, pad, pad))
+        strided = conv._replace(stride=(2, 2), padding=(0, 0))
+        out = torch.zeros((conv.weight.shape[0],) + tuple(y_fixed.shape[2:]), dtype=torch.float64)
+        for row in (0, 1):
+            col = 1 - row
+            if row < y_fixed.shape[2] and col < y_fixed.shape[3]:
+                out[:, row::2, col::2] = strided(x[:, :, row:, col:])[0]
+        return out
 
     def _halves(self, params: Tensor, first, second) -> tuple[Tensor, Tensor]:
         """``first(indexes, μ)`` then ``second(indexes, μ)`` return the symbols ``(M, n)`` of the anchors
@@ -283,14 +303,16 @@ class CheckerboardCodec(LatentCodec):
         symbols = torch.zeros((channels, height, width), dtype=torch.float64)
         y_hat = torch.zeros((1, channels, height, width), dtype=torch.float64)
         y_fixed = torch.zeros((1, channels, height, width), dtype=torch.float64)
-        ctx = torch.zeros_like(params)
+        ctx = None
         for where, code in ((anchors, first), (~anchors, second)):
-            scales, means = self._refined(params, ctx)
-            s = code(self.indexes(scales[0][:, where]), from_fixed(means[0][:, where]))
+            here = params[0][:, where]
+            scales, means = self._refined(here, torch.zeros_like(here) if ctx is None else ctx[:, where])
+            s = code(self.indexes(scales), from_fixed(means))
             symbols[:, where] = s
-            y_hat[0][:, where] = s + from_fixed(means[0][:, where])
-            y_fixed[0][:, where] = (s * 2.0**FRACTION_BITS + means[0][:, where]).clamp(-LIMIT, LIMIT)
-            ctx = self.context(y_fixed)
+            y_hat[0][:, where] = s + from_fixed(means)
+            if ctx is None:
+                y_fixed[0][:, where] = (s * 2.0**FRACTION_BITS + means).clamp(-LIMIT, LIMIT)
+                ctx = self._context_of_the_rest(y_fixed)
         return symbols, y_hat
 
     def _encode_y(self, y: Tensor, params: Tensor) -> tuple[bytes, Tensor, Tensor]:
