@@ -23,64 +23,31 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from oml.models.checkerboard import anchor_mask  # noqa: E402
-from pipeline.train_context import hyper, y_bits  # noqa: E402
+from oml.models.zoo import MSE_LAMBDAS  # noqa: E402
 
-LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483}
-
-
-def z_bits(net, y: torch.Tensor) -> torch.Tensor:
-    """Bits of ẑ = round(z − median) + median under the factorised prior, summed."""
-    z = net.h_a(y)
-    eb = net.entropy_bottleneck
-    medians = eb.quantiles[:, 0, 1].view(1, -1, 1, 1)
-    z_hat = torch.round(z - medians) + medians
-    b, c, h, w = z_hat.shape
-    like = eb._likelihood(z_hat.permute(1, 0, 2, 3).reshape(c, 1, -1))[0]
-    like = eb.likelihood_lower_bound(like) if eb.use_likelihood_bound else like
-    return -torch.log2(like).sum()
+LAMBDAS = {q: MSE_LAMBDAS[q] for q in range(1, 7)}  # the default model's qualities
 
 
 @torch.no_grad()
 def kodak(net, paths: list[Path]) -> list[dict]:
     from oml.imageio import decode_image
+    from oml.meta import latent_and_bits
 
-    ctx, gc = net.context, net.gaussian_conditional
     rows = []
     for q, lmbda in LAMBDAS.items():
         tot = {"hyper_bits": 0.0, "ctx_bits": 0.0, "pixels": 0, "hyper_sse": 0.0, "ctx_sse": 0.0}
         for p in paths:
             x = decode_image(p.read_bytes()).float().unsqueeze(0) / 255
             h, w = x.shape[2:]
-            pad_h, pad_w = (-h) % 64, (-w) % 64
-            xp = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+            xp = torch.nn.functional.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
             lm = torch.full((1,), lmbda)
-            y, params = hyper(net, xp, lm)
-            zb = z_bits(net, y)
-            scales, means = params.chunk(2, 1)
-            y_hyper = torch.round(y - means) + means
-            b_hyper = y_bits(gc, y_hyper, scales, means)
-            anchors = anchor_mask(y.shape[2], y.shape[3])
-            first = ctx.refine(params, torch.zeros_like(params))
-            s_a, m_a = first.chunk(2, 1)
-            y_a = (torch.round(y - m_a) + m_a) * anchors
-            second = ctx.refine(params, ctx.context_prediction(y_a))
-            s_n, m_n = second.chunk(2, 1)
-            y_n = (torch.round(y - m_n) + m_n) * (1 - anchors)
-            y_ctx = y_a + y_n
-            like_a = gc._likelihood(y_ctx, s_a, means=m_a)
-            like_n = gc._likelihood(y_ctx, s_n, means=m_n)
-            like = like_a * anchors + like_n * (1 - anchors)
-            like = gc.likelihood_lower_bound(like) if gc.use_likelihood_bound else like
-            b_ctx = -torch.log2(like).sum()
-            tot["hyper_bits"] += float(b_hyper.sum() + zb)
-            tot["ctx_bits"] += float(b_ctx + zb)
+            y = net.g_a(xp, lm)
             tot["pixels"] += h * w
-            lm4 = lm.unsqueeze(1).expand(-1, 4)
-            for key, y_hat in (("hyper_sse", y_hyper), ("ctx_sse", y_ctx)):
-                x_hat = net.g_s(y_hat, lm4, lm).clamp(0, 1)[:, :, :h, :w]
-                mse = float(((x_hat * 255).round() / 255 - x).pow(2).mean())
-                tot[key] += -10 * math.log10(mse)
+            for kind, key in (("mean_scale", "hyper"), ("checkerboard", "ctx")):
+                y_hat, bits = latent_and_bits(kind, net, y)  # ŷ, and the bits of ŷ and ẑ
+                tot[f"{key}_bits"] += float(bits.sum())
+                x_hat = net.g_s(y_hat, lm.unsqueeze(1).expand(-1, 4), lm).clamp(0, 1)[:, :, :h, :w]
+                tot[f"{key}_sse"] += -10 * math.log10(float(((x_hat * 255).round() / 255 - x).pow(2).mean()))
         n = len(paths)
         row = {
             "quality": q,

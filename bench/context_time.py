@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     times = {label: {"encode": [], "decode": [], "bytes": 0} for label in models}
     for image in images:
         best = {label: [float("inf"), float("inf")] for label in models}
+        size = {}
         for _ in range(args.repeats):
             for label, model in models.items():
                 t0 = time.perf_counter()
@@ -48,10 +49,11 @@ def main(argv: list[str] | None = None) -> int:
                 codec.decode(model, data)
                 t2 = time.perf_counter()
                 best[label] = [min(best[label][0], t1 - t0), min(best[label][1], t2 - t1)]
+                size[label] = len(data)
         for label in models:
             times[label]["encode"].append(best[label][0])
             times[label]["decode"].append(best[label][1])
-            times[label]["bytes"] += len(data) if label == list(models)[-1] else len(codec.encode(models[label], image, quality=args.quality).data)
+            times[label]["bytes"] += size[label]
     mean = {label: {k: sum(v) / len(v) for k, v in t.items() if k != "bytes"} for label, t in times.items()}
     print(f"{len(images)} images, quality {args.quality}, {args.threads} threads, best of {args.repeats}")
     print("| | encode s/img | decode s/img | bytes |\n|---|---|---|---|")

@@ -294,9 +294,9 @@ class CheckerboardCodec(LatentCodec):
                 out[:, row::2, col::2] = strided(x[:, :, row:, col:])[0]
         return out
 
-    def _halves(self, params: Tensor, first, second) -> tuple[Tensor, Tensor]:
-        """``first(indexes, μ)`` then ``second(indexes, μ)`` return the symbols ``(M, n)`` of the anchors
-        and of the rest (positions in raster order, channels first)."""
+    def _halves(self, params: Tensor, code) -> tuple[Tensor, Tensor]:
+        """``code(where, indexes, μ)`` returns the symbols ``(M, n)`` of the anchors, then of the rest
+        (``where``: the half's boolean ``(h, w)`` mask; positions in raster order, channels first)."""
         _, _, height, width = params.shape
         channels = params.shape[1] // 2
         anchors = anchor_mask(height, width)[0, 0].bool()
@@ -304,10 +304,10 @@ class CheckerboardCodec(LatentCodec):
         y_hat = torch.zeros((1, channels, height, width), dtype=torch.float64)
         y_fixed = torch.zeros((1, channels, height, width), dtype=torch.float64)
         ctx = None
-        for where, code in ((anchors, first), (~anchors, second)):
+        for where in (anchors, ~anchors):
             here = params[0][:, where]
             scales, means = self._refined(here, torch.zeros_like(here) if ctx is None else ctx[:, where])
-            s = code(self.indexes(scales), from_fixed(means))
+            s = code(where, self.indexes(scales), from_fixed(means))
             symbols[:, where] = s
             y_hat[0][:, where] = s + from_fixed(means)
             if ctx is None:
@@ -317,17 +317,13 @@ class CheckerboardCodec(LatentCodec):
 
     def _encode_y(self, y: Tensor, params: Tensor) -> tuple[bytes, Tensor, Tensor]:
         coded: list[tuple[Tensor, Tensor]] = []
-        anchors = anchor_mask(y.shape[2], y.shape[3])[0, 0].bool()
 
-        def half(where: Tensor):
-            def code(indexes: Tensor, mu: Tensor) -> Tensor:
-                s = torch.round(y[0][:, where] - mu)
-                coded.append((s, indexes))
-                return s
+        def code(where: Tensor, indexes: Tensor, mu: Tensor) -> Tensor:
+            s = torch.round(y[0][:, where] - mu)
+            coded.append((s, indexes))
+            return s
 
-            return code
-
-        symbols, y_hat = self._halves(params, half(anchors), half(~anchors))
+        symbols, y_hat = self._halves(params, code)
         string = self.tables.encode(torch.cat([s.reshape(-1) for s, _ in coded]), torch.cat([i.reshape(-1) for _, i in coded]))
         return string, symbols, y_hat
 
@@ -335,11 +331,11 @@ class CheckerboardCodec(LatentCodec):
         decoder = RansDecoder()
         decoder.set_stream(_padded(string, params.numel() // 2))
 
-        def read(indexes: Tensor, mu: Tensor) -> Tensor:
+        def read(where: Tensor, indexes: Tensor, mu: Tensor) -> Tensor:
             values = decoder.decode_stream(indexes.reshape(-1).tolist(), self.tables.cdf, self.tables.lengths, self.tables.offsets)
             return torch.tensor(values, dtype=torch.float64).view(indexes.shape)
 
-        return self._halves(params, read, read)
+        return self._halves(params, read)
 
 
 CODECS: dict[str, type[LatentCodec]] = {c.kind: c for c in (ScaleCodec, MeanScaleCodec, AutoregressiveCodec, CheckerboardCodec)}
