@@ -11,9 +11,9 @@ Connects to the Ray cluster in RAY_ADDRESS, or starts a local one.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from oml.meta import MetaMode
+from pipeline.jobargs import add_config_arguments
 from pipeline.metatrain import MetaTrainConfig, run_metatrain
 
 
@@ -34,15 +34,7 @@ HELP = {
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(MetaTrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        text = (HELP[field.name] + " " if field.name in HELP else "") + "(default: %(default)s)"
-        if isinstance(field.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=text)
-        elif field.name == "mode":
-            parser.add_argument(flag, choices=[m.value for m in MetaMode], default=field.default, help=text)
-        else:
-            parser.add_argument(flag, type=type(field.default), default=field.default, help=text)
+    add_config_arguments(parser, MetaTrainConfig, HELP, {"mode": [m.value for m in MetaMode]})
     return parser
 
 

@@ -11,8 +11,8 @@ losses every --log-every steps and held-out numbers every --eval-every steps.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
+from pipeline.jobargs import add_config_arguments
 from pipeline.train import BaseTrainConfig, run_base_training
 
 HELP = {
@@ -44,13 +44,7 @@ HELP = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(BaseTrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        text = HELP.get(field.name, "")
-        if field.default is dataclasses.MISSING:
-            parser.add_argument(flag, required=True, type=str, help=text)
-        else:
-            parser.add_argument(flag, type=type(field.default), default=field.default, help=f"{text} (default: %(default)s)")
+    add_config_arguments(parser, BaseTrainConfig, HELP)
     args = parser.parse_args(argv)
     cfg = BaseTrainConfig(**vars(args))
     print(run_base_training(cfg))

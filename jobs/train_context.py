@@ -12,10 +12,10 @@ training curve. Measure it with ``python bench/checkerboard_study.py``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from oml.names import ModelUnavailableError
+from pipeline.jobargs import add_config_arguments
 from pipeline.train_context import ContextTrainConfig, run_context_training
 
 HELP = {
@@ -38,13 +38,7 @@ HELP = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(ContextTrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        text = HELP.get(field.name, "")
-        if field.default is dataclasses.MISSING:
-            parser.add_argument(flag, required=True, type=str, help=text)
-        else:
-            parser.add_argument(flag, type=type(field.default), default=field.default, help=f"{text} (default: %(default)s)")
+    add_config_arguments(parser, ContextTrainConfig, HELP)
     args = parser.parse_args(argv)
     try:
         print(run_context_training(ContextTrainConfig(**vars(args))))
