@@ -39,6 +39,7 @@ HELP = {
     "threads": "torch CPU threads",
     "init": "start from this checkpoint or committed resume point when OUT_DIR has no last.pt",
     "ema_decay": "decay of the exported weight average",
+    "context_from": "train a checkerboard context jointly with the transforms, starting from this oml weights file's context (e.g. oml/weights/oml-default.pt)",
 }
 
 

@@ -48,6 +48,7 @@ class BaseTrainConfig:
     threads: int = 2
     init: str = ""
     ema_decay: float = 0.999
+    context_from: str = ""
 
 
 def load_split(cfg: BaseTrainConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -96,6 +97,23 @@ def eval_lambdas(cfg: BaseTrainConfig) -> list[float]:
     return [lm for lm in MSE_LAMBDAS.values() if cfg.lambda_low * 0.999 <= lm <= cfg.lambda_high * 1.001]
 
 
+def _is_constant(key: str) -> bool:
+    from oml.models.zoo import is_derived_buffer, is_table
+
+    return is_derived_buffer(key) and not is_table(key)
+
+
+def context_weights(weights_file: str | Path) -> dict[str, torch.Tensor]:
+    """The checkerboard context of an oml weights file of the default model (``context.*`` keys,
+    float32), to train it jointly with the transforms it was fitted on."""
+    state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    prefix = "encoders.0.context."
+    found = {k[len("encoders.0.") :]: v.float() for k, v in state.get("state_dict", {}).items() if k.startswith(prefix)}
+    if not found:
+        raise ValueError(f"{weights_file} holds no checkerboard context (expected an oml weights file from v3 on)")
+    return found
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -109,18 +127,28 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "last.pt", out / "train_log.jsonl"
     train_imgs, held_imgs = load_split(cfg)
-    model = OMLHyperprior(cfg.N, cfg.M)
+    model = OMLHyperprior(cfg.N, cfg.M, context=bool(cfg.context_from))
     optimizer, aux_optimizer = configure_optimizers(model, cfg.lr, cfg.aux_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, fresh_optimizer_at = 0, 0
+    if cfg.context_from:  # joint training starts from a trained context (a checkpoint's own one wins below)
+        model.load_state_dict({**model.state_dict(), **context_weights(cfg.context_from)})
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     source = ckpt_path if ckpt_path.exists() else Path(cfg.init) if cfg.init else None
     if source is not None:
         # A full checkpoint resumes exactly; a committed one (no optimizer state) resumes
         # weights, average and step, and re-warms a fresh optimizer.
         state = torch.load(source, weights_only=True)
-        model.load_state_dict(state["model"])
+        # Architecture constants (the likelihood and scale lower bounds) are the model's own: a
+        # float16 resume point holds the 1e-9 likelihood bound as 0, which lets log2(0) through.
+        weights = {k: v for k, v in state["model"].items() if not _is_constant(k)}
+        weights.update({k: v for k, v in model.state_dict().items() if _is_constant(k)})
+        if not any(k.startswith("context.") for k in weights):
+            weights.update({k: v for k, v in model.state_dict().items() if k.startswith("context.")})
+        model.load_state_dict(weights)
         ema = state.get("ema", {k: v.detach().clone() for k, v in model.state_dict().items()})
+        for k, v in model.state_dict().items():  # a context that joins the run starts its average here
+            ema.setdefault(k, v.detach().clone())
         step = int(state.get("step", 0))
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
@@ -173,6 +201,10 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
         raise ValueError("the zoo's oml-default is N=64, M=128; this checkpoint has another size")
     model = load_model("oml-default", pretrained=False)
     source = state["ema"] if ema and "ema" in state else state["model"]
+    if any(k.startswith("context.") for k in source):  # trained jointly with a checkerboard context
+        from oml.models.checkerboard import CheckerboardContext
+
+        model.encoders["0"].context = CheckerboardContext(model.encoders["0"].M)
     weights = {k: v for k, v in source.items() if not is_derived_buffer(k)}
     missing, unexpected = torch.nn.Module.load_state_dict(model.encoders["0"], weights, strict=False)
     if unexpected or any(not is_derived_buffer(k) for k in missing):
@@ -207,7 +239,7 @@ def save_resume_point(checkpoint: str | Path, out_path: str | Path) -> Path:
     if "model" not in state:
         raise ValueError(f"{checkpoint} is not a base-training checkpoint (no model state): no resume point to write")
     weights = state.get("ema", state["model"])
-    compact = {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
+    compact = {k: (v.half() if v.is_floating_point() and not _is_constant(k) else v) for k, v in weights.items()}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic({"model": compact, "step": state["step"], "config": state.get("config", {}), "compact": True}, out_path)

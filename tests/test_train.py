@@ -1,28 +1,27 @@
 """Base training: resumable from its own checkpoint and from a committed resume point."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 import torch
 from PIL import Image
 
-from oml.models.zoo import is_table, load_model, save_weights
+from oml.models.zoo import is_derived_buffer, is_table, load_model, save_weights
 from pipeline.train import BaseTrainConfig, export_default_weights, run_base_training, save_resume_point
 
 from .conftest import natural_image
 
 
-def _config(tmp_path, out, steps, init=""):
+def _config(tmp_path, out, steps, init="", **kw):
     data = tmp_path / "data"
     if not data.exists():
         data.mkdir()
         for i in range(3):
             Image.fromarray(natural_image(80, 96, seed=i).permute(1, 2, 0).numpy()).save(data / f"{i}.png")
-    return BaseTrainConfig(
-        data_dir=str(data), out_dir=str(out), steps=steps, batch=2, crop=64, N=16, M=24, warmup=2,
-        decay_start=3, decay_end=6, holdout_every=0, log_every=1, eval_every=100, ckpt_every=2, threads=1, init=init,
-    )
+    settings = dict(batch=2, crop=64, N=16, M=24, warmup=2, decay_start=3, decay_end=6, holdout_every=0, log_every=1, eval_every=100, ckpt_every=2, threads=1)
+    return BaseTrainConfig(data_dir=str(data), out_dir=str(out), steps=steps, init=init, **{**settings, **kw})
 
 
 def _starts(log):
@@ -45,7 +44,12 @@ def test_committed_resume_point_continues_the_step_count(tmp_path):
     compact = torch.load(point, weights_only=True)
     assert "optimizer" not in compact and "ema" not in compact
     average = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["ema"]
-    assert all(v.dtype == torch.float16 and torch.equal(v, average[k].half()) for k, v in compact["model"].items() if v.is_floating_point())
+    constants = {k for k in compact["model"] if is_derived_buffer(k) and not is_table(k)}  # bounds, GDN's pedestal
+    weights = {k: v for k, v in compact["model"].items() if v.is_floating_point() and k not in constants}
+    assert weights and all(v.dtype == torch.float16 and torch.equal(v, average[k].half()) for k, v in weights.items())
+    assert constants and all(torch.equal(compact["model"][k], average[k]) for k in constants)
+    bound = compact["model"]["gaussian_conditional.likelihood_lower_bound.bound"]
+    assert bound.dtype == torch.float32 and float(bound) == pytest.approx(1e-9)  # float16 would make it 0
     run_base_training(_config(tmp_path, tmp_path / "b", steps=3, init=str(point)))
     assert _starts(tmp_path / "b" / "train_log.jsonl") == [2]
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
@@ -68,3 +72,46 @@ def test_a_float32_weights_file_exports_back_to_the_shipped_float16(tmp_path):
     assert len(tables) == 7 and all(torch.equal(saved[k], reference[k]) for k in tables)  # kept exactly, never rebuilt
     with pytest.raises(ValueError, match="not a base-training checkpoint"):
         save_resume_point(wide, tmp_path / "resume.pt")
+
+
+def test_a_resume_point_with_a_zero_likelihood_bound_trains_with_the_models_own(tmp_path):
+    """Resume points committed before the fix hold the 1e-9 likelihood bound in float16, i.e. 0;
+    with it, one likelihood that underflows makes log2(0) and the run NaN from there on."""
+    run_base_training(_config(tmp_path, tmp_path / "a", steps=2))
+    point = save_resume_point(tmp_path / "a" / "last.pt", tmp_path / "resume.pt")
+    state = torch.load(point, weights_only=True)
+    for key in [k for k in state["model"] if k.endswith("likelihood_lower_bound.bound")]:
+        state["model"][key] = state["model"][key].half()
+    assert float(state["model"]["gaussian_conditional.likelihood_lower_bound.bound"]) == 0
+    torch.save(state, point)
+    run_base_training(_config(tmp_path, tmp_path / "b", steps=3, init=str(point)))
+    resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for part in ("model", "ema"):
+        assert float(resumed[part]["gaussian_conditional.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
+        assert float(resumed[part]["entropy_bottleneck.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
+
+
+def test_joint_context_training_starts_from_the_given_context_and_exports_a_checkerboard_model(tmp_path):
+    """--context-from: the checkerboard context joins base training from a weights file's context,
+    trains with the transforms, is resumed with them, and is exported (v4's recipe)."""
+    from pipeline.train import context_weights
+
+    shipped_path = str(tmp_path / "shipped.pt")
+    save_weights(load_model("oml-default"), shipped_path)
+    given = context_weights(shipped_path)
+    assert given and all(k.startswith("context.") for k in given)
+    out = tmp_path / "run"
+    run_base_training(_config(tmp_path, out, steps=2, N=64, M=128, context_from=shipped_path, lr=1e-3, warmup=1))
+    first = torch.load(out / "last.pt", weights_only=True)
+    assert all(k in first["model"] and k in first["ema"] for k in given)
+    moved = [k for k in given if not torch.equal(first["model"][k], given[k])]
+    assert moved, "the context did not train"
+    run_base_training(_config(tmp_path, out, steps=3, N=64, M=128, context_from=shipped_path, lr=1e-3, warmup=1))
+    second = torch.load(out / "last.pt", weights_only=True)
+    assert second["step"] == 3 and not torch.equal(second["model"][moved[0]], given[moved[0]])
+    exported = load_model("oml-default", 1, weights=export_default_weights(out / "last.pt", tmp_path / "v4.pt"))
+    assert exported.kind == "checkerboard"
+    assert torch.equal(exported.encoders["0"].context.entropy_parameters[0].weight, second["ema"]["context.entropy_parameters.0.weight"].half().float())
+    v2 = Path(__file__).resolve().parents[1] / "oml" / "weights" / "oml-default-v2.pt"
+    with pytest.raises(ValueError, match="no checkerboard context"):
+        context_weights(v2)
