@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--float32", action="store_true", help="keep float32 (default: float16, half the size)")
     parser.add_argument("--raw", action="store_true", help="export the raw weights, not their moving average")
     parser.add_argument("--resume-point", help="also write a compact resumable checkpoint here")
+    parser.add_argument("--offsets-from", help="oml weights file whose λ-offset branches the exported decoder takes over")
     args = parser.parse_args(argv)
     try:
-        print(export_default_weights(args.checkpoint, args.output, half=not args.float32, ema=not args.raw))
+        print(export_default_weights(args.checkpoint, args.output, half=not args.float32, ema=not args.raw, offsets_from=args.offsets_from))
         if args.resume_point:
             print(save_resume_point(args.checkpoint, args.resume_point))
     except (OSError, ValueError) as exc:

@@ -184,12 +184,14 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
     return ckpt_path
 
 
-def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: bool = True, ema: bool = True) -> Path:
+def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: bool = True, ema: bool = True, offsets_from: str | Path | None = None) -> Path:
     """Turn a base-training checkpoint (``last.pt``) into the default model's oml weights file.
 
     ``ema``: export the moving average of the weights (when the checkpoint has one).
     An oml weights file of the default model (``jobs/metatrain.py`` writes float32
-    ones) is re-saved in the chosen precision.
+    ones) is re-saved in the chosen precision. ``offsets_from``: an oml weights file whose
+    λ-offset branches the exported decoder takes over (a fine-tuned decoder keeps the branches
+    meta-trained on its starting point; plain decoding never uses them).
     """
     from oml.models.zoo import is_derived_buffer, load_model
 
@@ -209,6 +211,13 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
     missing, unexpected = torch.nn.Module.load_state_dict(model.encoders["0"], weights, strict=False)
     if unexpected or any(not is_derived_buffer(k) for k in missing):
         raise ValueError(f"{checkpoint} does not match the default architecture")
+    if offsets_from:
+        branches = torch.load(offsets_from, map_location="cpu", weights_only=True).get("state_dict", {})
+        branches = {k[len("synthesis.offsets.") :]: v.float() for k, v in branches.items() if k.startswith("synthesis.offsets.")}
+        if not branches:
+            raise ValueError(f"{offsets_from} holds no λ-offset branches")
+        model.synthesis.add_offsets()
+        model.synthesis.offsets.load_state_dict(branches)
     model.update_entropy_models()
     return _save_default(model, out_path, half)
 

@@ -115,3 +115,10 @@ def test_joint_context_training_starts_from_the_given_context_and_exports_a_chec
     v2 = Path(__file__).resolve().parents[1] / "oml" / "weights" / "oml-default-v2.pt"
     with pytest.raises(ValueError, match="no checkerboard context"):
         context_weights(v2)
+    assert exported.synthesis.offsets is None
+    with_branches = load_model("oml-default", 1, weights=export_default_weights(out / "last.pt", tmp_path / "v4o.pt", offsets_from=shipped_path))
+    branches = dict(load_model("oml-default").synthesis.offsets.named_parameters())
+    assert branches and all(torch.equal(v, branches[k]) for k, v in with_branches.synthesis.offsets.named_parameters())
+    assert torch.equal(with_branches.encoders["0"].context.entropy_parameters[0].weight, exported.encoders["0"].context.entropy_parameters[0].weight)
+    with pytest.raises(ValueError, match="no λ-offset branches"):
+        export_default_weights(out / "last.pt", tmp_path / "x.pt", offsets_from=tmp_path / "v4.pt")
