@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from oml.names import ModelUnavailableError
 from pipeline.train import export_default_weights, save_resume_point
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(export_default_weights(args.checkpoint, args.output, half=not args.float32, ema=not args.raw, offsets_from=args.offsets_from))
         if args.resume_point:
             print(save_resume_point(args.checkpoint, args.resume_point))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ModelUnavailableError) as exc:
         print(f"export_weights: {exc}", file=sys.stderr)
         return 2
     return 0

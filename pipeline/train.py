@@ -18,6 +18,7 @@ import torch
 
 from oml.imageio import decode_image
 from oml.models.default import OMLHyperprior
+from oml.models.zoo import is_constant, weights_under
 from oml.train import configure_optimizers, lr_at, random_crops, rd_loss, sample_lambdas, train_step
 from pipeline import storage
 
@@ -97,18 +98,10 @@ def eval_lambdas(cfg: BaseTrainConfig) -> list[float]:
     return [lm for lm in MSE_LAMBDAS.values() if cfg.lambda_low * 0.999 <= lm <= cfg.lambda_high * 1.001]
 
 
-def _is_constant(key: str) -> bool:
-    from oml.models.zoo import is_derived_buffer, is_table
-
-    return is_derived_buffer(key) and not is_table(key)
-
-
 def context_weights(weights_file: str | Path) -> dict[str, torch.Tensor]:
     """The checkerboard context of an oml weights file of the default model (``context.*`` keys,
     float32), to train it jointly with the transforms it was fitted on."""
-    state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    prefix = "encoders.0.context."
-    found = {k[len("encoders.0.") :]: v.float() for k, v in state.get("state_dict", {}).items() if k.startswith(prefix)}
+    found = {"context." + k: v for k, v in weights_under(weights_file, "encoders.0.context.").items()}
     if not found:
         raise ValueError(f"{weights_file} holds no checkerboard context (expected an oml weights file from v3 on)")
     return found
@@ -141,8 +134,8 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
         state = torch.load(source, weights_only=True)
         # Architecture constants (the likelihood and scale lower bounds) are the model's own: a
         # float16 resume point holds the 1e-9 likelihood bound as 0, which lets log2(0) through.
-        weights = {k: v for k, v in state["model"].items() if not _is_constant(k)}
-        weights.update({k: v for k, v in model.state_dict().items() if _is_constant(k)})
+        weights = {k: v for k, v in state["model"].items() if not is_constant(k)}
+        weights.update({k: v for k, v in model.state_dict().items() if is_constant(k)})
         if not any(k.startswith("context.") for k in weights):
             weights.update({k: v for k, v in model.state_dict().items() if k.startswith("context.")})
         model.load_state_dict(weights)
@@ -212,8 +205,7 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
     if unexpected or any(not is_derived_buffer(k) for k in missing):
         raise ValueError(f"{checkpoint} does not match the default architecture")
     if offsets_from:
-        branches = torch.load(offsets_from, map_location="cpu", weights_only=True).get("state_dict", {})
-        branches = {k[len("synthesis.offsets.") :]: v.float() for k, v in branches.items() if k.startswith("synthesis.offsets.")}
+        branches = weights_under(offsets_from, "synthesis.offsets.")
         if not branches:
             raise ValueError(f"{offsets_from} holds no λ-offset branches")
         model.synthesis.add_offsets()
@@ -248,7 +240,7 @@ def save_resume_point(checkpoint: str | Path, out_path: str | Path) -> Path:
     if "model" not in state:
         raise ValueError(f"{checkpoint} is not a base-training checkpoint (no model state): no resume point to write")
     weights = state.get("ema", state["model"])
-    compact = {k: (v.half() if v.is_floating_point() and not _is_constant(k) else v) for k, v in weights.items()}
+    compact = {k: (v.half() if v.is_floating_point() and not is_constant(k) else v) for k, v in weights.items()}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic({"model": compact, "step": state["step"], "config": state.get("config", {}), "compact": True}, out_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from oml.models.zoo import is_derived_buffer, is_table, load_model, save_weights
+from oml.models.zoo import is_constant, is_table, load_model, save_weights
 from pipeline.train import BaseTrainConfig, export_default_weights, run_base_training, save_resume_point
 
 from .conftest import natural_image
@@ -44,7 +44,7 @@ def test_committed_resume_point_continues_the_step_count(tmp_path):
     compact = torch.load(point, weights_only=True)
     assert "optimizer" not in compact and "ema" not in compact
     average = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["ema"]
-    constants = {k for k in compact["model"] if is_derived_buffer(k) and not is_table(k)}  # bounds, GDN's pedestal
+    constants = {k for k in compact["model"] if is_constant(k)}  # bounds, GDN's pedestal
     weights = {k: v for k, v in compact["model"].items() if v.is_floating_point() and k not in constants}
     assert weights and all(v.dtype == torch.float16 and torch.equal(v, average[k].half()) for k, v in weights.items())
     assert constants and all(torch.equal(compact["model"][k], average[k]) for k in constants)

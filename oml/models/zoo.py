@@ -151,14 +151,22 @@ def _load_weights_file(path: str | Path) -> dict:
 _CONSTANT_BUFFERS = ("pedestal", "bound")
 
 
-def _is_constant(key: str) -> bool:
+def is_constant(key: str) -> bool:
+    """Whether ``key`` names a constant the architecture sets when it is built (never trained)."""
     return key.rsplit(".", 1)[-1] in _CONSTANT_BUFFERS
+
+
+def weights_under(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors of an oml weights file whose names start with ``prefix``, without it, as float32
+    (a part of a model to load into another: its decoder, context or λ-offset branches)."""
+    state = _load_weights_file(path)["state_dict"]
+    return {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
 
 
 def is_derived_buffer(key: str) -> bool:
     """Whether ``key`` names a buffer that is not a trained tensor: an entropy-coder table
     (which ``update()`` derives from the weights) or a constant of the architecture."""
-    return is_table(key) or _is_constant(key)
+    return is_table(key) or is_constant(key)
 
 
 def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
@@ -168,7 +176,7 @@ def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype 
     model.update_entropy_models(force=False)
     state = {}
     for k, v in model.state_dict().items():
-        if _is_constant(k):
+        if is_constant(k):
             continue
         state[k] = v if is_table(k) or not v.is_floating_point() else v.to(dtype)
     encoders = sorted(int(q) for q in model.encoders)
@@ -253,7 +261,7 @@ def _build(
 
 def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
     expected = {k for k in model.state_dict() if not is_derived_buffer(k)}
-    state = {k: v for k, v in state.items() if not _is_constant(k)}
+    state = {k: v for k, v in state.items() if not is_constant(k)}
     tables = {k: v for k, v in state.items() if is_table(k)}
     state = {k: v for k, v in state.items() if not is_table(k)}
     missing, unexpected = expected - set(state), set(state) - expected
@@ -355,7 +363,7 @@ def load_model(
     if from_file:
         _load_state(model, state["state_dict"], str(path))
     if modulators is not None:
-        synth = {k[len("synthesis.") :]: v.float() for k, v in _load_weights_file(modulators)["state_dict"].items() if k.startswith("synthesis.")}
+        synth = weights_under(modulators, "synthesis.")
         if _has_offsets(synth) and model.synthesis.offsets is None:
             model.synthesis.add_offsets()
         model.synthesis.load_state_dict(synth)
