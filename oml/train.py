@@ -90,12 +90,19 @@ def train_step(
     x: Tensor,
     lmbda: Tensor,
     clip_norm: float = 1.0,
+    amp: bool = False,
 ) -> StepMetrics:
-    """One RD step on crops x ``(B,3,H,W)`` with per-sample λ ``(B,)``, plus one auxiliary step."""
+    """One RD step on crops x ``(B,3,H,W)`` with per-sample λ ``(B,)``, plus one auxiliary step.
+
+    ``amp``: run the transforms in bfloat16 (``torch.autocast`` on x's device); the entropy
+    models run in float32 either way (the model's own islands), and so does the loss.
+    """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    out = model(x, lmbda)
-    rd = rd_loss(out["x_hat"], x, out["likelihoods"], lmbda)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model(x, lmbda)
+    likelihoods = {k: v.float() for k, v in out["likelihoods"].items()}
+    rd = rd_loss(out["x_hat"].float(), x, likelihoods, lmbda)
     rd.loss.backward()
     if clip_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)

@@ -50,6 +50,8 @@ class BaseTrainConfig:
     init: str = ""
     ema_decay: float = 0.999
     context_from: str = ""
+    device: str = "cpu"
+    amp: bool = False
 
 
 def load_split(cfg: BaseTrainConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -63,17 +65,18 @@ def load_split(cfg: BaseTrainConfig) -> tuple[list[torch.Tensor], list[torch.Ten
 
 @torch.no_grad()
 def evaluate(model: OMLHyperprior, images: list[torch.Tensor], lambdas: list[float], size: int = 256) -> list[dict]:
-    """Rounded-latent estimate of bpp and PSNR on centre crops, per λ."""
+    """Rounded-latent estimate of bpp and PSNR on centre crops, per λ (float32, on the model's device)."""
     model.eval()
+    device = next(model.parameters()).device
     crops = []
     for img in images:
         _, h, w = img.shape
         top, left = (h - size) // 2, (w - size) // 2
         crops.append(img[:, top : top + size, left : left + size])
-    x = torch.stack(crops).float() / 255.0
+    x = torch.stack(crops).to(device).float() / 255.0
     rows = []
     for lmbda in lambdas:
-        lm = torch.full((x.shape[0],), lmbda)
+        lm = torch.full((x.shape[0],), lmbda, device=device)
         out = model(x, lm)
         rd = rd_loss(out["x_hat"].clamp(0, 1), x, out["likelihoods"], lm)
         rows.append({"lambda": lmbda, "bpp": round(float(rd.bpp), 4), "psnr": round(float(rd.psnr), 3), "loss": round(float(rd.loss), 4)})
@@ -107,6 +110,23 @@ def context_weights(weights_file: str | Path) -> dict[str, torch.Tensor]:
     return found
 
 
+def training_device(name: str) -> torch.device:
+    """The device a run trains on: ``cpu``, ``cuda`` or ``cuda:K``, checked before any work."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (expected cpu, cuda or cuda:K)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but this torch sees no CUDA GPU")
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 convolutions and products: Ampere and later
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # one crop size for the whole run
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r} (expected cpu, cuda or cuda:K)")
+    return device
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -116,6 +136,7 @@ def _save_atomic(obj: dict, path: Path) -> None:
 def run_base_training(cfg: BaseTrainConfig) -> Path:
     """Train (or resume) the default model; returns the path of ``last.pt``."""
     torch.set_num_threads(cfg.threads)
+    device = training_device(cfg.device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "last.pt", out / "train_log.jsonl"
@@ -131,7 +152,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
     if source is not None:
         # A full checkpoint resumes exactly; a committed one (no optimizer state) resumes
         # weights, average and step, and re-warms a fresh optimizer.
-        state = torch.load(source, weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
         # Architecture constants (the likelihood and scale lower bounds) are the model's own: a
         # float16 resume point holds the 1e-9 likelihood bound as 0, which lets log2(0) through.
         weights = {k: v for k, v in state["model"].items() if not is_constant(k)}
@@ -149,6 +170,14 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
         else:
             fresh_optimizer_at = step
         gen.manual_seed(cfg.seed + step)
+    if device.type != "cpu":
+        model.to(device)
+        ema = {k: v.to(device) for k, v in ema.items()}
+        for opt in (optimizer, aux_optimizer):  # a resumed optimizer's moments follow their parameters
+            for moments in opt.state.values():
+                for k, v in moments.items():
+                    if isinstance(v, torch.Tensor) and k != "step":
+                        moments[k] = v.to(device)
     held_lambdas = eval_lambdas(cfg)
     with open(log_path, "a") as log:
         log.write(json.dumps({"event": "start", "step": step, "config": dataclasses.asdict(cfg), "train_images": len(train_imgs), "held_out": len(held_imgs), "time": time.time()}) + "\n")
@@ -159,9 +188,9 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
                 lr *= min(1.0, (step - fresh_optimizer_at + 1) / cfg.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = random_crops(train_imgs, cfg.batch, cfg.crop, gen)
-            lmbda = sample_lambdas(cfg.batch, cfg.lambda_low, cfg.lambda_high, gen)
-            acc.append(train_step(model, optimizer, aux_optimizer, x, lmbda))
+            x = random_crops(train_imgs, cfg.batch, cfg.crop, gen).to(device, non_blocking=True)
+            lmbda = sample_lambdas(cfg.batch, cfg.lambda_low, cfg.lambda_high, gen).to(device)
+            acc.append(train_step(model, optimizer, aux_optimizer, x, lmbda, amp=cfg.amp))
             update_ema(ema, model, cfg.ema_decay)
             step += 1
             if step % cfg.log_every == 0:
@@ -186,15 +215,13 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
     λ-offset branches the exported decoder takes over (a fine-tuned decoder keeps the branches
     meta-trained on its starting point; plain decoding never uses them).
     """
-    from oml.models.zoo import is_derived_buffer, load_model
+    from oml.models.zoo import is_derived_buffer, load_model, untrained_default_model
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "format" in state:
         return _save_default(load_model("oml-default", weights=checkpoint), out_path, half)
     cfg = state.get("config", {})
-    if (cfg.get("N", 64), cfg.get("M", 128)) != (64, 128):
-        raise ValueError("the zoo's oml-default is N=64, M=128; this checkpoint has another size")
-    model = load_model("oml-default", pretrained=False)
+    model = untrained_default_model(int(cfg.get("N", 64)), int(cfg.get("M", 128)))  # the weights file records N, M
     source = state["ema"] if ema and "ema" in state else state["model"]
     if any(k.startswith("context.") for k in source):  # trained jointly with a checkerboard context
         from oml.models.checkerboard import CheckerboardContext

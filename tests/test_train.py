@@ -122,3 +122,57 @@ def test_joint_context_training_starts_from_the_given_context_and_exports_a_chec
     assert torch.equal(with_branches.encoders["0"].context.entropy_parameters[0].weight, exported.encoders["0"].context.entropy_parameters[0].weight)
     with pytest.raises(ValueError, match="no λ-offset branches"):
         export_default_weights(out / "last.pt", tmp_path / "x.pt", offsets_from=tmp_path / "v4.pt")
+
+
+def test_a_wider_run_exports_a_weights_file_that_codes_and_decodes_at_its_widths(tmp_path):
+    """A run at other widths (the GPU recipe's N = 128, M = 192; here 16, 24) exports without a
+    code change: the weights file records N and M, loads at them and codes an image."""
+    from oml import codec
+
+    out = tmp_path / "run"
+    run_base_training(_config(tmp_path, out, steps=2))
+    model = load_model("oml-default", 3, weights=export_default_weights(out / "last.pt", tmp_path / "wide.pt"))
+    assert (model.encoders["0"].N, model.encoders["0"].M, model.latent_channels) == (16, 24, 24)
+    assert torch.load(tmp_path / "wide.pt", weights_only=True)["config"] == {"N": 16, "M": 24}
+    image = natural_image(64, 96, seed=5)
+    enc = codec.encode(model, image, quality=3)
+    assert torch.equal(codec.decode(load_model("oml-default", 3, weights=tmp_path / "wide.pt"), enc.data), enc.reconstruction)
+
+
+def test_amp_runs_the_transforms_in_bfloat16_and_the_entropy_models_in_float32(tmp_path):
+    """--amp: under autocast the likelihoods (and so the rate) stay float32; a step trains."""
+    from oml.models.default import OMLHyperprior
+    from oml.train import configure_optimizers, train_step
+
+    torch.manual_seed(0)
+    net = OMLHyperprior(16, 24, context=True)
+    x, lm = torch.rand(2, 3, 64, 64), torch.tensor([0.002, 0.04])
+    seen = {}
+    for name in ("entropy_bottleneck", "gaussian_conditional"):
+        getattr(net, name).register_forward_hook(lambda m, args, kwargs, out, name=name: seen.update({name: (args, kwargs, out[1])}), with_kwargs=True)
+    net.eval()  # deterministic rounding, so the float32 recomputation below is the same function
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x, lm)
+    assert out["x_hat"].dtype == torch.bfloat16
+    for name, (args, kwargs, likelihoods) in seen.items():
+        assert likelihoods.dtype == torch.float32 and all(a.dtype == torch.float32 for a in (*args, *kwargs.values()))
+        assert torch.equal(likelihoods, getattr(net, name)(*args, **kwargs)[1]), f"{name} ran in bfloat16"
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    metrics = train_step(net, *configure_optimizers(net, 1e-3, 1e-3), x, lm, amp=True)
+    assert all(map(torch.isfinite, map(torch.tensor, metrics)))
+    assert any(not torch.equal(v, before[k]) for k, v in net.state_dict().items() if v.is_floating_point())
+    run_base_training(_config(tmp_path, tmp_path / "amp", steps=2, amp=True))
+    assert torch.load(tmp_path / "amp" / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_an_unusable_device_is_one_clear_error_before_any_work(tmp_path):
+    from pipeline.train import training_device
+
+    assert training_device("cpu").type == "cpu"
+    for name, message in (("tpu", "unsupported device|unknown device"), ("nonsense:x", "unknown device")):
+        with pytest.raises(ValueError, match=message):
+            training_device(name)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            run_base_training(_config(tmp_path, tmp_path / "gpu", steps=1, device="cuda"))
+        assert not (tmp_path / "gpu" / "last.pt").exists()

@@ -25,6 +25,7 @@ from compressai.layers import GDN
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from compressai.ops import quantize_ste
+import torch
 from torch import Tensor, nn
 
 from oml.models.checkerboard import CheckerboardContext
@@ -106,12 +107,15 @@ class OMLHyperprior(CompressionModel):
         with a straight-through gradient, as it will at test time (μ refined by
         the checkerboard context when the model has one). The decoder gets ``λ^1 = … = λ^4 = λ``.
         """
-        y = self.g_a(x, lmbda)
-        z = self.h_a(y)
-        z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        params = self.h_s(z_hat)
+        y = self.g_a(x, lmbda).float()
+        z = self.h_a(y).float()
+        with torch.autocast(x.device.type, enabled=False):  # likelihoods in float32 under AMP
+            z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        params = self.h_s(z_hat).float()
         scales_hat, means_hat = params.chunk(2, 1) if self.context is None else self.context(y, params)
-        _, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
+        scales_hat, means_hat = scales_hat.float(), means_hat.float()
+        with torch.autocast(x.device.type, enabled=False):
+            _, y_likelihoods = self.gaussian_conditional(y, scales_hat, means=means_hat)
         y_hat = quantize_ste(y - means_hat) + means_hat
         lambdas = lmbda.unsqueeze(1).expand(-1, self.g_s.num_lambdas)
         x_hat = self.g_s(y_hat, lambdas, lmbda)

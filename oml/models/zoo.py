@@ -259,6 +259,13 @@ def _build(
     return VariableRateModel(name, entry.kind, lambdas, bases, ModulatedSynthesis(stages, channels, offsets=offsets), top.M)
 
 
+def untrained_default_model(N: int = 64, M: int = 128) -> VariableRateModel:
+    """The default model's architecture at widths N, M with fresh weights (what a trained
+    checkpoint is exported into; a weights file records N and M, and loads at those widths)."""
+    group = _entry("oml-default").groups[0]
+    return _build("oml-default", group, group, pretrained=False, config={"N": int(N), "M": int(M)})
+
+
 def _load_state(model: torch.nn.Module, state: dict, origin: str) -> None:
     expected = {k for k in model.state_dict() if not is_derived_buffer(k)}
     state = {k: v for k, v in state.items() if not is_constant(k)}
