@@ -39,6 +39,10 @@ HELP = {
     "threads": "torch CPU threads",
     "init": "start from this checkpoint or committed resume point when OUT_DIR has no last.pt",
     "ema_decay": "decay of the exported weight average",
+    "device": "cpu, cuda or cuda:K (the photos, the model and its optimiser state move there)",
+    "amp": "bfloat16 autocast for the transforms (the entropy models and the loss stay float32)",
+    "seconds": "wall-clock budget of this invocation (0: none): it stops with a checkpoint when the time is up, and the learning rate decays over the last --decay-share of the time instead of between --decay-start and --decay-end",
+    "decay_share": "with --seconds: the share of the time budget the cosine decay takes",
     "context_from": "train a checkerboard context jointly with the transforms, starting from this oml weights file's context (e.g. oml/weights/oml-default.pt)",
 }
 

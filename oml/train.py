@@ -75,6 +75,16 @@ def lr_at(step: int, base_lr: float, warmup: int, decay_start: int, decay_end: i
     return final_lr + 0.5 * (base_lr - final_lr) * (1.0 + math.cos(math.pi * t))
 
 
+def lr_by_time(progress: float, base_lr: float, decay_share: float, final_lr: float) -> float:
+    """Learning rate at ``progress`` ∈ [0, 1] of a run's time budget: ``base_lr``, then a cosine
+    decay to ``final_lr`` over the last ``decay_share`` of the time."""
+    start = 1.0 - decay_share
+    if progress < start:
+        return base_lr
+    t = min(1.0, (progress - start) / max(decay_share, 1e-9))
+    return final_lr + 0.5 * (base_lr - final_lr) * (1.0 + math.cos(math.pi * t))
+
+
 class StepMetrics(NamedTuple):
     loss: float
     mse: float

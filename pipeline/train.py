@@ -19,7 +19,7 @@ import torch
 from oml.imageio import decode_image
 from oml.models.default import OMLHyperprior
 from oml.models.zoo import is_constant, weights_under
-from oml.train import configure_optimizers, lr_at, random_crops, rd_loss, sample_lambdas, train_step
+from oml.train import configure_optimizers, lr_at, lr_by_time, random_crops, rd_loss, sample_lambdas, train_step
 from pipeline import storage
 
 
@@ -52,6 +52,8 @@ class BaseTrainConfig:
     context_from: str = ""
     device: str = "cpu"
     amp: bool = False
+    seconds: float = 0.0
+    decay_share: float = 0.25
 
 
 def load_split(cfg: BaseTrainConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -141,6 +143,10 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "last.pt", out / "train_log.jsonl"
     train_imgs, held_imgs = load_split(cfg)
+    small = sum(1 for img in train_imgs if min(img.shape[1:]) < cfg.crop)
+    train_imgs = [img for img in train_imgs if min(img.shape[1:]) >= cfg.crop]  # no crop fits in them
+    if not train_imgs:
+        raise ValueError(f"no training image in {cfg.data_dir} is at least {cfg.crop}x{cfg.crop} (--crop)")
     model = OMLHyperprior(cfg.N, cfg.M, context=bool(cfg.context_from))
     optimizer, aux_optimizer = configure_optimizers(model, cfg.lr, cfg.aux_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -171,6 +177,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
             fresh_optimizer_at = step
         gen.manual_seed(cfg.seed + step)
     if device.type != "cpu":
+        train_imgs = [img.to(device) for img in train_imgs]  # uint8 photos live on the GPU: crops cost no copy
         model.to(device)
         ema = {k: v.to(device) for k, v in ema.items()}
         for opt in (optimizer, aux_optimizer):  # a resumed optimizer's moments follow their parameters
@@ -180,10 +187,19 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
                         moments[k] = v.to(device)
     held_lambdas = eval_lambdas(cfg)
     with open(log_path, "a") as log:
-        log.write(json.dumps({"event": "start", "step": step, "config": dataclasses.asdict(cfg), "train_images": len(train_imgs), "held_out": len(held_imgs), "time": time.time()}) + "\n")
+        log.write(json.dumps({"event": "start", "step": step, "config": dataclasses.asdict(cfg), "train_images": len(train_imgs), "too_small_for_crop": small, "held_out": len(held_imgs), "time": time.time()}) + "\n")
         t0, acc = time.time(), []
+        began = time.monotonic()
         while step < cfg.steps:
-            lr = lr_at(step, cfg.lr, cfg.warmup, cfg.decay_start, cfg.decay_end, cfg.final_lr)
+            progress = (time.monotonic() - began) / cfg.seconds if cfg.seconds > 0 else 0.0
+            if progress >= 1.0:  # a time-budgeted run (a GPU lease) ends here, with a checkpoint
+                _save_atomic(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
+                log.write(json.dumps({"event": "time_up", "step": step, "seconds": cfg.seconds}) + "\n")
+                break
+            if cfg.seconds > 0:
+                lr = lr_by_time(progress, cfg.lr, cfg.decay_share, cfg.final_lr) * min(1.0, (step + 1) / cfg.warmup)
+            else:
+                lr = lr_at(step, cfg.lr, cfg.warmup, cfg.decay_start, cfg.decay_end, cfg.final_lr)
             if fresh_optimizer_at:
                 lr *= min(1.0, (step - fresh_optimizer_at + 1) / cfg.warmup)
             for group in optimizer.param_groups:
@@ -202,8 +218,12 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
                 log.write(json.dumps({"step": step, "eval": evaluate(model, held_imgs, held_lambdas)}) + "\n")
                 log.flush()
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                _save_atomic({"model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": dataclasses.asdict(cfg)}, ckpt_path)
+                _save_atomic(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
     return ckpt_path
+
+
+def _checkpoint(model, ema, optimizer, aux_optimizer, step: int, cfg: BaseTrainConfig) -> dict:
+    return {"model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": dataclasses.asdict(cfg)}
 
 
 def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: bool = True, ema: bool = True, offsets_from: str | Path | None = None) -> Path:

@@ -176,3 +176,32 @@ def test_an_unusable_device_is_one_clear_error_before_any_work(tmp_path):
         with pytest.raises(ValueError, match="no CUDA GPU"):
             run_base_training(_config(tmp_path, tmp_path / "gpu", steps=1, device="cuda"))
         assert not (tmp_path / "gpu" / "last.pt").exists()
+
+
+def test_photos_smaller_than_the_crop_are_left_out_and_counted(tmp_path):
+    """A 512×213 photo in the training set stopped a 256² run at its first draw of it."""
+    cfg = _config(tmp_path, tmp_path / "run", steps=2)
+    Image.fromarray(natural_image(40, 120, seed=9).permute(1, 2, 0).numpy()).save(Path(cfg.data_dir) / "small.png")
+    run_base_training(cfg)
+    start = json.loads((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()[0])
+    assert (start["train_images"], start["too_small_for_crop"]) == (3, 1)
+    with pytest.raises(ValueError, match="no training image .* at least 128x128"):
+        run_base_training(_config(tmp_path, tmp_path / "none", steps=1, crop=128))
+
+
+def test_a_time_budget_stops_with_a_checkpoint_after_a_decay_to_the_final_rate(tmp_path):
+    """--seconds (a GPU lease): the run stops when the time is up, not at --steps, writes its
+    checkpoint there, and its learning rate has decayed to --final-lr by the end."""
+    from oml.train import lr_by_time
+
+    assert lr_by_time(0.5, 1e-3, 0.25, 1e-5) == 1e-3
+    assert lr_by_time(0.875, 1e-3, 0.25, 1e-5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lr_by_time(1.0, 1e-3, 0.25, 1e-5) == pytest.approx(1e-5)
+    out = tmp_path / "run"
+    run_base_training(_config(tmp_path, out, steps=10**6, seconds=6.0, decay_share=0.5, lr=1e-3, final_lr=1e-5, warmup=1, ckpt_every=10**6))
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    stop = [e for e in lines if e.get("event") == "time_up"]
+    steps = [e for e in lines if "lr" in e]
+    assert len(stop) == 1 and 1 < stop[0]["step"] < 10**6
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == stop[0]["step"]
+    assert steps[0]["lr"] == pytest.approx(1e-3) and steps[-1]["lr"] < 2e-4

@@ -20,12 +20,12 @@ online adaptation can move them away from λ_t.
 
 from __future__ import annotations
 
+import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
 from compressai.models import CompressionModel
 from compressai.models.utils import conv, deconv
 from compressai.ops import quantize_ste
-import torch
 from torch import Tensor, nn
 
 from oml.models.checkerboard import CheckerboardContext

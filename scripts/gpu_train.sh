@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One GPU lease of base training, run ON the device machine (see scripts/gpu_bundle.sh):
+#
+#   bash scripts/gpu_train.sh SECONDS [extra train_base flags]      # e.g. 420
+#
+# Resumes the committed resume point with its checkerboard context (the shipped recipe), batch 16
+# of 256² crops, λ over q1-q6, for SECONDS of wall time with the learning rate decaying over the
+# last 30 % of it; picks --amp only where bench/train_speed.py measures it faster. Brings back
+# under $OUT: the exported weights (oml-default-gpu.pt), the compact resume point (resume.pt),
+# the training log and what was printed. The full checkpoint (optimiser state, ~60 MB) stays
+# behind: the compact point is what the next run starts from.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUDGET=${1:?usage: bash scripts/gpu_train.sh SECONDS [train_base flags]}
+shift
+OUT=${OUT:?OUT is the device tool\'s folder of files to bring back}
+PY=${PYTHON:-python3}
+if [ -d .gpu/whl ] && ! "$PY" -c "import compressai" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+DEVICE=${DEVICE:-cuda}
+DATA=${DATA:-.gpu/train}
+RUN=${RUN:-/tmp/oml-gpu-run}
+BATCH=${BATCH:-16}
+CROP=${CROP:-256}
+{
+  nvidia-smi -L 2>/dev/null || true
+  "$PY" -c "import torch, compressai, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())"
+  AMP=$("$PY" bench/train_speed.py --device "$DEVICE" --batch "$BATCH" --crop "$CROP" --steps 10 --rounds 2 --choose)
+  echo "training with $AMP for $BUDGET s"
+  "$PY" jobs/train_base.py --device "$DEVICE" "$AMP" --data-dir "$DATA" --out-dir "$RUN" \
+    --init training/default/resume.pt --context-from oml/weights/oml-default.pt \
+    --lambda-high 0.0483 --crop "$CROP" --batch "$BATCH" --lr 1e-4 --warmup 300 --steps 100000000 \
+    --seconds "$BUDGET" --decay-share 0.3 --eval-every 2000 --ckpt-every 2000 --threads 8 "$@"
+  "$PY" jobs/export_weights.py "$RUN/last.pt" "$OUT/oml-default-gpu.pt" \
+    --offsets-from oml/weights/oml-default.pt --resume-point "$OUT/resume.pt"
+} 2>&1 | tee "$OUT/gpu_train.out"
+cp "$RUN/train_log.jsonl" "$OUT/train_log.jsonl"
