@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     fig, (ax_psnr, ax_bpp, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
     for i, lmbda in enumerate(e["lambda"] for e in evals[-1]["eval"]):
-        points = [(r["step"], next(e for e in r["eval"] if e["lambda"] == lmbda)) for r in evals]
+        # λ values added later in training (q5, q6) start where they were first evaluated
+        points = [(r["step"], e) for r in evals for e in r["eval"] if e["lambda"] == lmbda]
         ax_psnr.plot([s for s, _ in points], [e["psnr"] for _, e in points], "o-", ms=3, color=f"C{i}", label=f"λ={lmbda}")
         ax_bpp.plot([s for s, _ in points], [e["bpp"] for _, e in points], "o-", ms=3, color=f"C{i}", label=f"λ={lmbda}")
     ax_lr.plot([r["step"] for r in steps], [r["lr"] for r in steps], "-", color="k")

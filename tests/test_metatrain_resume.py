@@ -95,10 +95,10 @@ def test_killed_metatrain_resumes_from_its_checkpoint(tmp_path, ray_address):
         first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         snapshot = run_dir / "checkpoint_manager_snapshot.json"
-        deadline = time.time() + 100
+        deadline = time.time() + 300  # generous: a busy machine (a training run beside the tests) needs it
         while not (snapshot.exists() and "step_" in snapshot.read_text()):
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.time() < deadline, "no checkpoint within 100 s"
+            assert time.time() < deadline, "no checkpoint within 300 s"
             time.sleep(0.2)
         assert first.poll() is None, "the run finished before it could be killed"
         os.killpg(first.pid, signal.SIGKILL)
