@@ -19,6 +19,11 @@ probes are scored without a backward pass, and only an accepted step pays for
 a gradient; tiles of equal size can be adapted as one batch, and on a GPU the
 six probes run as one batched forward pass.
 Nothing in the model is changed: the λ vector is the only thing optimised.
+
+References:
+
+- W. Jiang, W. Wang, S. Li, S. Liu, "Online Meta Adaptation for Variable-Rate Learned
+  Image Compression", arXiv preprint, 16 Nov 2021.
 """
 
 from __future__ import annotations

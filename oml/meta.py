@@ -48,6 +48,13 @@ A fifth mode, ``offset``, closes that shortcut: Ψ is not the modulators but
 which are exactly 0 at λ^k = λ_t. Plain decoding cannot change, so the
 objective is the loss after the λ step alone, and whatever is learnt is a
 response to λ^k ≠ λ_t that online adaptation can use.
+
+References:
+
+- W. Jiang, W. Wang, S. Li, S. Liu, "Online Meta Adaptation for Variable-Rate Learned
+  Image Compression", arXiv preprint, 16 Nov 2021.
+- C. Finn, P. Abbeel, S. Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+  Networks", ICML 2017 (arXiv:1703.03400).
 """
 
 from __future__ import annotations

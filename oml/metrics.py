@@ -8,6 +8,13 @@ Conventions shared by the image metrics:
   images: they are converted to float in ``[0, 1]``, so ``data_range`` must stay 1.0
   for them. A uint8 image may be compared with a float image in ``[0, 1]``.
 - Everything is plain torch and differentiable with respect to float inputs.
+
+References:
+
+- Z. Wang, E. P. Simoncelli, A. C. Bovik, "Multiscale Structural Similarity for Image
+  Quality Assessment", Asilomar Conference on Signals, Systems and Computers, 2003.
+- G. Bjøntegaard, "Calculation of Average PSNR Differences between RD-curves",
+  ITU-T SG16 VCEG-M33, 2001.
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@ returned, so a run never ends on a worse point than it passed through.
 The decoder never changes: a refined tile decodes with the same decoder as any other. Which of the
 refined and the unrefined latent a tile keeps is decided by :mod:`oml.codec` on the real bytes
 and the 8-bit output.
+
+References:
+
+- J. Campos, S. Meierhans, A. Djelouah, C. Schroers, "Content Adaptive Optimization for
+  Neural Image Compression", CVPR Workshops 2019 (arXiv:1906.01223).
+- Y. Yang, R. Bamler, S. Mandt, "Improving Inference for Neural Image Compression",
+  NeurIPS 2020 (arXiv:2006.04240).
 """
 
 from __future__ import annotations

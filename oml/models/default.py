@@ -16,6 +16,13 @@ inverse gain, driven by the coded λ_t. Training one conditional encoder costs
 one model's training time instead of one per quality, the deciding factor on
 CPU. The decoder takes K = 4 values λ^k after its four decoding blocks, so
 online adaptation can move them away from λ_t.
+
+References:
+
+- D. Minnen, J. Ballé, G. Toderici, "Joint Autoregressive and Hierarchical Priors for Learned
+  Image Compression", NeurIPS 2018 (arXiv:1809.02736).
+- D. Minnen, S. Singh, "Channel-wise Autoregressive Entropy Models for Learned Image
+  Compression", ICIP 2020 (arXiv:2007.08739).
 """
 
 from __future__ import annotations

@@ -23,6 +23,15 @@ decoder recomputes: a desynchronised decoder is detected, never silent.
 
 :func:`decode_latent_float` is the format-1 decoder (float ``h_s``): it decodes
 files written before, on machines whose float results match the encoder's.
+
+References:
+
+- J. Ballé, D. Minnen, S. Singh, S. J. Hwang, N. Johnston, "Variational Image Compression
+  with a Scale Hyperprior", ICLR 2018 (arXiv:1802.01436).
+- D. Minnen, J. Ballé, G. Toderici, "Joint Autoregressive and Hierarchical Priors for Learned
+  Image Compression", NeurIPS 2018 (arXiv:1809.02736).
+- Z. Cheng, H. Sun, M. Takeuchi, J. Katto, "Learned Image Compression with Discretized
+  Gaussian Mixture Likelihoods and Attention Modules", CVPR 2020 (arXiv:2001.01568).
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ trade-off ``λ^k``::
 λ encoding: λ spans two decades (0.0018–0.18 in CompressAI's MSE table), so the
 FC layers see its logarithm, mapped affinely so that ``λ = 0.0018 → -1`` and
 ``λ = 0.18 → +1``. Values outside that range extrapolate linearly in ``log λ``.
+
+References:
+
+- W. Jiang, W. Wang, S. Li, S. Liu, "Online Meta Adaptation for Variable-Rate Learned
+  Image Compression", arXiv preprint, 16 Nov 2021.
 """
 
 from __future__ import annotations
