@@ -1,7 +1,11 @@
 r"""Base rate-distortion training of the default model (resumable: re-run the same command).
 
     python jobs/train_base.py --data-dir ../shared/data/train --out-dir runs/default \
-        --init training/default/resume.pt
+        --init oml/weights/oml-default.pt
+
+--init takes a checkpoint, a compact resume point or a shipped oml-default weights file: the
+shipped file holds the training model whole (the float16 weight average, with its context) and
+the step it was taken at, so the model in the repository is where the next run resumes.
 
 OUT_DIR/last.pt (weights, weight average, optimisers, step) is written every
 --ckpt-every steps and resumed from when present; OUT_DIR/train_log.jsonl gets the
@@ -11,7 +15,9 @@ losses every --log-every steps and held-out numbers every --eval-every steps.
 from __future__ import annotations
 
 import argparse
+import sys
 
+from oml.names import ModelUnavailableError
 from pipeline.jobargs import add_config_arguments
 from pipeline.train import BaseTrainConfig, run_base_training
 
@@ -37,7 +43,7 @@ HELP = {
     "eval_every": "steps between held-out evaluations",
     "ckpt_every": "steps between checkpoints",
     "threads": "torch CPU threads",
-    "init": "start from this checkpoint or committed resume point when OUT_DIR has no last.pt",
+    "init": "start from this checkpoint, compact resume point or oml-default weights file when OUT_DIR has no last.pt",
     "ema_decay": "decay of the exported weight average",
     "device": "cpu, cuda or cuda:K (the photos, the model and its optimiser state move there)",
     "amp": "bfloat16 autocast for the transforms (the entropy models and the loss stay float32)",
@@ -52,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser, BaseTrainConfig, HELP)
     args = parser.parse_args(argv)
     cfg = BaseTrainConfig(**vars(args))
-    print(run_base_training(cfg))
+    try:
+        print(run_base_training(cfg))
+    except (OSError, ValueError, ModelUnavailableError) as exc:
+        print(f"train_base: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -112,6 +112,24 @@ def context_weights(weights_file: str | Path) -> dict[str, torch.Tensor]:
     return found
 
 
+def _resume_state(source: Path, cfg: BaseTrainConfig) -> dict:
+    """What a run starts from: a checkpoint (``last.pt``, a compact resume point) as it is, or a
+    shipped oml weights file of the default model read as a compact resume point
+    (:func:`oml.models.zoo.default_training_weights`)."""
+    from oml.models.zoo import default_training_weights
+
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for foreign bytes; all mean the same here
+        raise ValueError(f"{source} is not a training checkpoint, resume point or oml weights file ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or ("format" not in state and "model" not in state):
+        raise ValueError(f"{source} is not a training checkpoint, resume point or oml weights file")
+    if "format" not in state:
+        return state
+    weights, steps = default_training_weights(source, cfg.N, cfg.M)
+    return {"model": weights, "step": steps, "config": {}, "compact": True}
+
+
 def training_device(name: str) -> torch.device:
     """The device a run trains on: ``cpu``, ``cuda`` or ``cuda:K``, checked before any work."""
     try:
@@ -147,18 +165,19 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
     train_imgs = [img for img in train_imgs if min(img.shape[1:]) >= cfg.crop]  # no crop fits in them
     if not train_imgs:
         raise ValueError(f"no training image in {cfg.data_dir} is at least {cfg.crop}x{cfg.crop} (--crop)")
-    model = OMLHyperprior(cfg.N, cfg.M, context=bool(cfg.context_from))
+    source = ckpt_path if ckpt_path.exists() else Path(cfg.init) if cfg.init else None
+    state = _resume_state(source, cfg) if source is not None else None
+    has_context = bool(cfg.context_from) or (state is not None and any(k.startswith("context.") for k in state["model"]))
+    model = OMLHyperprior(cfg.N, cfg.M, context=has_context)
     optimizer, aux_optimizer = configure_optimizers(model, cfg.lr, cfg.aux_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, fresh_optimizer_at = 0, 0
     if cfg.context_from:  # joint training starts from a trained context (a checkpoint's own one wins below)
         model.load_state_dict({**model.state_dict(), **context_weights(cfg.context_from)})
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    source = ckpt_path if ckpt_path.exists() else Path(cfg.init) if cfg.init else None
-    if source is not None:
-        # A full checkpoint resumes exactly; a committed one (no optimizer state) resumes
-        # weights, average and step, and re-warms a fresh optimizer.
-        state = torch.load(source, map_location="cpu", weights_only=True)
+    if state is not None:
+        # A full checkpoint resumes exactly; a committed one (no optimizer state) or a shipped
+        # weights file resumes weights, average and step, and re-warms a fresh optimizer.
         # Architecture constants (the likelihood and scale lower bounds) are the model's own: a
         # float16 resume point holds the 1e-9 likelihood bound as 0, which lets log2(0) through.
         weights = {k: v for k, v in state["model"].items() if not is_constant(k)}
@@ -239,7 +258,7 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "format" in state:
-        return _save_default(load_model("oml-default", weights=checkpoint), out_path, half)
+        return _save_default(load_model("oml-default", weights=checkpoint), out_path, half, state.get("trained_steps"))
     cfg = state.get("config", {})
     model = untrained_default_model(int(cfg.get("N", 64)), int(cfg.get("M", 128)))  # the weights file records N, M
     source = state["ema"] if ema and "ema" in state else state["model"]
@@ -258,10 +277,10 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
         model.synthesis.add_offsets()
         model.synthesis.offsets.load_state_dict(branches)
     model.update_entropy_models()
-    return _save_default(model, out_path, half)
+    return _save_default(model, out_path, half, state.get("step"))
 
 
-def _save_default(model, out_path: str | Path, half: bool) -> Path:
+def _save_default(model, out_path: str | Path, half: bool, trained_steps: int | None = None) -> Path:
     from oml.models.zoo import save_weights
 
     out_path = Path(out_path)
@@ -271,7 +290,7 @@ def _save_default(model, out_path: str | Path, half: bool) -> Path:
             for p in model.parameters():
                 p.copy_(p.half().float())
         model.update_entropy_models()
-    save_weights(model, out_path, torch.float16 if half else torch.float32)
+    save_weights(model, out_path, torch.float16 if half else torch.float32, trained_steps)
     return out_path
 
 

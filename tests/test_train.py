@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from oml.models.zoo import is_constant, is_table, load_model, save_weights
+from oml.names import ModelUnavailableError
 from pipeline.train import BaseTrainConfig, export_default_weights, run_base_training, save_resume_point
 
 from .conftest import natural_image
@@ -53,6 +54,32 @@ def test_committed_resume_point_continues_the_step_count(tmp_path):
     run_base_training(_config(tmp_path, tmp_path / "b", steps=3, init=str(point)))
     assert _starts(tmp_path / "b" / "train_log.jsonl") == [2]
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_the_shipped_weights_file_resumes_training_exactly_as_the_resume_point(tmp_path):
+    """A shipped oml-default file holds the training model whole and its step, so it is itself
+    the point the next run resumes from: the same weights, step and crops as the compact point."""
+    from oml.models.zoo import is_derived_buffer
+
+    run_base_training(_config(tmp_path, tmp_path / "a", steps=2))
+    shipped = export_default_weights(tmp_path / "a" / "last.pt", tmp_path / "shipped.pt")
+    point = save_resume_point(tmp_path / "a" / "last.pt", tmp_path / "resume.pt")
+    assert torch.load(shipped, weights_only=True)["trained_steps"] == 2
+    for name, init in (("from_point", point), ("from_shipped", shipped)):
+        torch.manual_seed(0)  # the training noise (mixed quantisation) draws from torch's own generator
+        run_base_training(_config(tmp_path, tmp_path / name, steps=3, init=str(init)))
+    assert _starts(tmp_path / "from_shipped" / "train_log.jsonl") == [2]
+    a, b = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("from_point", "from_shipped"))
+    assert a["step"] == b["step"] == 3
+    for part in ("model", "ema"):
+        trained = [k for k in a[part] if not is_derived_buffer(k)]
+        assert trained and a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in trained), part
+    with pytest.raises(ModelUnavailableError, match="N=8, M=24"):
+        run_base_training(_config(tmp_path, tmp_path / "narrow", steps=3, init=str(shipped), N=8))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt is not a training checkpoint"):
+        run_base_training(_config(tmp_path, tmp_path / "junk", steps=3, init=str(tmp_path / "junk.pt")))
 
 
 def test_a_float32_weights_file_exports_back_to_the_shipped_float16(tmp_path):
@@ -122,6 +149,12 @@ def test_joint_context_training_starts_from_the_given_context_and_exports_a_chec
     assert torch.equal(with_branches.encoders["0"].context.entropy_parameters[0].weight, exported.encoders["0"].context.entropy_parameters[0].weight)
     with pytest.raises(ValueError, match="no λ-offset branches"):
         export_default_weights(out / "last.pt", tmp_path / "x.pt", offsets_from=tmp_path / "v4.pt")
+    # the shipped file (context and branches in it) is where the next run starts: its context
+    # comes with it, without --context-from, and the branches stay out of base training
+    run_base_training(_config(tmp_path, tmp_path / "next", steps=4, N=64, M=128, init=str(tmp_path / "v4o.pt")))
+    resumed = torch.load(tmp_path / "next" / "last.pt", weights_only=True)
+    assert _starts(tmp_path / "next" / "train_log.jsonl") == [3] and resumed["step"] == 4
+    assert "context.entropy_parameters.0.weight" in resumed["model"] and not any(".offsets." in k for k in resumed["model"])
 
 
 def test_a_wider_run_exports_a_weights_file_that_codes_and_decodes_at_its_widths(tmp_path):

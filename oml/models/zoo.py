@@ -163,16 +163,35 @@ def weights_under(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
 
 
+def default_training_weights(path: str | Path, n: int, m: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The base-training state in an oml-default weights file, and the step it was taken at.
+
+    The file holds the training model whole under ``encoders.0.`` (the float16 weight average a
+    compact resume point holds, with the checkerboard context) plus the λ-offset branches, which
+    base training does not train and leaves out; ``trained_steps`` is 0 in files written before
+    it was recorded. So a shipped file is itself the point the next training run resumes from.
+    """
+    state = _load_weights_file(path)
+    widths = state.get("config", {})
+    if state["name"] != DEFAULT_MODEL or (widths.get("N", 64), widths.get("M", 128)) != (n, m):
+        raise ModelUnavailableError(f"{path} is not an {DEFAULT_MODEL} weights file of N={n}, M={m} (it holds {state['name']} {widths}): nothing to resume")
+    prefix = "encoders.0."
+    weights = {k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix) and not k.startswith(prefix + "g_s.offsets.")}
+    return weights, int(state.get("trained_steps", 0))
+
+
 def is_derived_buffer(key: str) -> bool:
     """Whether ``key`` names a buffer that is not a trained tensor: an entropy-coder table
     (which ``update()`` derives from the weights) or a constant of the architecture."""
     return is_table(key) or is_constant(key)
 
 
-def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype = torch.float32) -> None:
+def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype = torch.float32, trained_steps: int | None = None) -> None:
     """Save a model's weights as an oml weights file: floating tensors as ``dtype``, the entropy
     coder's tables exactly as they are (int32 CDFs, float32 scale table), architecture constants
-    left out. The tables are built here if missing, so the file decodes alike on every machine."""
+    left out. The tables are built here if missing, so the file decodes alike on every machine.
+    ``trained_steps``: the base-training step the weights were taken at (recorded so that a run
+    can resume from the shipped file itself, :func:`pipeline.train.run_base_training`)."""
     model.update_entropy_models(force=False)
     state = {}
     for k, v in model.state_dict().items():
@@ -184,6 +203,8 @@ def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype 
     net = model.encoders["0"] if model.name == DEFAULT_MODEL else None
     if isinstance(net, OMLHyperprior):
         saved["config"] = {"N": net.N, "M": net.M}
+    if trained_steps is not None:
+        saved["trained_steps"] = int(trained_steps)
     torch.save(saved, path)
 
 
