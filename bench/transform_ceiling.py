@@ -1,6 +1,6 @@
 """What limits the default model's top rates: the transforms alone, with y quantised and not.
 
-    python bench/transform_ceiling.py training/default/resume.pt      # or a run's last.pt
+    python bench/transform_ceiling.py oml/weights/oml-default.pt      # or a run's last.pt
 
 Eight 256² crops (top-left corners of the first eight Kodak images) go through the analysis
 transform g_a and straight into the synthesis g_s at several λ, once with y continuous (no
@@ -28,7 +28,13 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     state = torch.load(argv[0], weights_only=True, map_location="cpu")
     model = OMLHyperprior(64, 128)
-    weights = state.get("ema", state["model"])
+    if "format" in state:  # a shipped weights file: its training model, as a run resumes from it
+        from oml.models.zoo import default_training_weights
+
+        weights, steps = default_training_weights(argv[0], 64, 128)
+        state = {"step": steps}
+    else:
+        weights = state.get("ema", state["model"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, strict=False)
     model.eval()
     kodak = sorted((ROOT.parent / "shared" / "data" / "kodak").glob("*.png"))[:8]

@@ -1,13 +1,15 @@
 """Export a base-training checkpoint as the default model's weights file (float16).
 
-    python jobs/export_weights.py runs/default/last.pt oml/weights/oml-default.pt \
-        --resume-point training/default/resume.pt
+    python jobs/export_weights.py runs/default/last.pt runs/default/next.pt \
+        --offsets-from oml/weights/oml-default.pt
 
 CHECKPOINT may also be an oml weights file of the default model, such as the
 float32 one ``jobs/metatrain.py`` writes: it is re-saved as float16.
 
-``--resume-point`` also writes the compact checkpoint that is committed so a later
-run can continue training: ``python jobs/train_base.py ... --init training/default/resume.pt``.
+The weights file records the step it was taken at, so it is itself the point a later
+run continues from: ``python jobs/train_base.py ... --init runs/default/next.pt``.
+``--resume-point`` also writes a compact checkpoint without the λ-offset branches
+(the float16 weight average, step and config), for runs kept outside the repository.
 """
 
 from __future__ import annotations

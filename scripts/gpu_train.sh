@@ -3,12 +3,12 @@
 #
 #   bash scripts/gpu_train.sh SECONDS [extra train_base flags]      # e.g. 420
 #
-# Resumes the committed resume point with its checkerboard context (the shipped recipe), batch 16
-# of 256² crops, λ over q1-q6, for SECONDS of wall time with the learning rate decaying over the
-# last 30 % of it; picks --amp only where bench/train_speed.py measures it faster. Brings back
-# under $OUT: the exported weights (oml-default-gpu.pt), the compact resume point (resume.pt),
-# the training log and what was printed. The full checkpoint (optimiser state, ~60 MB) stays
-# behind: the compact point is what the next run starts from.
+# Resumes the shipped weights file, which is the resume point (it holds the training model with its
+# checkerboard context and the step it was taken at), batch 16 of 256² crops, λ over q1-q6, for
+# SECONDS of wall time with the learning rate decaying over the last 30 % of it; picks --amp only
+# where bench/train_speed.py measures it faster. Brings back under $OUT: the exported weights
+# (oml-default-gpu.pt, itself the next run's resume point), the training log and what was
+# printed. The full checkpoint (optimiser state, ~60 MB) stays behind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUDGET=${1:?usage: bash scripts/gpu_train.sh SECONDS [train_base flags]}
@@ -31,10 +31,10 @@ CROP=${CROP:-256}
   AMP=$("$PY" bench/train_speed.py --device "$DEVICE" --batch "$BATCH" --crop "$CROP" --steps 10 --rounds 2 --choose)
   echo "training with $AMP for $BUDGET s"
   "$PY" jobs/train_base.py --device "$DEVICE" "$AMP" --data-dir "$DATA" --out-dir "$RUN" \
-    --init training/default/resume.pt --context-from oml/weights/oml-default.pt \
+    --init oml/weights/oml-default.pt \
     --lambda-high 0.0483 --crop "$CROP" --batch "$BATCH" --lr 1e-4 --warmup 300 --steps 100000000 \
     --seconds "$BUDGET" --decay-share 0.3 --eval-every 2000 --ckpt-every 2000 --threads 8 "$@"
   "$PY" jobs/export_weights.py "$RUN/last.pt" "$OUT/oml-default-gpu.pt" \
-    --offsets-from oml/weights/oml-default.pt --resume-point "$OUT/resume.pt"
+    --offsets-from oml/weights/oml-default.pt
 } 2>&1 | tee "$OUT/gpu_train.out"
 cp "$RUN/train_log.jsonl" "$OUT/train_log.jsonl"

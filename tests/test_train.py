@@ -82,6 +82,19 @@ def test_the_shipped_weights_file_resumes_training_exactly_as_the_resume_point(t
         run_base_training(_config(tmp_path, tmp_path / "junk", steps=3, init=str(tmp_path / "junk.pt")))
 
 
+def test_the_packaged_default_weights_are_the_next_runs_resume_point():
+    """No separate resume point is committed: the packaged oml-default must carry its training
+    step and a training model (transforms, entropy models, context) that base training loads."""
+    from oml.models.default import OMLHyperprior
+    from oml.models.zoo import default_training_weights, default_weights_path, is_derived_buffer
+
+    weights, steps = default_training_weights(default_weights_path(), 64, 128)
+    assert steps >= 89_694  # v7's last step: a later version only adds steps
+    model = OMLHyperprior(64, 128, context=True)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+    assert not unexpected and not [k for k in missing if not is_derived_buffer(k)]
+
+
 def test_a_float32_weights_file_exports_back_to_the_shipped_float16(tmp_path):
     """jobs/metatrain.py writes float32 weights files; exporting one gives float16 tensors equal to
     the model's own, rounded (here: the shipped float16 model, round-tripped through float32)."""
