@@ -2,7 +2,8 @@
 # Get this checkout ready for one GPU training lease (the `device` tool), and back.
 #
 #   bash scripts/gpu_bundle.sh pack       # here, before the device call
-#   device run: bash scripts/gpu_train.sh 420        (carry: [".gpu"], timeout_s: 590)
+#   device run: bash scripts/gpu_lease.sh 450        (carry: [".gpu"], timeout_s: 600)
+#     (or scripts/gpu_train.sh 420 for the narrow model alone)
 #   bash scripts/gpu_bundle.sh restore    # here, right after it, before any commit
 #
 # Everything tracked travels to the device machine, and all of it must fit in 64 MiB with what is
@@ -30,6 +31,10 @@ pack)
       --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       -d .gpu/whl "compressai==1.2.8" pytorch-msssim
   fi
+  mkdir -p .gpu/kodak  # two Kodak images for the CUDA encode check (bench/cuda_roundtrip.py), never trained on
+  for k in ${KODAK_IMAGES:-kodim05 kodim23}; do
+    [ -f "../shared/data/kodak/$k.png" ] && cp -n "../shared/data/kodak/$k.png" .gpu/kodak/
+  done
   .venv/bin/python - "$DATA" .gpu/train "$QUALITY" <<'EOF'
 import sys
 from pathlib import Path

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One GPU lease (the `device` tool's 15 minutes), run ON the device machine: two base-training
+# arms at once on the one GPU, then the CUDA encode check.
+#
+#   bash scripts/gpu_bundle.sh pack                                  # here, first
+#   device run: bash scripts/gpu_lease.sh 450    carry [".gpu"], timeout_s 600
+#   bash scripts/gpu_bundle.sh restore                               # here, before any commit
+#
+# Arm "wide": the shipped model widened to N = WIDE_N (jobs/widen_weights.py: it starts out
+# computing exactly what the shipped model computes) and trained for SECONDS. Arm "narrow": the
+# shipped model trained as it is (N = 64), the hedge if the wide arm goes wrong. Both: batch 16 of
+# 256² crops, λ over q1-q6, bfloat16 autocast, the learning rate decaying over the last 30 %.
+# The two small models leave the GPU idle between kernel launches, so running both at once costs
+# each little. Then bench/cuda_roundtrip.py codes two Kodak images on the GPU with the shipped
+# model, for the CPU here to restore.
+#
+# Back under $OUT: wide.pt and narrow.pt (exported weights files, each the next run's resume
+# point; re-exported every minute while training runs, so a lease cut short still brings back its
+# latest checkpoint), their training logs, what was printed, and cuda.tar (the coded files).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUDGET=${1:?usage: bash scripts/gpu_lease.sh SECONDS}
+OUT=${OUT:?OUT is the device tool\'s folder of files to bring back}
+WIDE_N=${WIDE_N:-128}
+PY=${PYTHON:-python3}
+if [ -d .gpu/whl ] && ! "$PY" -c "import compressai" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+RUNS=/tmp/oml-lease
+mkdir -p "$RUNS"
+exec > >(tee "$OUT/lease.out") 2>&1
+nvidia-smi -L 2>/dev/null || true
+"$PY" -c "import torch, compressai, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+"$PY" jobs/widen_weights.py oml/weights/oml-default.pt "$RUNS/wide-init.pt" --N "$WIDE_N" || exit 1
+
+export_arm() {  # export_arm NAME INIT: the run's last checkpoint as $OUT/NAME.pt, replaced atomically
+  [ -f "$RUNS/$1/last.pt" ] || return 0
+  "$PY" jobs/export_weights.py "$RUNS/$1/last.pt" "$RUNS/$1.export.pt" --offsets-from "$2" >/dev/null &&
+    mv "$RUNS/$1.export.pt" "$OUT/$1.pt"
+}
+
+train_arm() {  # train_arm NAME INIT N
+  "$PY" jobs/train_base.py --device cuda --amp --data-dir .gpu/train --out-dir "$RUNS/$1" --init "$2" --N "$3" \
+    --lambda-high 0.0483 --crop 256 --batch 16 --lr 1e-4 --warmup 300 --steps 100000000 \
+    --seconds "$BUDGET" --decay-share 0.3 --eval-every 1000 --ckpt-every 1000 --threads 4 >"$RUNS/$1.out" 2>&1
+  echo "$1: train_base exit $?"
+}
+
+train_arm wide "$RUNS/wide-init.pt" "$WIDE_N" &
+WIDE=$!
+train_arm narrow oml/weights/oml-default.pt 64 &
+NARROW=$!
+while kill -0 "$WIDE" 2>/dev/null || kill -0 "$NARROW" 2>/dev/null; do
+  sleep 60
+  for arm in wide narrow; do
+    tail -n 1 "$RUNS/$arm/train_log.jsonl" 2>/dev/null | cut -c 1-200
+    cp "$RUNS/$arm/train_log.jsonl" "$OUT/${arm}_log.jsonl" 2>/dev/null
+  done
+  export_arm wide "$RUNS/wide-init.pt"
+  export_arm narrow oml/weights/oml-default.pt
+done
+wait
+for arm in wide narrow; do
+  cp "$RUNS/$arm/train_log.jsonl" "$OUT/${arm}_log.jsonl" 2>/dev/null
+  tail -n 5 "$RUNS/$arm.out"
+done
+export_arm wide "$RUNS/wide-init.pt"
+export_arm narrow oml/weights/oml-default.pt
+ls -l "$OUT"
+
+"$PY" bench/cuda_roundtrip.py encode .gpu/kodak/*.png -o "$RUNS/cuda" --device cuda &&
+  tar -C "$RUNS" -cf "$OUT/cuda.tar" cuda
+echo "lease done"
