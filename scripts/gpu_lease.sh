@@ -8,11 +8,12 @@
 #
 # Arm "wide": the shipped model widened to N = WIDE_N (jobs/widen_weights.py: it starts out
 # computing exactly what the shipped model computes) and trained for SECONDS. Arm "narrow": the
-# shipped model trained as it is (N = 64), the hedge if the wide arm goes wrong. Both: batch 16 of
+# shipped model trained as it is (N = 64), the hedge if the wide arm goes wrong. Beside them,
+# bench/cuda_roundtrip.py codes two Kodak images on the GPU with the shipped model, for the CPU
+# here to restore. Both: batch 16 of
 # 256² crops, λ over q1-q6, bfloat16 autocast, the learning rate decaying over the last 30 %.
 # The two small models leave the GPU idle between kernel launches, so running both at once costs
-# each little. Then bench/cuda_roundtrip.py codes two Kodak images on the GPU with the shipped
-# model, for the CPU here to restore.
+# each little.
 #
 # Back under $OUT: wide.pt and narrow.pt (exported weights files, each the next run's resume
 # point; re-exported every minute while training runs, so a lease cut short still brings back its
@@ -48,6 +49,8 @@ train_arm() {  # train_arm NAME INIT N
   echo "$1: train_base exit $?"
 }
 
+"$PY" bench/cuda_roundtrip.py encode .gpu/kodak/*.png -o "$RUNS/cuda" --device cuda >"$RUNS/cuda.out" 2>&1 &
+CUDA=$!
 train_arm wide "$RUNS/wide-init.pt" "$WIDE_N" &
 WIDE=$!
 train_arm narrow oml/weights/oml-default.pt 64 &
@@ -61,7 +64,7 @@ while kill -0 "$WIDE" 2>/dev/null || kill -0 "$NARROW" 2>/dev/null; do
   export_arm wide "$RUNS/wide-init.pt"
   export_arm narrow oml/weights/oml-default.pt
 done
-wait
+wait "$WIDE" "$NARROW"
 for arm in wide narrow; do
   cp "$RUNS/$arm/train_log.jsonl" "$OUT/${arm}_log.jsonl" 2>/dev/null
   tail -n 5 "$RUNS/$arm.out"
@@ -70,6 +73,6 @@ export_arm wide "$RUNS/wide-init.pt"
 export_arm narrow oml/weights/oml-default.pt
 ls -l "$OUT"
 
-"$PY" bench/cuda_roundtrip.py encode .gpu/kodak/*.png -o "$RUNS/cuda" --device cuda &&
-  tar -C "$RUNS" -cf "$OUT/cuda.tar" cuda
+wait "$CUDA" && tar -C "$RUNS" -cf "$OUT/cuda.tar" cuda
+cat "$RUNS/cuda.out"
 echo "lease done"
