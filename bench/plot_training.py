@@ -1,5 +1,8 @@
 """Plot the default model's training log: held-out PSNR and bpp per λ, and the learning rate, against the step.
 
+A run that changed the model's width, the batch or the device is marked by a dashed line with
+what it changed to (v9: N = 128, batch 16, on a GPU).
+
     python bench/plot_training.py training/default/train_log.jsonl docs/data/training_curve.png
 """
 
@@ -8,6 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+
+def _changes(rows: list[dict]) -> list[tuple[int, str]]:
+    """(step, label) where a run started with another width, batch or device than the run before."""
+    found, last = [], None
+    for r in rows:
+        if r.get("event") != "start":
+            continue
+        cfg = r.get("config", {})
+        now = (cfg.get("N", 64), cfg.get("batch"), str(cfg.get("device", "cpu")).split(":")[0])
+        if last is not None and now != last:
+            found.append((r["step"], f"N={now[0]}, batch {now[1]}, {now[2]}"))
+        last = now
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     ax_psnr.set(xlabel="step", ylabel="PSNR (dB)", title="held-out photos, 256² centre crops")
     ax_bpp.set(xlabel="step", ylabel="bpp (estimated)", title="held-out rate")
     ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule", yscale="log")
+    for step, label in _changes(rows):
+        for ax in (ax_psnr, ax_bpp, ax_lr):
+            ax.axvline(step, color="0.5", ls="--", lw=0.8)
+        ax_bpp.annotate(label + " → ", (step, 0.02), xycoords=("data", "axes fraction"), fontsize=7, ha="right", va="bottom", color="0.3")
     for ax in (ax_psnr, ax_bpp, ax_lr):
         ax.grid(alpha=0.3)
     ax_psnr.legend(fontsize=8)

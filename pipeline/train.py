@@ -290,6 +290,8 @@ def widen_default_weights(source: str | Path, out_path: str | Path, N: int, M: i
     from oml.models.widen import widen_into
     from oml.models.zoo import _load_weights_file, is_derived_buffer, untrained_default_model
 
+    if Path(out_path).resolve() == Path(source).resolve():
+        raise ValueError(f"{out_path} is the file being widened: write the wide copy elsewhere")
     state = _load_weights_file(source)
     widths = state.get("config", {})
     if state["name"] != "oml-default":

@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/train}
 QUALITY=${QUALITY:-92}
 LEAVE=(docs/data tests/expected)
-for f in oml/weights/oml-default-v*.pt; do LEAVE+=("$f"); done
+KEEP=${KEEP:-oml/weights/oml-default-v8.pt}  # the N = 64 control arm of scripts/gpu_lease.sh starts there
+for f in oml/weights/oml-default-v*.pt; do [ "$f" = "$KEEP" ] || LEAVE+=("$f"); done
 EXCLUDE=.git/info/exclude
 MARK="# gpu_bundle.sh: out of the index for a GPU lease"
 

@@ -3,17 +3,20 @@
 # arms at once on the one GPU, then the CUDA encode check.
 #
 #   bash scripts/gpu_bundle.sh pack                                  # here, first
-#   device run: bash scripts/gpu_lease.sh 450    carry [".gpu"], timeout_s 600
+#   device run: bash scripts/gpu_lease.sh 400    carry [".gpu"], timeout_s 600
 #   bash scripts/gpu_bundle.sh restore                               # here, before any commit
 #
 # Arm "wide": the shipped model widened to N = WIDE_N (jobs/widen_weights.py: it starts out
-# computing exactly what the shipped model computes) and trained for SECONDS. Arm "narrow": the
-# shipped model trained as it is (N = 64), the hedge if the wide arm goes wrong. Beside them,
+# computing exactly what the shipped model computes; at the shipped width it is a plain copy) and
+# trained for SECONDS. Arm "narrow": the last N = 64 model (NARROW, default the v8 file) trained as
+# it is, the control (v9's lease: docs/DESIGN.md, "Widening instead of starting over"). Beside them,
 # bench/cuda_roundtrip.py codes two Kodak images on the GPU with the shipped model, for the CPU
 # here to restore. Both: batch 16 of
-# 256² crops, λ over q1-q6, bfloat16 autocast, the learning rate decaying over the last 30 %.
-# The two small models leave the GPU idle between kernel launches, so running both at once costs
-# each little.
+# 256² crops (BATCH), λ over q1-q6, bfloat16 autocast, the learning rate decaying over the last
+# 30 %. The two small models leave the GPU idle between kernel launches, so running both at once
+# costs each little: v9's lease ran 0.04 s a step in each arm at batch 16, launch-bound, so a larger
+# BATCH buys crops nearly free. The whole command takes about SECONDS + 140 s (start-up of the arms,
+# their final checkpoint and export): 400 fits a 600 s call; 470 did not.
 #
 # Back under $OUT: wide.pt and narrow.pt (exported weights files, each the next run's resume
 # point; re-exported every minute while training runs, so a lease cut short still brings back its
@@ -23,6 +26,8 @@ cd "$(dirname "$0")/.."
 BUDGET=${1:?usage: bash scripts/gpu_lease.sh SECONDS}
 OUT=${OUT:?OUT is the device tool\'s folder of files to bring back}
 WIDE_N=${WIDE_N:-128}
+NARROW=${NARROW:-oml/weights/oml-default-v8.pt}
+BATCH=${BATCH:-16}
 PY=${PYTHON:-python3}
 if [ -d .gpu/whl ] && ! "$PY" -c "import compressai" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl
@@ -44,7 +49,7 @@ export_arm() {  # export_arm NAME INIT: the run's last checkpoint as $OUT/NAME.p
 
 train_arm() {  # train_arm NAME INIT N
   "$PY" jobs/train_base.py --device cuda --amp --data-dir .gpu/train --out-dir "$RUNS/$1" --init "$2" --N "$3" \
-    --lambda-high 0.0483 --crop 256 --batch 16 --lr 1e-4 --warmup 300 --steps 100000000 \
+    --lambda-high 0.0483 --crop 256 --batch "$BATCH" --lr 1e-4 --warmup 300 --steps 100000000 \
     --seconds "$BUDGET" --decay-share 0.3 --eval-every 1000 --ckpt-every 1000 --threads 4 >"$RUNS/$1.out" 2>&1
   echo "$1: train_base exit $?"
 }
@@ -53,7 +58,7 @@ train_arm() {  # train_arm NAME INIT N
 CUDA=$!
 train_arm wide "$RUNS/wide-init.pt" "$WIDE_N" &
 WIDE=$!
-train_arm narrow oml/weights/oml-default.pt 64 &
+train_arm narrow "$NARROW" 64 &
 NARROW=$!
 while kill -0 "$WIDE" 2>/dev/null || kill -0 "$NARROW" 2>/dev/null; do
   sleep 60
@@ -62,7 +67,7 @@ while kill -0 "$WIDE" 2>/dev/null || kill -0 "$NARROW" 2>/dev/null; do
     cp "$RUNS/$arm/train_log.jsonl" "$OUT/${arm}_log.jsonl" 2>/dev/null
   done
   export_arm wide "$RUNS/wide-init.pt"
-  export_arm narrow oml/weights/oml-default.pt
+  export_arm narrow "$NARROW"
 done
 wait "$WIDE" "$NARROW"
 for arm in wide narrow; do
@@ -70,7 +75,7 @@ for arm in wide narrow; do
   tail -n 5 "$RUNS/$arm.out"
 done
 export_arm wide "$RUNS/wide-init.pt"
-export_arm narrow oml/weights/oml-default.pt
+export_arm narrow "$NARROW"
 ls -l "$OUT"
 
 wait "$CUDA" && tar -C "$RUNS" -cf "$OUT/cuda.tar" cuda

@@ -25,13 +25,14 @@ DATA=${DATA:-.gpu/train}
 RUN=${RUN:-/tmp/oml-gpu-run}
 BATCH=${BATCH:-16}
 CROP=${CROP:-256}
+N=${N:-128}  # the shipped model's width (v9 on; v1-v8 were 64)
 {
   nvidia-smi -L 2>/dev/null || true
   "$PY" -c "import torch, compressai, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())"
-  AMP=$("$PY" bench/train_speed.py --device "$DEVICE" --batch "$BATCH" --crop "$CROP" --steps 10 --rounds 2 --choose)
+  AMP=$("$PY" bench/train_speed.py --device "$DEVICE" --batch "$BATCH" --crop "$CROP" --N "$N" --steps 10 --rounds 2 --choose)
   echo "training with $AMP for $BUDGET s"
   "$PY" jobs/train_base.py --device "$DEVICE" "$AMP" --data-dir "$DATA" --out-dir "$RUN" \
-    --init oml/weights/oml-default.pt \
+    --init oml/weights/oml-default.pt --N "$N" \
     --lambda-high 0.0483 --crop "$CROP" --batch "$BATCH" --lr 1e-4 --warmup 300 --steps 100000000 \
     --seconds "$BUDGET" --decay-share 0.3 --eval-every 2000 --ckpt-every 2000 --threads 8 "$@"
   "$PY" jobs/export_weights.py "$RUN/last.pt" "$OUT/oml-default-gpu.pt" \

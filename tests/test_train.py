@@ -82,15 +82,20 @@ def test_the_shipped_weights_file_resumes_training_exactly_as_the_resume_point(t
         run_base_training(_config(tmp_path, tmp_path / "junk", steps=3, init=str(tmp_path / "junk.pt")))
 
 
+SHIPPED_N = 128  # the shipped model's transform width (v9 on)
+
+
 def test_the_packaged_default_weights_are_the_next_runs_resume_point():
     """No separate resume point is committed: the packaged oml-default must carry its training
     step and a training model (transforms, entropy models, context) that base training loads."""
     from oml.models.default import OMLHyperprior
     from oml.models.zoo import default_training_weights, default_weights_path, is_derived_buffer
 
-    weights, steps = default_training_weights(default_weights_path(), 64, 128)
-    assert steps >= 108_540  # v8's last step: a later version only adds steps
-    model = OMLHyperprior(64, 128, context=True)
+    widths = torch.load(default_weights_path(), weights_only=True)["config"]
+    assert (widths["N"], widths["M"]) == (128, 128)  # v9 on: v8 widened (jobs/widen_weights.py)
+    weights, steps = default_training_weights(default_weights_path(), widths["N"], widths["M"])
+    assert steps >= 117_923  # v9's last step: a later version only adds steps
+    model = OMLHyperprior(widths["N"], widths["M"], context=True)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
     assert not unexpected and not [k for k in missing if not is_derived_buffer(k)]
 
@@ -141,12 +146,12 @@ def test_joint_context_training_starts_from_the_given_context_and_exports_a_chec
     given = context_weights(shipped_path)
     assert given and all(k.startswith("context.") for k in given)
     out = tmp_path / "run"
-    run_base_training(_config(tmp_path, out, steps=2, N=64, M=128, context_from=shipped_path, lr=1e-3, warmup=1))
+    run_base_training(_config(tmp_path, out, steps=2, N=SHIPPED_N, M=128, context_from=shipped_path, lr=1e-3, warmup=1))
     first = torch.load(out / "last.pt", weights_only=True)
     assert all(k in first["model"] and k in first["ema"] for k in given)
     moved = [k for k in given if not torch.equal(first["model"][k], given[k])]
     assert moved, "the context did not train"
-    run_base_training(_config(tmp_path, out, steps=3, N=64, M=128, context_from=shipped_path, lr=1e-3, warmup=1))
+    run_base_training(_config(tmp_path, out, steps=3, N=SHIPPED_N, M=128, context_from=shipped_path, lr=1e-3, warmup=1))
     second = torch.load(out / "last.pt", weights_only=True)
     assert second["step"] == 3 and not torch.equal(second["model"][moved[0]], given[moved[0]])
     exported = load_model("oml-default", 1, weights=export_default_weights(out / "last.pt", tmp_path / "v4.pt"))
@@ -164,7 +169,7 @@ def test_joint_context_training_starts_from_the_given_context_and_exports_a_chec
         export_default_weights(out / "last.pt", tmp_path / "x.pt", offsets_from=tmp_path / "v4.pt")
     # the shipped file (context and branches in it) is where the next run starts: its context
     # comes with it, without --context-from, and the branches stay out of base training
-    run_base_training(_config(tmp_path, tmp_path / "next", steps=4, N=64, M=128, init=str(tmp_path / "v4o.pt")))
+    run_base_training(_config(tmp_path, tmp_path / "next", steps=4, N=SHIPPED_N, M=128, init=str(tmp_path / "v4o.pt")))
     resumed = torch.load(tmp_path / "next" / "last.pt", weights_only=True)
     assert _starts(tmp_path / "next" / "train_log.jsonl") == [3] and resumed["step"] == 4
     assert "context.entropy_parameters.0.weight" in resumed["model"] and not any(".offsets." in k for k in resumed["model"])

@@ -102,3 +102,6 @@ def test_narrower_or_foreign_targets_are_one_line_errors(narrow_file, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("widen_weights:") and err.count("\n") == 1
     assert not (tmp_path / "w.pt").exists()
+    before = narrow_file.read_bytes()
+    assert widen_weights.main([str(narrow_file), str(narrow_file), "--N", "32"]) == 2  # input = output
+    assert "being widened" in capsys.readouterr().err and narrow_file.read_bytes() == before

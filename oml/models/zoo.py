@@ -205,7 +205,13 @@ def save_weights(model: VariableRateModel, path: str | Path, dtype: torch.dtype 
         saved["config"] = {"N": net.N, "M": net.M}
     if trained_steps is not None:
         saved["trained_steps"] = int(trained_steps)
-    torch.save(saved, path)
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")  # a killed write never leaves half a weights file
+    try:
+        torch.save(saved, partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _compressai_base(name: str, quality: int, pretrained: bool, download: bool = True) -> torch.nn.Module:
