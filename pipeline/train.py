@@ -39,8 +39,8 @@ class BaseTrainConfig:
     final_lr: float = 1e-5
     lambda_low: float = 0.0018
     lambda_high: float = 0.0130
-    N: int = 64
-    M: int = 128
+    N: int = 0  # 0: the width of what the run starts from (its last.pt, --init), else 64
+    M: int = 0  # 0: likewise, else 128
     seed: int = 0
     holdout_every: int = 50
     log_every: int = 50
@@ -153,8 +153,30 @@ def _save_atomic(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def resolve_widths(cfg: BaseTrainConfig) -> BaseTrainConfig:
+    """``cfg`` with N and M set: a width left at 0 is that of the run being resumed (its
+    ``last.pt``), else of ``--init`` (a weights file or checkpoint records its widths), else the
+    default model's first widths (64, 128)."""
+    if cfg.N and cfg.M:
+        return cfg
+    found: dict = {}
+    last = Path(cfg.out_dir) / "last.pt"
+    for source in (last, Path(cfg.init) if cfg.init else None):
+        if source is None or not source.is_file():
+            continue
+        try:
+            state = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception:  # unreadable: _resume_state reports it in one line
+            break
+        if isinstance(state, dict) and isinstance(state.get("config"), dict):
+            found = state["config"]
+        break
+    return dataclasses.replace(cfg, N=cfg.N or int(found.get("N", 64)), M=cfg.M or int(found.get("M", 128)))
+
+
 def run_base_training(cfg: BaseTrainConfig) -> Path:
     """Train (or resume) the default model; returns the path of ``last.pt``."""
+    cfg = resolve_widths(cfg)
     torch.set_num_threads(cfg.threads)
     device = training_device(cfg.device)
     out = Path(cfg.out_dir)

@@ -256,3 +256,26 @@ def test_a_time_budget_stops_with_a_checkpoint_after_a_decay_to_the_final_rate(t
     assert len(stop) == 1 and 1 < stop[0]["step"] < 10**6
     assert torch.load(out / "last.pt", weights_only=True)["step"] == stop[0]["step"]
     assert steps[0]["lr"] == pytest.approx(1e-3) and steps[-1]["lr"] < 2e-4
+
+
+def test_widths_left_unset_come_from_what_the_run_starts_from(tmp_path):
+    """--N/--M 0 (the job's default): a run from a weights file trains at the file's widths, a
+    resumed run at its checkpoint's, a fresh run at 64 and 128; given widths that do not match
+    the file stay a one-line error."""
+    from pipeline.train import resolve_widths, widen_default_weights
+
+    torch.manual_seed(0)
+    narrow = tmp_path / "narrow.pt"
+    model = load_model("oml-default", 1, weights=export_default_weights(
+        run_base_training(_config(tmp_path, tmp_path / "a", steps=2)), tmp_path / "a.pt"))
+    save_weights(model, narrow, torch.float16, trained_steps=2)
+    wide = widen_default_weights(narrow, tmp_path / "wide.pt", N=20)
+    out = tmp_path / "from-wide"
+    run_base_training(_config(tmp_path, out, steps=3, init=str(wide), N=0, M=0))
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert (state["config"]["N"], state["config"]["M"]) == (20, 24) and state["step"] == 3
+    assert resolve_widths(_config(tmp_path, out, steps=4, N=0, M=0)).N == 20  # its own last.pt
+    fresh = resolve_widths(_config(tmp_path, tmp_path / "fresh", steps=1, N=0, M=0))
+    assert (fresh.N, fresh.M) == (64, 128)
+    with pytest.raises(ModelUnavailableError, match="N=16"):
+        run_base_training(_config(tmp_path, tmp_path / "mismatch", steps=3, init=str(wide)))
