@@ -223,3 +223,23 @@ def test_weights_with_offset_branches_load_with_them(tmp_path):
     plain = tmp_path / "plain.pt"
     save_weights(load_model("oml-default", pretrained=False), plain)
     assert load_model("oml-default", weights=plain).synthesis.offsets is None
+
+
+def test_the_default_models_transforms_run_channels_last_and_code_alike():
+    """load_model puts the default model's g_a and synthesis in channels-last memory (faster on a
+    CPU, bench/channels_last.py); the bytes of a coded image are those of the contiguous layout and
+    the decoded pixels within one grey level."""
+    from oml import codec
+    from tests.conftest import natural_image
+
+    model = load_model("oml-default", 2)
+    conv = model.encoders["0"].g_a.stages[1][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    image = natural_image(96, 128)
+    fast = codec.encode(model, image, quality=2)
+    fast_pixels = codec.decode(model, fast.data)
+    model.encoders["0"].g_a.to(memory_format=torch.contiguous_format)
+    model.synthesis.to(memory_format=torch.contiguous_format)
+    plain = codec.encode(model, image, quality=2)
+    assert plain.data == fast.data
+    assert int((codec.decode(model, plain.data).int() - fast_pixels.int()).abs().max()) <= 1

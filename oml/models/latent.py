@@ -139,7 +139,7 @@ class LatentCodec:
 
     def indexes(self, scales: Tensor) -> Tensor:
         """CDF index per fixed-point scale: the number of table scales strictly below it (CompressAI's rule)."""
-        return torch.bucketize(from_fixed(scales), self.boundaries).to(torch.int32)
+        return torch.bucketize(from_fixed(scales).contiguous(), self.boundaries).to(torch.int32)
 
     def _hyper(self, y: Tensor) -> Tensor:
         return self.m.h_a(y)

@@ -404,4 +404,8 @@ def load_model(
     elif pretrained and not from_file and len(group) > 1:
         warnings.warn(f"{name}: no meta-trained modulators given; qualities below {max(group)} decode with the top quality's plain decoder", stacklevel=2)
     model.update_entropy_models(force=False)
+    if name == DEFAULT_MODEL:  # its transforms run faster in channels-last memory (docs/DESIGN.md);
+        # CompressAI's bases keep their layout, so identity modulators decode exactly as they do
+        model.encoders["0"].g_a.to(memory_format=torch.channels_last)
+        model.synthesis.to(memory_format=torch.channels_last)
     return model.eval()
