@@ -23,9 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="oml-default weights file to widen")
     parser.add_argument("output", help="wider oml-default weights file to write")
     parser.add_argument("--N", type=int, required=True, help="channels of the wide transforms (at least the source's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the added channels' fresh weights (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        print(widen_default_weights(args.source, args.output, args.N))
+        print(widen_default_weights(args.source, args.output, args.N, args.seed))
     except (OSError, ValueError, ModelUnavailableError) as exc:
         print(f"widen_weights: {exc}", file=sys.stderr)
         return 2

@@ -302,59 +302,24 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
     return _save_default(model, out_path, half, state.get("step"))
 
 
-def widen_default_weights(source: str | Path, out_path: str | Path, N: int, M: int | None = None) -> Path:
-    """Write a wider copy of an oml-default weights file: transforms of ``N`` channels (and a
-    latent of ``M``, default: the source's), computing what the source computes
-    (:mod:`oml.models.widen`). The copy keeps the source's checkerboard context, λ-offset branches
-    and ``trained_steps``, so ``jobs/train_base.py --init OUT --N N`` trains the added channels
-    from where the narrow model stopped."""
-    from oml.models.checkerboard import CheckerboardContext
-    from oml.models.widen import widen_into
-    from oml.models.zoo import _load_weights_file, is_derived_buffer, untrained_default_model
+def widen_default_weights(source: str | Path, out_path: str | Path, N: int, seed: int = 0) -> Path:
+    """Write a copy of an oml-default weights file whose transforms have ``N`` channels and which
+    computes what the source computes (:func:`oml.models.widen.widen_default_model`). The copy
+    keeps the source's checkerboard context, λ-offset branches and trained step, so
+    ``jobs/train_base.py --init OUT`` trains the added channels from where the narrow model stopped.
+    ``seed`` draws the added channels' fresh weights: the same call writes the same file."""
+    from oml.models.widen import widen_default_model
+    from oml.models.zoo import default_training_weights, load_model
 
     if Path(out_path).resolve() == Path(source).resolve():
         raise ValueError(f"{out_path} is the file being widened: write the wide copy elsewhere")
-    state = _load_weights_file(source)
-    widths = state.get("config", {})
-    if state["name"] != "oml-default":
-        raise ValueError(f"{source} holds {state['name']}, not oml-default: only the default model widens")
-    n0, m0 = int(widths.get("N", 64)), int(widths.get("M", 128))
-    M = m0 if M is None else int(M)
-    if N < n0 or M < m0:
-        raise ValueError(f"--N {N} --M {M} is narrower than {source} (N={n0}, M={m0})")
-    if M != m0:
-        raise ValueError("widening the latent (--M) is not supported: it would change every coded symbol's model")
-    narrow = {k: v for k, v in state["state_dict"].items() if not is_derived_buffer(k)}
-    wide = untrained_default_model(N, M)
-    net = wide.encoders["0"]
-    if any(k.startswith("encoders.0.context.") for k in narrow):
-        net.context = CheckerboardContext(M)
-    if any(k.startswith("synthesis.offsets.") for k in narrow):
-        wide.synthesis.add_offsets()
-    widen_into(narrow, wide, skip=is_derived_buffer, silent_outputs=frozenset({"encoders.0.h_a.4"}), live_inputs=frozenset({"encoders.0.h_s.0"}))
-    _seed_new_densities(net.entropy_bottleneck, n0)
-    wide.update_entropy_models()
-    return _save_default(wide, out_path, half=True, trained_steps=state.get("trained_steps"))
-
-
-@torch.no_grad()
-def _seed_new_densities(bottleneck, old_channels: int) -> None:
-    """Give an entropy bottleneck's channels from ``old_channels`` on the density of the old channel
-    that is most certain of its median (a channel training left unused): a widened hyper-latent's
-    new channels start at zero and then cost a small fraction of a bit each, where a fresh density
-    (spread over ±10) would charge about four bits per value."""
-    names = [n for n, _ in bottleneck.named_parameters()]
-    medians = bottleneck.quantiles[:, :, 1:2].clone()  # (C, 1, 1): each channel's median
-    likelihood = bottleneck._likelihood(medians)[0][:old_channels].reshape(-1)
-    best = int(likelihood.argmax())
-    params = dict(bottleneck.named_parameters())
-    for name in names:
-        params[name][old_channels:] = params[name][best]
-    # Their median is 0, the value they hold, so that they dequantise to exactly 0 (the
-    # quantile loss moves it from there once training uses them).
-    params["quantiles"][old_channels:, :, 1] = 0.0
-    params["quantiles"][old_channels:, :, 0].clamp_(max=-0.5)
-    params["quantiles"][old_channels:, :, 2].clamp_(min=0.5)
+    narrow = load_model("oml-default", weights=source)
+    net = narrow.encoders["0"]
+    _, steps = default_training_weights(source, net.N, net.M)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        wide = widen_default_model(narrow, N)
+    return _save_default(wide, out_path, half=True, trained_steps=steps)
 
 
 def _save_default(model, out_path: str | Path, half: bool, trained_steps: int | None = None) -> Path:

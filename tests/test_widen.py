@@ -105,3 +105,11 @@ def test_narrower_or_foreign_targets_are_one_line_errors(narrow_file, tmp_path, 
     before = narrow_file.read_bytes()
     assert widen_weights.main([str(narrow_file), str(narrow_file), "--N", "32"]) == 2  # input = output
     assert "being widened" in capsys.readouterr().err and narrow_file.read_bytes() == before
+
+
+def test_the_same_call_writes_the_same_weights(narrow_file, wide_file, tmp_path):
+    again = widen_default_weights(narrow_file, tmp_path / "again.pt", N=28)
+    other = widen_default_weights(narrow_file, tmp_path / "other.pt", N=28, seed=1)
+    a, b, c = (torch.load(p, weights_only=True)["state_dict"] for p in (wide_file, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed draws the added channels

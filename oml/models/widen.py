@@ -23,8 +23,13 @@ Learning via Knowledge Transfer", ICLR 2016, arXiv:1511.05641), which splits uni
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from oml.models.variable_rate import VariableRateModel
 
 
 def widen_into(
@@ -82,3 +87,45 @@ def widen_into(
                 target[tuple(slice(0, n) for n in old.shape)] = old
                 widened.append(key)
     return widened
+
+
+def widen_default_model(narrow: VariableRateModel, N: int) -> VariableRateModel:
+    """The default model ``narrow`` with transforms of ``N`` channels (at least its own), computing
+    what it computes: the same y, reconstruction and bits. M stays: a wider latent would change
+    every coded symbol's model and the checkerboard context. The hyper-latent's new channels start
+    at zero with live fan-out and a borrowed density (:func:`seed_new_densities`)."""
+    from oml.models.checkerboard import CheckerboardContext
+    from oml.models.zoo import is_derived_buffer, untrained_default_model
+
+    old = narrow.encoders["0"]
+    if N < old.N:
+        raise ValueError(f"N = {N} is narrower than the model's N = {old.N}")
+    wide = untrained_default_model(N, old.M)
+    net = wide.encoders["0"]
+    if old.context is not None:
+        net.context = CheckerboardContext(old.M)
+    if narrow.synthesis.offsets is not None:
+        wide.synthesis.add_offsets()
+    coded = frozenset({"encoders.0.h_a.4"})  # z's last convolution, and its consumer in h_s
+    widen_into(narrow.state_dict(), wide, skip=is_derived_buffer, silent_outputs=coded, live_inputs=frozenset({"encoders.0.h_s.0"}))
+    seed_new_densities(net.entropy_bottleneck, old.N)
+    wide.update_entropy_models()
+    return wide.eval()
+
+
+@torch.no_grad()
+def seed_new_densities(bottleneck: nn.Module, old_channels: int) -> None:
+    """Give an entropy bottleneck's channels from ``old_channels`` on the density of the old channel
+    that is most certain of its median (a channel training left unused), with median 0: a widened
+    hyper-latent's new channels hold 0 and then cost a small fraction of a bit each, where a fresh
+    density (spread over ±10) would charge about four bits per value."""
+    medians = bottleneck.quantiles[:, :, 1:2].clone()  # (C, 1, 1): each channel's median
+    likelihood = bottleneck._likelihood(medians)[0][:old_channels].reshape(-1)
+    best = int(likelihood.argmax())
+    for param in bottleneck.parameters():
+        param[old_channels:] = param[best]
+    # 0 is the value they hold, so they dequantise to exactly 0 (the quantile loss moves the
+    # median from there once training uses them)
+    bottleneck.quantiles[old_channels:, :, 1] = 0.0
+    bottleneck.quantiles[old_channels:, :, 0].clamp_(max=-0.5)
+    bottleneck.quantiles[old_channels:, :, 2].clamp_(min=0.5)
