@@ -2,7 +2,7 @@
 # Get this checkout ready for one GPU training lease (the `device` tool), and back.
 #
 #   bash scripts/gpu_bundle.sh pack       # here, before the device call
-#   device run: bash scripts/gpu_lease.sh 450        (carry: [".gpu"], timeout_s: 600)
+#   device run: bash scripts/gpu_lease.sh 400        (carry: [".gpu"], timeout_s: 600)
 #     (or scripts/gpu_train.sh 420 for the narrow model alone)
 #   bash scripts/gpu_bundle.sh restore    # here, right after it, before any commit
 #

@@ -11,9 +11,8 @@
 # trained for SECONDS. Arm "narrow": the last N = 64 model (NARROW, default the v8 file) trained as
 # it is, the control (v9's lease: docs/DESIGN.md, "Widening instead of starting over"). Beside them,
 # bench/cuda_roundtrip.py codes two Kodak images on the GPU with the shipped model, for the CPU
-# here to restore. Both: batch 16 of
-# 256² crops (BATCH), λ over q1-q6, bfloat16 autocast, the learning rate decaying over the last
-# 30 %. The two small models leave the GPU idle between kernel launches, so running both at once
+# here to restore. Both arms: BATCH (16) 256² crops a step, λ over q1-q6, bfloat16 autocast, the
+# learning rate decaying over the last 30 %. The two small models leave the GPU idle between kernel launches, so running both at once
 # costs each little: v9's lease ran 0.04 s a step in each arm at batch 16, launch-bound, so a larger
 # BATCH buys crops nearly free. The whole command takes about SECONDS + 140 s (start-up of the arms,
 # their final checkpoint and export): 400 fits a 600 s call; 470 did not.
@@ -55,12 +54,12 @@ train_arm() {  # train_arm NAME INIT N
 }
 
 "$PY" bench/cuda_roundtrip.py encode .gpu/kodak/*.png -o "$RUNS/cuda" --device cuda >"$RUNS/cuda.out" 2>&1 &
-CUDA=$!
+CUDA_PID=$!
 train_arm wide "$RUNS/wide-init.pt" "$WIDE_N" &
-WIDE=$!
+WIDE_PID=$!
 train_arm narrow "$NARROW" 64 &
-NARROW=$!
-while kill -0 "$WIDE" 2>/dev/null || kill -0 "$NARROW" 2>/dev/null; do
+NARROW_PID=$!
+while kill -0 "$WIDE_PID" 2>/dev/null || kill -0 "$NARROW_PID" 2>/dev/null; do
   sleep 60
   for arm in wide narrow; do
     tail -n 1 "$RUNS/$arm/train_log.jsonl" 2>/dev/null | cut -c 1-200
@@ -69,7 +68,7 @@ while kill -0 "$WIDE" 2>/dev/null || kill -0 "$NARROW" 2>/dev/null; do
   export_arm wide "$RUNS/wide-init.pt"
   export_arm narrow "$NARROW"
 done
-wait "$WIDE" "$NARROW"
+wait "$WIDE_PID" "$NARROW_PID"
 for arm in wide narrow; do
   cp "$RUNS/$arm/train_log.jsonl" "$OUT/${arm}_log.jsonl" 2>/dev/null
   tail -n 5 "$RUNS/$arm.out"
@@ -78,6 +77,6 @@ export_arm wide "$RUNS/wide-init.pt"
 export_arm narrow "$NARROW"
 ls -l "$OUT"
 
-wait "$CUDA" && tar -C "$RUNS" -cf "$OUT/cuda.tar" cuda
+wait "$CUDA_PID" && tar -C "$RUNS" -cf "$OUT/cuda.tar" cuda
 cat "$RUNS/cuda.out"
 echo "lease done"
