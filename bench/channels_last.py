@@ -4,7 +4,8 @@ give the same bytes and the same pixels.
 
     python bench/channels_last.py ../shared/data/kodak --limit 4 --quality 3     # ~1 min on 2 cores
 
-``oml.models.zoo.load_model`` puts ``g_a`` and the synthesis in channels-last memory (oneDNN's
+``oml.models.zoo.load_model`` puts ``g_a`` and the synthesis in channels-last memory
+(``use_channels_last``) (oneDNN's
 preferred layout for convolutions on a CPU; also what cuDNN prefers under autocast). The values
 are the same computation in another order, so a file's bytes may differ only where a value of y
 sits on a rounding boundary, and the decoder's pixels by a grey level at most, as on any other
@@ -23,13 +24,7 @@ import torch
 
 from oml import codec
 from oml.imageio import IMAGE_SUFFIXES, decode_image
-from oml.models.zoo import load_model
-
-
-def _layout(model, fmt: torch.memory_format) -> None:
-    for encoder in model.encoders.values():
-        encoder.g_a.to(memory_format=fmt)
-    model.synthesis.to(memory_format=fmt)
+from oml.models.zoo import load_model, use_channels_last
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     coded = {}
     for _ in range(args.rounds):
         for name, fmt in layouts.items():
-            _layout(model, fmt)
+            use_channels_last(model, fmt)
             for i, image in enumerate(images):
                 t0 = time.perf_counter()
                 enc = codec.encode(model, image, quality=args.quality)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from oml.imageio import decode_image
 from oml.models.default import OMLHyperprior
-from oml.models.zoo import is_constant, weights_under
+from oml.models.zoo import is_constant, save_atomic, weights_under
 from oml.train import configure_optimizers, lr_at, lr_by_time, random_crops, rd_loss, sample_lambdas, train_step
 from pipeline import storage
 
@@ -147,30 +146,26 @@ def training_device(name: str) -> torch.device:
     return device
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _start_point(cfg: BaseTrainConfig) -> Path | None:
+    """What a run starts from: its own ``last.pt`` when there is one, else ``--init``, else nothing."""
+    last = Path(cfg.out_dir) / "last.pt"
+    return last if last.exists() else Path(cfg.init) if cfg.init else None
 
 
 def resolve_widths(cfg: BaseTrainConfig) -> BaseTrainConfig:
-    """``cfg`` with N and M set: a width left at 0 is that of the run being resumed (its
-    ``last.pt``), else of ``--init`` (a weights file or checkpoint records its widths), else the
+    """``cfg`` with N and M set: a width left at 0 is that of what the run starts from
+    (:func:`_start_point`: a checkpoint or weights file records its widths in ``config``), else the
     default model's first widths (64, 128)."""
     if cfg.N and cfg.M:
         return cfg
-    found: dict = {}
-    last = Path(cfg.out_dir) / "last.pt"
-    for source in (last, Path(cfg.init) if cfg.init else None):
-        if source is None or not source.is_file():
-            continue
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
+    found, source = {}, _start_point(cfg)
+    if source is not None and source.is_file():
+        try:  # memory-mapped: only the config is read here; the run loads the file itself
+            state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # unreadable: _resume_state reports it in one line
-            break
+            state = None
         if isinstance(state, dict) and isinstance(state.get("config"), dict):
             found = state["config"]
-        break
     return dataclasses.replace(cfg, N=cfg.N or int(found.get("N", 64)), M=cfg.M or int(found.get("M", 128)))
 
 
@@ -187,7 +182,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
     train_imgs = [img for img in train_imgs if min(img.shape[1:]) >= cfg.crop]  # no crop fits in them
     if not train_imgs:
         raise ValueError(f"no training image in {cfg.data_dir} is at least {cfg.crop}x{cfg.crop} (--crop)")
-    source = ckpt_path if ckpt_path.exists() else Path(cfg.init) if cfg.init else None
+    source = _start_point(cfg)
     state = _resume_state(source, cfg) if source is not None else None
     has_context = bool(cfg.context_from) or (state is not None and any(k.startswith("context.") for k in state["model"]))
     model = OMLHyperprior(cfg.N, cfg.M, context=has_context)
@@ -234,7 +229,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
         while step < cfg.steps:
             progress = (time.monotonic() - began) / cfg.seconds if cfg.seconds > 0 else 0.0
             if progress >= 1.0:  # a time-budgeted run (a GPU lease) ends here, with a checkpoint
-                _save_atomic(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
+                save_atomic(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
                 log.write(json.dumps({"event": "time_up", "step": step, "seconds": cfg.seconds}) + "\n")
                 break
             if cfg.seconds > 0:
@@ -259,7 +254,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
                 log.write(json.dumps({"step": step, "eval": evaluate(model, held_imgs, held_lambdas)}) + "\n")
                 log.flush()
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                _save_atomic(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
+                save_atomic(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
     return ckpt_path
 
 
@@ -351,5 +346,5 @@ def save_resume_point(checkpoint: str | Path, out_path: str | Path) -> Path:
     compact = {k: (v.half() if v.is_floating_point() and not is_constant(k) else v) for k, v in weights.items()}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic({"model": compact, "step": state["step"], "config": state.get("config", {}), "compact": True}, out_path)
+    save_atomic({"model": compact, "step": state["step"], "config": state.get("config", {}), "compact": True}, out_path)
     return out_path
