@@ -27,7 +27,7 @@ from oml import codec
 from oml.adapt import AdaptConfig
 from oml.imageio import decode_image
 from oml.metrics import psnr
-from oml.models.zoo import load_model
+from oml.models.zoo import load_decoder, load_model
 
 QUALITIES = (1, 6)
 
@@ -58,12 +58,14 @@ def _decode(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     info = json.loads((folder / "encoded.json").read_text())
     print(f"encoded on {info['device']} (torch {info['torch']}), decoded here on the CPU (torch {torch.__version__})")
-    worst = 0
+    worst, models = 0, {}
     for row in info["rows"]:
         data = (folder / f"{row['file']}.oml").read_bytes()
         header = codec.read_header(data)
-        model = load_model(header.model, header.quality)
-        restored = codec.decode(model, data)
+        key = (header.model, header.quality, header.fingerprint, header.version)
+        if key not in models:  # the packaged weights version that coded the file, as `oml decompress` finds it
+            models[key] = load_decoder(*key)
+        restored = codec.decode(models[key], data)
         theirs = torch.from_numpy(np.asarray(Image.open(folder / f"{row['file']}.png").convert("RGB"))).permute(2, 0, 1)
         source = decode_image(Path(row["source"]).read_bytes()) if Path(row["source"]).is_file() else None
         off = (restored.int() - theirs.int()).abs()
