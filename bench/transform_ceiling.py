@@ -27,15 +27,14 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(1)
     state = torch.load(argv[0], weights_only=True, map_location="cpu")
+    widths = state.get("config", {})  # weights files and training checkpoints both record N and M
+    n, m = widths.get("N", 64), widths.get("M", 128)
     if "format" in state:  # a shipped weights file: its training model, as a run resumes from it
         from oml.models.zoo import default_training_weights
 
-        widths = state.get("config", {})
-        n, m = widths.get("N", 64), widths.get("M", 128)
         weights, steps = default_training_weights(argv[0], n, m)
         state = {"step": steps}
-    else:  # a training checkpoint records its widths in its config
-        n, m = state.get("config", {}).get("N", 64), state.get("config", {}).get("M", 128)
+    else:
         weights = state.get("ema", state["model"])
     model = OMLHyperprior(n, m)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, strict=False)

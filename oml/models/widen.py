@@ -38,14 +38,14 @@ def widen_into(
     skip=lambda key: False,
     silent_outputs: frozenset[str] = frozenset(),
     live_inputs: frozenset[str] = frozenset(),
-) -> list[str]:
+) -> None:
     """Load ``narrow_state`` into ``wide``, a wider instance of the same architecture, in place.
 
     Tensors of equal shape are copied; a wider tensor takes the narrow one in its leading slice
     and keeps its fresh initialisation elsewhere, except that a convolution's weights from new
     input channels to old output channels are set to zero (the new channels' fan-out into the
     narrow model). ``skip(key)`` names tensors left as they are (tables derived from the rest).
-    Returns the keys that were widened. Raises ``ValueError`` on a tensor that is missing,
+    Raises ``ValueError`` on a tensor that is missing,
     narrower in the wide model, or of another rank.
 
     Where the new channels of a layer's output are *coded* (a hyper-latent), live but unused
@@ -53,7 +53,6 @@ def widen_into(
     channels start at exactly zero: zero fan-in and bias) and its consumer in ``live_inputs``
     (the consumer keeps fresh weights from them, so the pair still gets gradients).
     """
-    widened = []
     with torch.no_grad():
         for name, module in wide.named_modules():
             prefix = f"{name}." if name else ""
@@ -85,8 +84,6 @@ def widen_into(
                         mute[out_dim] = slice(0, old.shape[out_dim])
                         target[tuple(mute)] = 0
                 target[tuple(slice(0, n) for n in old.shape)] = old
-                widened.append(key)
-    return widened
 
 
 def widen_default_model(narrow: VariableRateModel, N: int) -> VariableRateModel:
@@ -106,8 +103,8 @@ def widen_default_model(narrow: VariableRateModel, N: int) -> VariableRateModel:
         net.context = CheckerboardContext(old.M)
     if narrow.synthesis.offsets is not None:
         wide.synthesis.add_offsets()
-    coded = frozenset({"encoders.0.h_a.4"})  # z's last convolution, and its consumer in h_s
-    widen_into(narrow.state_dict(), wide, skip=is_derived_buffer, silent_outputs=coded, live_inputs=frozenset({"encoders.0.h_s.0"}))
+    # z is coded: h_a's last convolution starts its new channels at zero, h_s's first reads them live
+    widen_into(narrow.state_dict(), wide, skip=is_derived_buffer, silent_outputs=frozenset({"encoders.0.h_a.4"}), live_inputs=frozenset({"encoders.0.h_s.0"}))
     seed_new_densities(net.entropy_bottleneck, old.N)
     wide.update_entropy_models()
     return wide.eval()
