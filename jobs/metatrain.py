@@ -2,6 +2,7 @@
 
     python jobs/metatrain.py --weights runs/default/last.pt --storage-path runs/meta --name maml2
     python jobs/metatrain.py --weights runs/default/last.pt --mode multi --name multi   # ablation
+    python jobs/metatrain.py --weights oml/weights/oml-default.pt --mode offset --no-ray --num-workers 1 --use-gpu
     python jobs/metatrain.py --model mbt2018-mean --quality 5 --num-workers 8 --use-gpu \\
         --storage-path s3://bucket/meta --data-dir s3://bucket/train
 
@@ -14,7 +15,7 @@ import argparse
 
 from oml.meta import MetaMode
 from pipeline.jobargs import add_config_arguments
-from pipeline.metatrain import MetaTrainConfig, run_metatrain
+from pipeline.metatrain import MetaTrainConfig, run_metatrain, run_metatrain_here
 
 
 HELP = {
@@ -29,6 +30,8 @@ HELP = {
     "storage_path": "checkpoints go to STORAGE_PATH/NAME (local or s3://); re-running the same command resumes",
     "output": "weights file to write (default: STORAGE_PATH/NAME/<model>-meta-<mode>.pt)",
     "report_every": "steps per ray.train.report (every step is in the metric log)",
+    "ray": "run on Ray Train; --no-ray: one worker in this process, on the GPU with --use-gpu, without checkpoints "
+    "(a GPU machine without Ray; the same result as a one-worker Ray run)",
 }
 
 
@@ -40,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    result = run_metatrain(MetaTrainConfig(**vars(args)))
+    cfg = MetaTrainConfig(**vars(args))
+    result = (run_metatrain if cfg.ray else run_metatrain_here)(cfg)
     print(f"step {result.step}: weights {result.weights}, log {result.log}")
     return 0
 

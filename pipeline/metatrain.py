@@ -87,6 +87,7 @@ class MetaTrainConfig:
     output: str = ""
     num_workers: int = 2
     use_gpu: bool = False
+    ray: bool = True
     threads: int = 1
     ckpt_every: int = 50
     report_every: int = 10
@@ -146,11 +147,27 @@ def load_base_model(cfg: MetaTrainConfig) -> VariableRateModel:
     return model
 
 
+def _read_weights(cfg: MetaTrainConfig) -> tuple[bytes, dict]:
+    data = storage.read_bytes(cfg.weights)
+    return data, torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def base_trained_steps(cfg: MetaTrainConfig) -> int | None:
+    """The base-training step of ``cfg.weights`` (a default-model weights file or checkpoint), or
+    None: the meta-trained file records it too, so base training can resume from that file."""
+    if not cfg.weights:
+        return None
+    state = _read_weights(cfg)[1]
+    if not isinstance(state, dict):
+        return None
+    steps = state.get("trained_steps" if "format" in state else "step")
+    return None if steps is None else int(steps)
+
+
 def _load_base(cfg: MetaTrainConfig) -> VariableRateModel:
     if not cfg.weights:
         return load_model(cfg.model, cfg.quality, pretrained=cfg.pretrained, all_qualities=True)
-    data = storage.read_bytes(cfg.weights)
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    data, state = _read_weights(cfg)
     if isinstance(state, dict) and "model" in state and "format" not in state:
         if cfg.model != DEFAULT_MODEL:
             raise ValueError(f"{cfg.weights} is a base-training checkpoint of {DEFAULT_MODEL}, not of {cfg.model}")
@@ -236,14 +253,8 @@ def _train_loop(loop_config: dict) -> None:
     images = load_shard(cfg.data_dir, cfg.crop, rank, world)
     mode = MetaMode(cfg.mode)
     while step < cfg.steps:
-        # Seeded by step so a resumed run draws what an uninterrupted one would have.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7_919 + step)
-        t0 = time.time()
-        tasks = _sample_tasks(model, images, cfg, gen, device)
-        result = meta_step(mode, model.synthesis, psi, optimizer, tasks, cfg.inner_lr, _average_across_workers, cfg.clip_norm, cfg.lambda_step)
+        log.append(_one_step(cfg, mode, model, psi, optimizer, images, rank, step, device))
         step += 1
-        metrics = {"step": step, **_mean_metrics(result, device), "s_per_step": time.time() - t0}
-        log.append(metrics)
         at_checkpoint = step % cfg.ckpt_every == 0 or step == cfg.steps
         if at_checkpoint or step % cfg.report_every == 0:
             window = _window_mean(log[reported:])
@@ -254,6 +265,40 @@ def _train_loop(loop_config: dict) -> None:
                 _report_checkpoint(window, rank, {"synthesis": model.synthesis.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "log": log, "config": dataclasses.asdict(cfg)})
             else:
                 ray.train.report(window)
+
+
+def _one_step(cfg: MetaTrainConfig, mode: MetaMode, model: VariableRateModel, psi: dict, optimizer: torch.optim.Optimizer, images: list[torch.Tensor], rank: int, step: int, device: torch.device) -> dict:
+    """Meta-step ``step + 1`` of this worker; returns its metric row."""
+    # Seeded by step so a resumed run draws what an uninterrupted one would have.
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7_919 + step)
+    t0 = time.time()
+    tasks = _sample_tasks(model, images, cfg, gen, device)
+    result = meta_step(mode, model.synthesis, psi, optimizer, tasks, cfg.inner_lr, _average_across_workers, cfg.clip_norm, cfg.lambda_step)
+    return {"step": step + 1, **_mean_metrics(result, device), "s_per_step": time.time() - t0}
+
+
+def run_metatrain_here(cfg: MetaTrainConfig) -> MetaTrainResult:
+    """The same meta-training as one worker in this process, without Ray: for a machine that has a
+    GPU but no Ray (a lent device: ``scripts/gpu_train.sh``). It keeps no checkpoints (a killed run
+    starts over) and draws exactly what a one-worker Ray run draws, so both write the same Ψ."""
+    if cfg.num_workers != 1:
+        raise ValueError(f"--no-ray runs one worker in this process: pass --num-workers 1, not {cfg.num_workers}")
+    cfg = _resolve_paths(cfg)
+    torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if cfg.use_gpu else "cpu")
+    model = load_base_model(cfg).to(device)
+    psi = prepare_meta(model, cfg.mode)
+    optimizer = torch.optim.Adam(psi.values(), lr=cfg.outer_lr)
+    images = load_shard(cfg.data_dir, cfg.crop, 0, 1)
+    log: list[dict] = []
+    for step in range(cfg.steps):
+        log.append(_one_step(cfg, MetaMode(cfg.mode), model, psi, optimizer, images, 0, step, device))
+        if (step + 1) % cfg.report_every == 0 or step + 1 == cfg.steps:
+            print(json.dumps({k: round(v, 5) for k, v in _window_mean(log[-cfg.report_every :]).items()}), flush=True)
+    state = {"synthesis": {k: v.cpu() for k, v in model.synthesis.state_dict().items()}, "log": log}
+    model.cpu()
+    log_path = _write_outputs(model, state, cfg.output, base_trained_steps(cfg))
+    return MetaTrainResult(cfg.output, log_path, "", cfg.steps, log[-1])
 
 
 def _window_mean(rows: list[dict]) -> dict[str, float]:
@@ -286,12 +331,13 @@ def _resolve_paths(cfg: MetaTrainConfig) -> MetaTrainConfig:
     )
 
 
-def _write_outputs(model: VariableRateModel, state: dict, weights: str) -> str:
-    """The oml weights file with the checkpoint's decoder, and the metric log beside it; returns the log's path."""
+def _write_outputs(model: VariableRateModel, state: dict, weights: str, trained_steps: int | None) -> str:
+    """The oml weights file with the checkpoint's decoder (and the base's training step), and the
+    metric log beside it; returns the log's path."""
     model.synthesis.load_state_dict(state["synthesis"])
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "weights.pt"
-        save_weights(model, local)
+        save_weights(model, local, trained_steps=trained_steps)
         storage.write_bytes(weights, local.read_bytes())
     log = weights.removesuffix(".pt") + ".log.jsonl"
     storage.write_bytes(log, "".join(json.dumps(row) + "\n" for row in state["log"]).encode())
@@ -323,5 +369,5 @@ def run_metatrain(cfg: MetaTrainConfig) -> MetaTrainResult:
         raise RuntimeError(f"run {cfg.name!r} under {cfg.storage_path} ended without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    log = _write_outputs(model, state, cfg.output)
+    log = _write_outputs(model, state, cfg.output, base_trained_steps(cfg))
     return MetaTrainResult(cfg.output, log, result.checkpoint.path, int(state["step"]), state["log"][-1])

@@ -16,6 +16,8 @@ from pipeline.metatrain import (
     _average_across_workers,
     _check_resumable,
     _resolve_paths,
+    _write_outputs,
+    base_trained_steps,
     load_base_model,
     load_shard,
 )
@@ -152,3 +154,23 @@ def test_offset_mode_base_model_gets_branches_once(tmp_path):
     save_weights(a, path)
     again = load_base_model(MetaTrainConfig(weights=str(path), mode="offset"))
     assert torch.equal(again.synthesis.offsets[0].fc2.weight, a.synthesis.offsets[0].fc2.weight)
+
+
+def test_meta_trained_file_keeps_the_base_training_step(tmp_path):
+    """The weights file a run writes records its base's training step, so base training can resume
+    from it; a training checkpoint's ``step`` counts too, and random weights have none."""
+    from oml.models.default import OMLHyperprior
+    from oml.models.zoo import save_weights
+
+    base = load_base_model(MetaTrainConfig(pretrained=False, seed=3, mode="offset"))
+    path = tmp_path / "base.pt"
+    save_weights(base, path, trained_steps=123)
+    cfg = MetaTrainConfig(weights=str(path), mode="offset")
+    assert base_trained_steps(cfg) == 123
+    out = tmp_path / "meta.pt"
+    _write_outputs(load_base_model(cfg), {"synthesis": base.synthesis.state_dict(), "log": [{"step": 1}]}, str(out), base_trained_steps(cfg))
+    assert torch.load(out, weights_only=True)["trained_steps"] == 123
+    ckpt = tmp_path / "last.pt"
+    torch.save({"model": OMLHyperprior().state_dict(), "step": 7}, ckpt)
+    assert base_trained_steps(MetaTrainConfig(weights=str(ckpt))) == 7
+    assert base_trained_steps(MetaTrainConfig(pretrained=False)) is None

@@ -135,3 +135,36 @@ def test_killed_metatrain_resumes_from_its_checkpoint(tmp_path, ray_address):
     assert final["step"] == STEPS
     for key, value in final["synthesis"].items():
         torch.testing.assert_close(model.synthesis.state_dict()[key], value)
+
+
+@pytest.mark.slow  # about a minute on 2 cores, most of it Ray Train starting up
+def test_without_ray_one_process_trains_what_a_one_worker_ray_run_trains(tmp_path, ray_address):
+    """``--no-ray`` (a GPU machine without Ray) draws the same tasks and takes the same steps as a
+    one-worker Ray Train run: both write the same λ-offset branches, the same log and the base's step."""
+    from oml.imageio import encode_png
+    from oml.models.zoo import load_model, save_weights
+    from pipeline.metatrain import MetaTrainConfig, load_base_model, run_metatrain, run_metatrain_here
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.png").write_bytes(encode_png(natural_image(96, 128, seed=i)))
+    base = tmp_path / "base.pt"
+    save_weights(load_base_model(MetaTrainConfig(pretrained=False, seed=1)), base, trained_steps=42)
+    common = dict(weights=str(base), data_dir=str(data), crop=64, batch=1, tasks_per_step=2, steps=3, mode="offset",
+                  outer_lr=1e-2, num_workers=1, storage_path=str(tmp_path / "store"), ckpt_every=3, report_every=1)  # fmt: skip
+    on_ray = run_metatrain(MetaTrainConfig(name="ray", **common))
+    here = run_metatrain_here(MetaTrainConfig(name="here", ray=False, **common))
+    a, b = (load_model("oml-default", weights=r.weights) for r in (on_ray, here))
+    offsets = [k for k in a.synthesis.state_dict() if k.startswith("offsets.")]
+    assert offsets
+    for key in offsets:
+        torch.testing.assert_close(a.synthesis.state_dict()[key], b.synthesis.state_dict()[key], rtol=1e-5, atol=1e-7)
+    assert not torch.equal(a.synthesis.state_dict()[offsets[-1]], load_base_model(MetaTrainConfig(weights=str(base), mode="offset")).synthesis.state_dict()[offsets[-1]])
+    rows = [[json.loads(line) for line in Path(r.log).read_text().splitlines()] for r in (on_ray, here)]
+    assert [r["step"] for r in rows[1]] == [1, 2, 3]
+    for x, y in zip(*rows):
+        assert x["loss_before"] == pytest.approx(y["loss_before"], rel=1e-5)
+    assert torch.load(here.weights, weights_only=True)["trained_steps"] == 42
+    with pytest.raises(ValueError, match="--num-workers 1"):
+        run_metatrain_here(MetaTrainConfig(name="two", ray=False, **(common | {"num_workers": 2})))
