@@ -350,8 +350,8 @@ def _encode(
         work = _code_tiles(model, q, lmbda_t, tiles[start : start + batch], refine_config, adapt_config.metrics[0])
         sets = [_adapt_batch(model, work, lmbda_t, m, adapt_config) for m in metrics]
         for i, w in enumerate(work):
-            chosen = torch.stack([s[i] for s in sets])
-            recon = reconstruct_tile(model, w.code.y_hat, chosen[0], lmbda_t, w.tile)
+            chosen = torch.stack([s[i].lambdas for s in sets])
+            recon = sets[0][i].reconstruction  # what the decoder shows by default: the first set's
             record = TileRecord(w.code.z_shape, w.code.strings, chosen, w.code.check)
             records.append(record)
             stats.append(TileStats(w.tile, len(pack_tile(record)), float(psnr(w.plain, w.pixels)), float(psnr(recon, w.pixels)), w.refined))
@@ -409,10 +409,18 @@ def _exact_cost(metric: str, weight: Tensor, lmbda_t: float, recon: Tensor, x: T
     return float(rd_cost(metric, weight, lmbda_t, _to_float(recon).to(x.device), x, bits))
 
 
-def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float, metric: str, cfg: AdaptConfig) -> list[Tensor]:
-    """λ* ``(K,)`` float16 per tile for one metric; a tile keeps λ_t unless its decoded output improves."""
+class _Choice(NamedTuple):
+    """A tile's λ* ``(K,)`` float16 for one metric and the decoder's uint8 output with it."""
+
+    lambdas: Tensor
+    reconstruction: Tensor
+
+
+def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float, metric: str, cfg: AdaptConfig) -> list[_Choice]:
+    """λ* per tile for one metric, with the reconstruction already decoded for it (the synthesis is
+    the encoder's dearest part); a tile keeps λ_t unless its decoded output improves."""
     lam_t = plain_lambdas(model.num_lambdas, lmbda_t)
-    found = [lam_t] * len(work)
+    found = [_Choice(lam_t, w.plain) for w in work]
     if metric == PLAIN:
         return found
     for members in _groups([w.tile for w in work]):
@@ -426,14 +434,14 @@ def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float
     return found
 
 
-def _accept(model: VariableRateModel, w: _TileWork, candidate: Tensor, lam_t: Tensor, lmbda_t: float, metric: str) -> Tensor:
+def _accept(model: VariableRateModel, w: _TileWork, candidate: Tensor, lam_t: Tensor, lmbda_t: float, metric: str) -> _Choice:
     """Re-score on the exact decoder path (batch 1, 8-bit output) before accepting ``candidate``."""
     recon = reconstruct_tile(model, w.code.y_hat, candidate, lmbda_t, w.tile)
     with torch.no_grad():
         pixels = w.pixels.float().div(255).unsqueeze(0)
         d_new = distortion(metric, _to_float(recon), pixels)
         d_old = distortion(metric, _to_float(w.plain), pixels)
-    return candidate if bool(d_new < d_old) else lam_t
+    return _Choice(candidate, recon) if bool(d_new < d_old) else _Choice(lam_t, w.plain)
 
 
 def check_model(model: VariableRateModel, header: Header) -> None:
