@@ -182,9 +182,9 @@ def weights_file(kind: str) -> bytes:
     if kind == "missing-keys":
         torch.save({"format": "oml-weights/1", "state_dict": {}}, buf)
     elif kind == "wrong-shapes":
-        from oml.models.zoo import default_weights_path
+        from oml.models.zoo import default_weights_path, read_weights
 
-        state = torch.load(default_weights_path(), weights_only=True)
+        state = read_weights(default_weights_path())  # whole weights, also when the shipped file is an overlay
         name = next(k for k, v in state["state_dict"].items() if v.ndim == 4)
         state["state_dict"][name] = torch.zeros(3, 3, 3, 3, dtype=state["state_dict"][name].dtype)
         torch.save(state, buf)

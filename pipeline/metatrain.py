@@ -172,6 +172,8 @@ def _load_base(cfg: MetaTrainConfig) -> VariableRateModel:
         if cfg.model != DEFAULT_MODEL:
             raise ValueError(f"{cfg.weights} is a base-training checkpoint of {DEFAULT_MODEL}, not of {cfg.model}")
         return _from_training_checkpoint(state, cfg.weights)
+    if storage.is_local(cfg.weights):  # read in place: an overlay's base lies beside it
+        return load_model(cfg.model, cfg.quality, weights=storage.normalize(cfg.weights))
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "weights.pt"
         local.write_bytes(data)

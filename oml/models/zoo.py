@@ -25,6 +25,8 @@ model does.
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -41,6 +43,7 @@ from oml.names import DEFAULT_MODEL, ModelUnavailableError
 MSE_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
 
 WEIGHTS_FORMAT = "oml-weights/1"
+OVERLAY_FORMAT = "oml-weights-overlay/1"  # the tensors that differ from a whole file beside it
 
 
 @dataclass(frozen=True)
@@ -130,19 +133,93 @@ def load_decoder(
     return first
 
 
-def _load_weights_file(path: str | Path) -> dict:
-    path = Path(path)
+def _read_weights_object(path: Path) -> tuple[dict, str]:
+    """The raw dict of an oml weights or overlay file and the SHA-256 of its bytes."""
     if not path.is_file():
         raise ModelUnavailableError(f"weights file {path} does not exist")
+    data = path.read_bytes()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for foreign bytes; all mean the same here
         raise ModelUnavailableError(f"{path} is not an oml weights file (unreadable: {type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT or not isinstance(state.get("state_dict"), dict):
+    if not isinstance(state, dict) or state.get("format") not in (WEIGHTS_FORMAT, OVERLAY_FORMAT) or not isinstance(state.get("state_dict"), dict):
         raise ModelUnavailableError(f"{path} is not an oml weights file (expected format {WEIGHTS_FORMAT})")
+    return state, hashlib.sha256(data).hexdigest()
+
+
+def _check_weights_meta(state: dict, path: Path) -> dict:
     if not isinstance(state.get("name"), str) or not isinstance(state.get("encoders"), list | tuple) or not all(isinstance(q, int) for q in state["encoders"]):
         raise ModelUnavailableError(f"{path} is a damaged oml weights file (no model name or encoder list)")
     return state
+
+
+def _overlay_base(overlay: dict, path: Path) -> tuple[dict, Path]:
+    """The whole weights file an overlay names, found beside it by SHA-256 (its recorded name first)."""
+    base = overlay.get("base")
+    if not isinstance(base, dict) or not isinstance(base.get("name"), str) or not isinstance(base.get("sha256"), str):
+        raise ModelUnavailableError(f"{path} is a damaged oml weights overlay (no base)")
+    name, sha = base["name"], base["sha256"]
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ModelUnavailableError(f"{path} is a damaged oml weights overlay (base digest {sha[:80]!r})")
+    named = path.parent / name if name and Path(name).name == name and name not in (".", "..") else None
+    candidates = ([named] if named is not None and named.is_file() else []) + sorted(q for q in path.parent.glob("*.pt") if q not in (named, path))
+    for candidate in candidates:
+        try:
+            state, digest = _read_weights_object(candidate)
+        except ModelUnavailableError:
+            continue
+        if digest == sha:
+            if state["format"] != WEIGHTS_FORMAT:
+                raise ModelUnavailableError(f"{path} is an overlay of {candidate}, itself an overlay: one level only")
+            return _check_weights_meta(state, candidate), candidate
+    raise ModelUnavailableError(
+        f"{path} holds only the tensors that differ from {name!r} (sha256 {sha[:16]}…), which is not in {path.parent}: "
+        f"put that weights file beside it"
+    )
+
+
+def read_weights(path: str | Path) -> dict:
+    """An oml weights file as a whole state (``format``, ``name``, ``encoders``, ``state_dict``,
+    ``config``, ``trained_steps``): an overlay (:func:`save_overlay`) comes back merged with the
+    base it names, so every reader sees whole weights."""
+    path = Path(path)
+    state, _ = _read_weights_object(path)
+    state = _check_weights_meta(state, path)
+    if state["format"] == WEIGHTS_FORMAT:
+        return state
+    base, base_path = _overlay_base(state, path)
+    if base["name"] != state["name"] or list(base["encoders"]) != list(state["encoders"]) or base.get("config") != state.get("config"):
+        raise ModelUnavailableError(f"{path} is an overlay for another architecture than its base {base_path}")
+    merged = {k: v for k, v in base.items() if k != "trained_steps"}
+    merged["state_dict"] = {**base["state_dict"], **state["state_dict"]}
+    if "trained_steps" in state:
+        merged["trained_steps"] = state["trained_steps"]
+    return merged
+
+
+_load_weights_file = read_weights
+
+
+def save_overlay(whole: str | Path, base: str | Path, path: str | Path) -> list[str]:
+    """Write ``whole`` (an oml weights file) as an overlay of ``base``: the tensors that differ
+    from it, the base's file name and SHA-256, and the metadata a reader needs without loading
+    it (name, encoders, widths, ``trained_steps``). A meta-training run that changes only the
+    λ-offset branches then adds kilobytes to the repository, not a second copy of the model.
+    The overlay loads when the base lies beside it. Returns the names of the stored tensors."""
+    whole_state = _check_weights_meta(_read_weights_object(Path(whole))[0], Path(whole))
+    base_state, sha = _read_weights_object(Path(base))
+    if whole_state["format"] != WEIGHTS_FORMAT or base_state["format"] != WEIGHTS_FORMAT:
+        raise ValueError("an overlay is made from two whole weights files")
+    if (whole_state["name"], list(whole_state["encoders"]), whole_state.get("config")) != (base_state["name"], list(base_state["encoders"]), base_state.get("config")):
+        raise ValueError(f"{whole} and {base} are not the same architecture")
+    ours, theirs = whole_state["state_dict"], base_state["state_dict"]
+    if set(theirs) - set(ours):
+        raise ValueError(f"{whole} lacks tensors of {base} (e.g. {sorted(set(theirs) - set(ours))[:3]}): an overlay only replaces or adds")
+    changed = {k: v for k, v in ours.items() if k not in theirs or v.dtype != theirs[k].dtype or not torch.equal(v, theirs[k])}
+    saved = {key: whole_state[key] for key in ("name", "encoders", "config", "trained_steps") if key in whole_state}
+    saved.update(format=OVERLAY_FORMAT, base={"name": Path(base).name, "sha256": sha}, state_dict=changed)
+    save_atomic(saved, path)
+    return sorted(changed)
 
 
 # Constants that the architecture sets when it is built (GDN's reparametrisation pedestal and
