@@ -19,7 +19,11 @@ DATA=${DATA:-../shared/data/train}
 QUALITY=${QUALITY:-92}
 LEAVE=(docs/data tests/expected)
 KEEP=${KEEP:-oml/weights/oml-default-v8.pt}  # the N = 64 control arm of scripts/gpu_lease.sh starts there
-for f in oml/weights/oml-default-v*.pt; do [ "$f" = "$KEEP" ] || LEAVE+=("$f"); done
+# When the shipped oml-default.pt is an overlay (docs/DESIGN.md "Shipped weights"), its base travels too.
+BASE=$(.venv/bin/python -c 'import torch
+s = torch.load("oml/weights/oml-default.pt", map_location="cpu", weights_only=True, mmap=True)
+print(s["base"]["name"] if s.get("format") == "oml-weights-overlay/1" else "")')
+for f in oml/weights/oml-default-v*.pt; do [ "$f" = "$KEEP" ] || [ "$f" = "oml/weights/$BASE" ] || LEAVE+=("$f"); done
 EXCLUDE=.git/info/exclude
 MARK="# gpu_bundle.sh: out of the index for a GPU lease"
 

@@ -115,3 +115,20 @@ def test_overlay_of_an_overlay_and_mismatched_architectures_are_refused(files, t
     zoo.save_weights(zoo.untrained_default_model(16, 32), other)
     with pytest.raises(ValueError, match="not the same architecture"):
         zoo.save_overlay(other, base, tmp_path / "x.pt")
+
+
+def test_overlay_command(files, tmp_path, capsys):
+    from jobs import overlay_weights
+
+    base, whole, overlay, _ = files
+    out = tmp_path / "again.pt"
+    assert overlay_weights.main([str(whole), str(base), str(out)]) == 0
+    assert "tensors differ from oml-default-v1.pt" in capsys.readouterr().out
+    assert zoo.load_model("oml-default", 2, weights=out).fingerprint(2) == zoo.load_model("oml-default", 2, weights=whole).fingerprint(2)
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    for args in ([whole, base, base], [whole, base, elsewhere / "x.pt"], [tmp_path / "none.pt", base, tmp_path / "y.pt"]):
+        assert overlay_weights.main([str(a) for a in args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("overlay_weights: ") and err.count("\n") == 1
+    assert not (elsewhere / "x.pt").exists() and not (tmp_path / "y.pt").exists()
