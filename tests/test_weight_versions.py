@@ -106,6 +106,7 @@ def test_oml_decompress_picks_the_packaged_version_a_file_names(versions, tmp_pa
         ("v6-kodim05-crop.oml", "e0fd0727733917a5", 24.6302),
         ("v7-kodim05-crop.oml", "b43065c85c2409df", 24.8409),
         ("v8-kodim05-crop.oml", "3d6171f772d00c7a", 25.1305),
+        ("v9-kodim05-crop.oml", "b9e439e989ad8e6a", 25.6781),
     ],
 )
 def test_a_file_coded_with_earlier_shipped_weights_restores_with_them(tmp_path, name, fingerprint, psnr_db):
@@ -114,7 +115,7 @@ def test_a_file_coded_with_earlier_shipped_weights_restores_with_them(tmp_path, 
     hyperprior; v3: v2 plus a checkerboard context; v4: v3 trained jointly with its context for 14 000 more
     steps; v5: v4 trained 9 000 steps on 256² crops; v6: v5 trained 9 936 steps with --amp;
     v7: v6 trained 15 758 steps with --amp; v8: v7 trained 18 846 steps with --amp, the last N = 64
-    model) at quality 3, 3 adaptation steps, 128² tiles, before the next version shipped.
+    model; v9: v8 widened to N = 128 and trained 9 383 steps on one GPU) at quality 3, 3 adaptation steps, 128² tiles, before the next version shipped.
     `oml decompress` with no flags must find that version among the packaged weights by the
     file's fingerprint and restore it as coded: every tile's symbol check passes and the PSNR is
     the one measured when it was coded (the float synthesis may move a pixel by one grey level
