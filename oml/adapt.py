@@ -11,7 +11,8 @@ Step size (§5.2): the first iteration tries every γ in
 whenever the distortion does not improve. Every candidate is scored as the
 decoder will see it: λ rounded to float16 and the reconstruction rounded to
 8 bits. A candidate is accepted only if it lowers that score, so the current λ
-is always the best seen and rejected steps reuse its gradient.
+is always the best seen and rejected steps reuse its gradient. A candidate whose
+decoder output is not finite scores +inf.
 
 Faster than the paper's recipe: the first decoding block, which no adapted
 λ^k touches, runs once (:meth:`ModulatedSynthesis.prefix`); the step-size
@@ -109,7 +110,10 @@ def _trial(synthesis: ModulatedSynthesis, h: Tensor, x: Tensor, lambdas: Tensor,
         x_hat = synthesis.suffix(h, lam, lmbda_t)[..., : x.shape[-2], : x.shape[-1]]
         loss = distortion(metric, x_hat.clamp(0, 1), x) if graph else None
     with torch.no_grad():
-        score = distortion(metric, to_pixels(x_hat), x)
+        # A λ far off the coding range can overflow the decoder (exp of a large offset times a
+        # zero feature is NaN): such a candidate scores +inf, so it never wins the γ probe's argmin
+        # (argmin would pick a NaN) and is never accepted.
+        score = torch.nan_to_num(distortion(metric, to_pixels(x_hat), x), nan=float("inf"))
     return _Trial(score.detach(), loss, lam)
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from oml import tiling
-from oml.adapt import AdaptConfig, adapt, distortion
+from oml.adapt import LAMBDA_MAX, LAMBDA_MIN, AdaptConfig, adapt, distortion
 from oml.metrics import psnr
 from oml.models.latent import LatentCode
 from oml.models.variable_rate import VariableRateModel
@@ -229,6 +229,15 @@ def _check_header(h: Header, remaining: int) -> None:
         raise CodecError(f"damaged data: {h.num_tiles} tiles cannot fit in {remaining} bytes")
 
 
+def _check_lambdas(lambdas: Tensor, number: int) -> None:
+    """Every stored λ* is a float16 the encoder can write: finite, in [LAMBDA_MIN, LAMBDA_MAX] as float16."""
+    low, high = torch.tensor([LAMBDA_MIN, LAMBDA_MAX]).half().tolist()
+    values = lambdas.float()
+    if not bool(((values >= low) & (values <= high)).all()):  # NaN fails both comparisons
+        bad = values[~((values >= low) & (values <= high))][0].item()
+        raise CodecError(f"damaged data: tile {number} stores λ* = {bad}, outside [{low:g}, {high:g}]")
+
+
 def read(data: bytes) -> tuple[Header, list[TileRecord]]:
     """Parse and verify a whole coded image: checksum, header bounds, every tile's z shape."""
     r = _Reader(_verified(data))
@@ -240,6 +249,7 @@ def read(data: bytes) -> tuple[Header, list[TileRecord]]:
         expected = tuple(side // tiling.MULTIPLE for side in tiling.padded_size(tile.height, tile.width))
         if rec.z_shape != expected or len(rec.strings) != 2:
             raise CodecError(f"damaged data: tile {number} has z shape {rec.z_shape} and {len(rec.strings)} strings (expected {expected} and 2)")
+        _check_lambdas(rec.lambdas, number)
         tiles.append(rec)
     if r.pos != len(r.data):
         raise CodecError(f"damaged data: {len(r.data) - r.pos} unexpected trailing bytes")
@@ -269,8 +279,14 @@ def reconstruct_tile(model: VariableRateModel, y_hat: Tensor, lambdas: Tensor, l
     """The decoder's output for one tile: ŷ ``(1,M,h,w)``, λ* ``(K,)`` → uint8 ``(3, tile.height, tile.width)`` on the CPU.
 
     Encoder and decoder both call this, so their reconstructions are identical.
+
+    Raises:
+        CodecError: the decoder's output is not finite (λ* far off the coding range, which the
+            encoder never writes: casting NaN to uint8 differs between CPUs).
     """
     x_hat = model.synthesize(y_hat, lambdas.float().unsqueeze(0).to(y_hat.device), lmbda_t)
+    if not bool(torch.isfinite(x_hat).all()):
+        raise CodecError(f"the decoder's output is not finite with λ* {[float(v) for v in lambdas]}")
     return _to_uint8(tiling.crop(x_hat, tile.height, tile.width)[0]).cpu()
 
 
@@ -436,7 +452,10 @@ def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float
 
 def _accept(model: VariableRateModel, w: _TileWork, candidate: Tensor, lam_t: Tensor, lmbda_t: float, metric: str) -> _Choice:
     """Re-score on the exact decoder path (batch 1, 8-bit output) before accepting ``candidate``."""
-    recon = reconstruct_tile(model, w.code.y_hat, candidate, lmbda_t, w.tile)
+    try:
+        recon = reconstruct_tile(model, w.code.y_hat, candidate, lmbda_t, w.tile)
+    except CodecError:
+        return _Choice(lam_t, w.plain)
     with torch.no_grad():
         pixels = w.pixels.float().div(255).unsqueeze(0)
         d_new = distortion(metric, _to_float(recon), pixels)

@@ -113,3 +113,29 @@ def test_stopping_early_changes_nothing_but_the_work(random_default_model):
         assert torch.equal(getattr(early, field), getattr(full, field)), field
     assert early.seconds.shape == full.seconds.shape == (100,)
     assert full_calls == 1 + 6 + 99 and early_calls < full_calls / 2
+
+
+def test_a_probe_that_overflows_the_decoder_never_wins(random_default_model):
+    """Far off the coding range the decoder can overflow to NaN (exp of a large λ-offset times a
+    zero feature). torch's argmin picks a NaN: the γ search then started from that γ, rejected it
+    and halved from there, so for many iterations no tile moved (seen on the shipped model at q2
+    and q3: half the Kodak tiles unmoved after 5 iterations). A NaN probe must score +inf."""
+    model = random_default_model
+    x, _, h = _setup(model, natural_image(64, 128, seed=7))
+    plain = adapt(model.synthesis, h, x, 0.0035, steps=1)
+    assert plain.history[1, 0] < plain.history[0, 0]  # the first iteration helps on this tile
+    start, winner = torch.full((4,), 0.0035).half().float(), plain.lambdas.float()[0]
+    suffix = model.synthesis.suffix
+
+    def overflowing(h, lambdas, lmbda_t=None):
+        """NaN for every probe but the one that won (argmin would return the first NaN)."""
+        out = suffix(h, lambdas, lmbda_t)
+        kept = (lambdas == start).all(1) | (lambdas == winner).all(1)
+        return torch.where(kept[:, None, None, None], out, torch.full_like(out, float("nan")))
+
+    model.synthesis.suffix = overflowing
+    try:
+        res = adapt(model.synthesis, h, x, 0.0035, steps=1)
+    finally:
+        del model.synthesis.suffix
+    assert torch.equal(res.lambdas, plain.lambdas) and torch.equal(res.history, plain.history)

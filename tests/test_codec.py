@@ -181,6 +181,40 @@ def test_forged_tile_shapes_are_refused(coded):
         codec.read(codec.write(header, [records[0]._replace(strings=records[0].strings[:1]), *records[1:]]))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -0.0035, 5e-5, 2.0])
+def test_forged_lambdas_with_valid_checksums_are_refused(random_default_model, coded, value):
+    """λ* the encoder cannot write (it keeps λ in [1e-4, 1]) are refused when read: NaN, ±inf,
+    0 or a negative λ would reach log λ in the modulators and decode differently across CPUs."""
+    _, enc = coded
+    header, records = codec.read(enc.data)
+    lambdas = records[1].lambdas.clone()
+    lambdas[0, 2] = value
+    forged = codec.write(header, [records[0], records[1]._replace(lambdas=lambdas), *records[2:]])
+    with pytest.raises(codec.CodecError, match="tile 1 stores λ"):
+        codec.decode(random_default_model, forged)
+    edge = records[1].lambdas.clone()
+    edge[0] = torch.tensor([1e-4, 1.0, 1e-4, 1.0]).half()  # the range's own ends are readable
+    codec.read(codec.write(header, [records[0], records[1]._replace(lambdas=edge), *records[2:]]))
+
+
+def test_a_decoder_output_that_is_not_finite_is_an_error(random_default_model, coded):
+    """Casting NaN to uint8 is not defined the same on every CPU: a tile whose decoder output is not
+    finite is a CodecError, never pixels."""
+    import copy
+
+    _, enc = coded
+    header, records = codec.read(enc.data)
+    model = copy.deepcopy(random_default_model)
+    y_hat = codec.decode_tile_latent(model, header, records[0], 0, codec.tiling.tile_grid(header.height, header.width, header.tile)[0])
+    tile = codec.tiling.tile_grid(header.height, header.width, header.tile)[0]
+    lam = codec.plain_lambdas(header.num_lambdas, header.lmbda)
+    codec.reconstruct_tile(model, y_hat, lam, header.lmbda, tile)
+    with torch.no_grad():
+        next(p for p in reversed(list(model.synthesis.parameters())) if p.dim() == 1).fill_(float("inf"))
+    with pytest.raises(codec.CodecError, match="not finite"):
+        codec.reconstruct_tile(model, y_hat, lam, header.lmbda, tile)
+
+
 def test_decoding_is_bounded_by_max_pixels(random_default_model, coded):
     image, enc = coded
     with pytest.raises(codec.CodecError, match="over the limit"):
