@@ -229,13 +229,17 @@ def _check_header(h: Header, remaining: int) -> None:
         raise CodecError(f"damaged data: {h.num_tiles} tiles cannot fit in {remaining} bytes")
 
 
+# The λ range the encoder writes (adapt clamps to it before rounding), as float16 values.
+_LAMBDA_LOW16, _LAMBDA_HIGH16 = torch.tensor([LAMBDA_MIN, LAMBDA_MAX]).half().tolist()
+
+
 def _check_lambdas(lambdas: Tensor, number: int) -> None:
     """Every stored λ* is a float16 the encoder can write: finite, in [LAMBDA_MIN, LAMBDA_MAX] as float16."""
-    low, high = torch.tensor([LAMBDA_MIN, LAMBDA_MAX]).half().tolist()
     values = lambdas.float()
-    if not bool(((values >= low) & (values <= high)).all()):  # NaN fails both comparisons
-        bad = values[~((values >= low) & (values <= high))][0].item()
-        raise CodecError(f"damaged data: tile {number} stores λ* = {bad}, outside [{low:g}, {high:g}]")
+    outside = ~((values >= _LAMBDA_LOW16) & (values <= _LAMBDA_HIGH16))  # NaN fails both comparisons
+    if bool(outside.any()):
+        bad = values[outside][0].item()
+        raise CodecError(f"damaged data: tile {number} stores λ* = {bad}, outside [{_LAMBDA_LOW16:g}, {_LAMBDA_HIGH16:g}]")
 
 
 def read(data: bytes) -> tuple[Header, list[TileRecord]]:

@@ -20,7 +20,7 @@ from oml.models.latent import CheckerboardCodec, MeanScaleCodec
 @pytest.fixture(scope="module")
 def base():
     """The shipped default model without a context (v2's weights are what v3 builds on)."""
-    path = next(p for p in zoo.packaged_weights() if not zoo._has_context(torch.load(p, weights_only=True)["state_dict"]))
+    path = next(p for p in zoo.packaged_weights() if not zoo._has_context(zoo.read_weights(p)["state_dict"]))
     return zoo.load_model("oml-default", 1, weights=path)
 
 

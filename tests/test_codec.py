@@ -205,8 +205,8 @@ def test_a_decoder_output_that_is_not_finite_is_an_error(random_default_model, c
     _, enc = coded
     header, records = codec.read(enc.data)
     model = copy.deepcopy(random_default_model)
-    y_hat = codec.decode_tile_latent(model, header, records[0], 0, codec.tiling.tile_grid(header.height, header.width, header.tile)[0])
     tile = codec.tiling.tile_grid(header.height, header.width, header.tile)[0]
+    y_hat = codec.decode_tile_latent(model, header, records[0], 0, tile)
     lam = codec.plain_lambdas(header.num_lambdas, header.lmbda)
     codec.reconstruct_tile(model, y_hat, lam, header.lmbda, tile)
     with torch.no_grad():
