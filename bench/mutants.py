@@ -72,7 +72,7 @@ MUTANTS = [
            "the done marker is written before the Parquet files it commits",
            also=(('            storage.write_bytes(unit_uri(self.output, unit.index, "tiles"), tiles_file)\n'
                   '            storage.write_bytes(unit_uri(self.output, unit.index, "images"), images_file)\n        result', "        result"),)),
-    Mutant("accept-always", "oml/codec.py", "return candidate if bool(d_new < d_old) else lam_t", "return candidate",
+    Mutant("accept-always", "oml/codec.py", "return _Choice(candidate, recon) if bool(d_new < d_old) else _Choice(lam_t, w.plain)", "return _Choice(candidate, recon)",
            ("tests/test_adapt_reference.py",), "the encoder keeps λ* even when the exact decoder scores it worse"),
     Mutant("softplus-to-exp", "oml/models/modulator.py", "return F.softplus(self.fc2(F.relu(self.fc1(u))))", "return torch.exp(self.fc2(F.relu(self.fc1(u))))",
            ("tests/test_models.py",), "the modulator's scales use exp instead of softplus"),

@@ -255,19 +255,28 @@ def add_coding_arguments(p: argparse.ArgumentParser) -> None:
     rate.add_argument("--target-bpp", type=float, metavar="BPP", help="per image, the λ whose file is closest to this size in bits per pixel (within 3 %%)")
     p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS, help=f"model id (default {DEFAULT_MODEL})")
     p.add_argument("--weights", help="local oml weights file instead of the model's default source (on every node, for the archive)")
-    p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none)")
+    p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none; at most 200)")
     p.add_argument("--metric", nargs="+", default=["psnr"], choices=METRICS, help="adapt for these metrics; one λ* set each")
-    p.add_argument("--refine", type=int, default=0, metavar="N", help="latent-refinement iterations per tile, for the first metric (0: none; slower encoding, same decoder)")
+    p.add_argument("--refine", type=int, default=0, metavar="N", help="latent-refinement iterations per tile, for the first metric (0: none, at most 2000; slower encoding, same decoder)")
     p.add_argument("--tile", type=int, default=TILE, help="tile size in pixels (multiple of 64, default 512)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
 
 
+# Iterations per tile a command accepts: adaptation's gain saturates by about 20 steps and
+# refinement's by a few hundred (docs/RESULTS.md), and each costs a multiple of the plain encode
+# time, so a larger count is a typo, not a wish (10^9 would run for years).
+MAX_COUNTS = {"steps": 200, "refine": 2000}
+
+
 def check_counts(args: argparse.Namespace) -> None:
-    """UserError unless ``--steps`` and ``--refine`` (one value or a list) are 0 or more."""
-    for flag in ("steps", "refine"):
+    """UserError unless ``--steps`` and ``--refine`` (one value or a list) are within 0..MAX_COUNTS."""
+    for flag, most in MAX_COUNTS.items():
         values = getattr(args, flag, 0)
-        if any(n < 0 for n in (values if isinstance(values, list) else [values])):
+        values = values if isinstance(values, list) else [values]
+        if any(n < 0 for n in values):
             raise UserError(f"--{flag} must be 0 or more")
+        if any(n > most for n in values):
+            raise UserError(f"--{flag} must be at most {most} iterations per tile")
 
 
 def build_parser() -> argparse.ArgumentParser:
