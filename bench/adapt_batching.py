@@ -1,7 +1,7 @@
 """Batched or one-at-a-time step-size probes: the time of one adaptation, measured in one run.
 
 On a GPU a batch of six probes is one kernel launch per layer; on a CPU the batch
-can be slower than six passes. This prints the ratio for this machine, which is
+can be slower than six passes. This prints the ratio on the machine it runs on, which is
 what sets ``oml.adapt.adapt``'s default ``probe_chunk`` (6 on CUDA, 1 on CPU).
 
     python bench/adapt_batching.py --steps 5 --repeats 3

@@ -3,8 +3,8 @@
     python bench/mutants.py                 # every mutant, about 8 minutes on 2 cores
     python bench/mutants.py --only crc-check-disabled tiling-crop-reversed
 
-Each mutant is one small, plausible bug (the first nine are those the test issue found, most of
-which used to pass every test). For each, the tracked files are copied to a temporary folder
+Each mutant is one small, plausible bug (the first nine are bugs in the algorithm's core, most of
+which once passed every test). For each, the tracked files are copied to a temporary folder
 (with ``../shared`` linked beside it), the bug is written into the copy, and the tests that
 guard that code run there. A mutant is
 
@@ -50,7 +50,7 @@ class Mutant:
 
 
 MUTANTS = [
-    # the nine bugs of the test issue
+    # the algorithm's core: adaptation, codec, modulator, tiling, the archive's commit order
     Mutant("halve-gamma-by-4", "oml/adapt.py", "gamma = torch.where(better, gamma, gamma / 2)", "gamma = torch.where(better, gamma, gamma / 4)",
            ("tests/test_adapt_reference.py",), "the step size is quartered, not halved, when distortion does not improve"),
     Mutant("gamma-set-shifted", "oml/adapt.py", "GAMMAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)", "GAMMAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)",

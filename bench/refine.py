@@ -1,7 +1,7 @@
 """Latent refinement on Kodak: RD at every quality for a ladder of --refine N, alone and with
 online adaptation, BD-rates against plain coding and against JPEG/WebP/AVIF, and the time it costs.
 
-    python bench/refine.py --out docs/data/refine --images 4 --refine 0 25 100 400   # RESULTS §10 (about an hour on 2 cores)
+    python bench/refine.py --out docs/data/refine --images 4 --refine 0 25 100 400   # the refinement ladder (about an hour on 2 cores)
     python bench/refine.py --out /tmp/r --images 2 --refine 0 25  # a quick look
     python bench/refine.py --study --out docs/data/refine         # gain against iterations, up to 2000, on crops
     python bench/refine.py --decode-timing --out /tmp/r           # decode time: refined against plain file

@@ -79,7 +79,7 @@ def region_decode(archive: Path, scratch: Path, name: str, size: int) -> dict:
     """Restore ``name`` whole and a 512² window in its middle: seconds of the Ray jobs and of the
     decoding alone, tiles decoded, bytes of tiles files read (as the jobs report them); and what
     the row groups that let a window read less cost in storage (the same tiles files written as
-    one row group each, the layout before session 8)."""
+    one row group each, as archives written before row-group spans were)."""
     from oml import codec, tiling
     from pipeline import schema, storage
     from pipeline.archive import DecompressConfig, ModelConfig, get_model, run_decompress

@@ -39,7 +39,7 @@ that situation: every crop takes one inner step on its own λ vector, in log λ,
 along the normalised gradient of its distortion, and the outer loss is the
 mean of the task loss before and after that step, differentiated through the
 step (second order). Ψ learns λ^k responses that one λ step can use, while
-decoding at λ_t stays trained. (Measured in docs/RESULTS.md: it buys larger
+decoding at λ_t stays trained. (Measured, docs/MODELS.md: it buys larger
 adaptation gains with worse plain decoding, partly through a shortcut, a shift
 shared by all images that the step then undoes.)
 

@@ -281,7 +281,7 @@ def _one_step(cfg: MetaTrainConfig, mode: MetaMode, model: VariableRateModel, ps
 
 def run_metatrain_here(cfg: MetaTrainConfig) -> MetaTrainResult:
     """The same meta-training as one worker in this process, without Ray: for a machine that has a
-    GPU but no Ray (a lent device: ``scripts/gpu_train.sh``). It keeps no checkpoints (a killed run
+    GPU but no Ray (``scripts/train_gpu.sh``). It keeps no checkpoints (a killed run
     starts over) and draws exactly what a one-worker Ray run draws, so both write the same Ψ."""
     if cfg.num_workers != 1:
         raise ValueError(f"--no-ray runs one worker in this process: pass --num-workers 1, not {cfg.num_workers}")

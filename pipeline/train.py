@@ -228,7 +228,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
         began = time.monotonic()
         while step < cfg.steps:
             progress = (time.monotonic() - began) / cfg.seconds if cfg.seconds > 0 else 0.0
-            if progress >= 1.0:  # a time-budgeted run (a GPU lease) ends here, with a checkpoint
+            if progress >= 1.0:  # a time-budgeted run (--seconds) ends here, with a checkpoint
                 save_atomic(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
                 log.write(json.dumps({"event": "time_up", "step": step, "seconds": cfg.seconds}) + "\n")
                 break
@@ -337,7 +337,7 @@ def save_resume_point(checkpoint: str | Path, out_path: str | Path) -> Path:
 
     Resuming re-warms a fresh optimizer and restarts the average from these weights; the average
     is what gets exported, and float16 is how the model ships, so nothing a user sees is lost
-    (docs/RESULTS.md §1 measures it). About a quarter of a full checkpoint without its optimizer.
+    (docs/DESIGN.md, "Compact resume points"). About a quarter of a full checkpoint without its optimizer.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "model" not in state:

@@ -241,7 +241,7 @@ def test_photos_smaller_than_the_crop_are_left_out_and_counted(tmp_path):
 
 
 def test_a_time_budget_stops_with_a_checkpoint_after_a_decay_to_the_final_rate(tmp_path):
-    """--seconds (a GPU lease): the run stops when the time is up, not at --steps, writes its
+    """--seconds (a wall-clock budget): the run stops when the time is up, not at --steps, writes its
     checkpoint there, and its learning rate has decayed to --final-lr by the end."""
     from oml.train import lr_by_time
 

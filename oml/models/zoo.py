@@ -319,7 +319,7 @@ def _compressai_base(name: str, quality: int, pretrained: bool, download: bool =
         if not cached.is_file():
             raise ModelUnavailableError(
                 f"{name} quality {quality} is not in the local cache ({cached}); decoding never downloads "
-                f"(a file names its model, so a download would let any file make this machine fetch): "
+                f"(a file names its model, so a download would let any file make the decoder fetch a URL): "
                 f"get {url} yourself, or pass --weights"
             )
     try:
