@@ -24,24 +24,24 @@ def main(argv: list[str]) -> int:
         raise SystemExit(__doc__)
     from oml.imageio import decode_image
     from oml.models.default import OMLHyperprior
+    from oml.models.weights import TrainingState, Weights, default_training_weights, load_state
 
     torch.set_num_threads(1)
-    state = torch.load(argv[0], weights_only=True, map_location="cpu")
-    widths = state.get("config", {})  # weights files and training checkpoints both record N and M
-    n, m = widths.get("N", 64), widths.get("M", 128)
-    if "format" in state:  # a shipped weights file: its training model, as a run resumes from it
-        from oml.models.zoo import default_training_weights
-
-        weights, steps = default_training_weights(argv[0], n, m)
-        state = {"step": steps}
+    state = load_state(argv[0])
+    if isinstance(state, Weights):  # a shipped weights file: its training model, as a run resumes from it
+        n, m = state.architecture.N, state.architecture.M
+        weights, step = default_training_weights(state, n, m)
+    elif isinstance(state, TrainingState):  # a run's checkpoint records its widths in its config
+        n, m = state.config.get("N", 64), state.config.get("M", 128)
+        weights, step = state.ema if state.ema is not None else state.model, state.step
     else:
-        weights = state.get("ema", state["model"])
+        raise SystemExit(f"{argv[0]} is neither an oml weights file nor a base-training checkpoint")
     model = OMLHyperprior(n, m)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, strict=False)
     model.eval()
     kodak = sorted((ROOT.parent / "shared" / "data" / "kodak").glob("*.png"))[:8]
     x = torch.stack([decode_image(p.read_bytes())[:, :256, :256] for p in kodak]).float() / 255
-    print(f"step {state.get('step')}: PSNR of g_s(g_a(x)) on {len(kodak)} Kodak crops")
+    print(f"step {step}: PSNR of g_s(g_a(x)) on {len(kodak)} Kodak crops")
     print("| λ | y continuous | y rounded |\n|---|---|---|")
     with torch.no_grad():
         for lmbda in (0.0018, 0.0067, 0.013, 0.025, 0.0483):

@@ -5,10 +5,12 @@
     git mv oml/weights/oml-default.pt oml/weights/oml-default-v9.pt
     python jobs/overlay_weights.py runs/meta/branches/oml-default-meta-offset.pt \\
         oml/weights/oml-default-v9.pt oml/weights/oml-default.pt
+    python jobs/release_weights.py v10
 
-The overlay loads wherever its base lies beside it (found by SHA-256, so the base may be renamed
-later) and decodes exactly as the whole file does: re-trained λ-offset branches ship in kilobytes
-instead of a second copy of the model (docs/DESIGN.md, "Shipped weights").
+The overlay loads wherever its base lies beside it or is a release on the weights path (found by
+SHA-256, so the base may be renamed later) and decodes exactly as the whole file does: re-trained
+λ-offset branches ship in kilobytes instead of a second copy of the model (docs/DESIGN.md,
+"Shipped weights").
 """
 
 from __future__ import annotations

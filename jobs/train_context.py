@@ -1,7 +1,7 @@
 r"""Train a checkerboard context on a frozen default model and write its weights file (v3).
 
     python jobs/train_context.py --data-dir ../shared/data/train --out-dir runs/context \
-        --weights oml/weights/oml-default-v2.pt
+        --weights weights/oml-default-v2.pt
 
 Latents of random crops are computed once with the frozen model; the context then
 trains on rate alone (minutes on two CPU cores). OUT_DIR/oml-default.pt holds the

@@ -28,7 +28,6 @@ meta-trained modulators) and the JSON-lines metric log beside it.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import tempfile
@@ -42,6 +41,7 @@ import torch
 from oml.imageio import decode_image
 from oml.meta import MetaMode, MetaStepResult, MetaTask, encode_frozen, meta_step, prepare_meta, sample_task_lambdas
 from oml.models.variable_rate import VariableRateModel
+from oml.models.weights import MetaState, TrainingState, Weights, load_meta_state, load_state, save_meta_state
 from oml.models.zoo import DEFAULT_MODEL, is_derived_buffer, load_model, save_weights
 from oml.train import random_crops
 from pipeline import storage
@@ -123,12 +123,12 @@ def load_shard(data_dir: str, crop: int, rank: int, world: int) -> list[torch.Te
     return usable
 
 
-def _from_training_checkpoint(state: dict, origin: str) -> VariableRateModel:
+def _from_training_checkpoint(state: TrainingState, origin: str) -> VariableRateModel:
     """The default model from a base-training checkpoint ``{"model": OMLHyperprior state_dict, ...}``."""
     model = load_model(DEFAULT_MODEL, pretrained=False)
     # The coder tables are rebuilt from the weights (a training checkpoint's are stale or empty),
     # so they are left out, past CompressAI's load_state_dict, which insists on them.
-    weights = {k: v for k, v in state["model"].items() if not is_derived_buffer(k)}
+    weights = {k: v for k, v in state.model.items() if not is_derived_buffer(k)}
     missing, unexpected = torch.nn.Module.load_state_dict(model.encoders["0"], weights, strict=False)
     missing = [k for k in missing if not is_derived_buffer(k)]
     if missing or unexpected:
@@ -147,9 +147,14 @@ def load_base_model(cfg: MetaTrainConfig) -> VariableRateModel:
     return model
 
 
-def _read_weights(cfg: MetaTrainConfig) -> tuple[bytes, dict]:
-    data = storage.read_bytes(cfg.weights)
-    return data, torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+def _read_base(cfg: MetaTrainConfig) -> Weights | TrainingState:
+    """``cfg.weights``: an oml weights file (a local overlay finds its base beside it) or a
+    base-training checkpoint, local or a URL."""
+    source = storage.normalize(cfg.weights) if storage.is_local(cfg.weights) else storage.read_bytes(cfg.weights)
+    state = load_state(source, cfg.weights)
+    if not isinstance(state, Weights | TrainingState):
+        raise ValueError(f"{cfg.weights} is a meta-training checkpoint, not an oml weights file or base-training checkpoint")
+    return state
 
 
 def base_trained_steps(cfg: MetaTrainConfig) -> int | None:
@@ -157,27 +162,19 @@ def base_trained_steps(cfg: MetaTrainConfig) -> int | None:
     None: the meta-trained file records it too, so base training can resume from that file."""
     if not cfg.weights:
         return None
-    state = _read_weights(cfg)[1]
-    if not isinstance(state, dict):
-        return None
-    steps = state.get("trained_steps" if "format" in state else "step")
-    return None if steps is None else int(steps)
+    state = _read_base(cfg)
+    return state.trained_steps if isinstance(state, Weights) else state.step
 
 
 def _load_base(cfg: MetaTrainConfig) -> VariableRateModel:
     if not cfg.weights:
         return load_model(cfg.model, cfg.quality, pretrained=cfg.pretrained, all_qualities=True)
-    data, state = _read_weights(cfg)
-    if isinstance(state, dict) and "model" in state and "format" not in state:
+    state = _read_base(cfg)
+    if isinstance(state, TrainingState):
         if cfg.model != DEFAULT_MODEL:
             raise ValueError(f"{cfg.weights} is a base-training checkpoint of {DEFAULT_MODEL}, not of {cfg.model}")
         return _from_training_checkpoint(state, cfg.weights)
-    if storage.is_local(cfg.weights):  # read in place: an overlay's base lies beside it
-        return load_model(cfg.model, cfg.quality, weights=storage.normalize(cfg.weights))
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / "weights.pt"
-        local.write_bytes(data)
-        return load_model(cfg.model, cfg.quality, weights=local)
+    return load_model(cfg.model, cfg.quality, weights=state)
 
 
 def _average_across_workers(tensors: list[torch.Tensor]) -> None:
@@ -226,13 +223,13 @@ def _restore(checkpoint, cfg: MetaTrainConfig, model: VariableRateModel, optimiz
     if checkpoint is None:
         return []
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
-    _check_resumable(state["config"], cfg)
-    model.synthesis.load_state_dict(state["synthesis"])
-    optimizer.load_state_dict(state["optimizer"])
-    if len(state["log"]) != state["step"]:
-        raise ValueError(f"corrupt checkpoint: step {state['step']} but {len(state['log'])} logged steps")
-    return list(state["log"])
+        state = load_meta_state(Path(folder) / STATE_FILE, map_location=device)
+    _check_resumable(state.config, cfg)
+    model.synthesis.load_state_dict(state.synthesis)
+    optimizer.load_state_dict(state.optimizer)
+    if len(state.log) != state.step:
+        raise ValueError(f"corrupt checkpoint: step {state.step} but {len(state.log)} logged steps")
+    return list(state.log)
 
 
 def _train_loop(loop_config: dict) -> None:
@@ -264,7 +261,7 @@ def _train_loop(loop_config: dict) -> None:
             if rank == 0:
                 print(json.dumps({k: round(v, 5) for k, v in window.items()}), flush=True)
             if at_checkpoint:
-                _report_checkpoint(window, rank, {"synthesis": model.synthesis.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "log": log, "config": dataclasses.asdict(cfg)})
+                _report_checkpoint(window, rank, MetaState(model.synthesis.state_dict(), optimizer.state_dict(), step, log, dataclasses.asdict(cfg)))
             else:
                 ray.train.report(window)
 
@@ -309,16 +306,16 @@ def _window_mean(rows: list[dict]) -> dict[str, float]:
     return {"step": rows[-1]["step"], **mean}
 
 
-def _report_checkpoint(metrics: dict, rank: int, state: dict) -> None:
+def _report_checkpoint(metrics: dict, rank: int, state: MetaState) -> None:
     """Report with a checkpoint: rank 0 writes the state, every rank takes part in the report."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as folder:
         saved = None
         if rank == 0:
-            torch.save(state, Path(folder) / STATE_FILE)
+            save_meta_state(state, Path(folder) / STATE_FILE)
             saved = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"step_{state['step']:08d}")
+        ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"step_{state.step:08d}")
 
 
 def _resolve_paths(cfg: MetaTrainConfig) -> MetaTrainConfig:
@@ -370,6 +367,6 @@ def run_metatrain(cfg: MetaTrainConfig) -> MetaTrainResult:
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.name!r} under {cfg.storage_path} ended without a checkpoint")
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    log = _write_outputs(model, state, cfg.output, base_trained_steps(cfg))
-    return MetaTrainResult(cfg.output, log, result.checkpoint.path, int(state["step"]), state["log"][-1])
+        state = load_meta_state(Path(folder) / STATE_FILE)
+    log = _write_outputs(model, state.as_dict(), cfg.output, base_trained_steps(cfg))
+    return MetaTrainResult(cfg.output, log, result.checkpoint.path, state.step, state.log[-1])

@@ -17,7 +17,7 @@ import torch
 
 from oml.imageio import decode_image
 from oml.models.default import OMLHyperprior
-from oml.models.zoo import is_constant, save_atomic, weights_under
+from oml.models.weights import TrainingState, Weights, is_constant, load_state, save_training_state, stored_config, weights_under
 from oml.train import configure_optimizers, lr_at, lr_by_time, random_crops, rd_loss, sample_lambdas, train_step
 from pipeline import storage
 
@@ -111,22 +111,19 @@ def context_weights(weights_file: str | Path) -> dict[str, torch.Tensor]:
     return found
 
 
-def _resume_state(source: Path, cfg: BaseTrainConfig) -> dict:
+def _resume_state(source: Path, cfg: BaseTrainConfig) -> TrainingState:
     """What a run starts from: a checkpoint (``last.pt``, a compact resume point) as it is, or a
     shipped oml weights file of the default model read as a compact resume point
-    (:func:`oml.models.zoo.default_training_weights`)."""
-    from oml.models.zoo import default_training_weights
+    (:func:`oml.models.weights.default_training_weights`)."""
+    from oml.models.weights import default_training_weights
 
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types for foreign bytes; all mean the same here
-        raise ValueError(f"{source} is not a training checkpoint, resume point or oml weights file ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or ("format" not in state and "model" not in state):
+    state = load_state(source)
+    if isinstance(state, Weights):
+        weights, steps = default_training_weights(state, cfg.N, cfg.M)
+        return TrainingState(weights, steps, compact=True)
+    if not isinstance(state, TrainingState):
         raise ValueError(f"{source} is not a training checkpoint, resume point or oml weights file")
-    if "format" not in state:
-        return state
-    weights, steps = default_training_weights(source, cfg.N, cfg.M)
-    return {"model": weights, "step": steps, "config": {}, "compact": True}
+    return state
 
 
 def training_device(name: str) -> torch.device:
@@ -158,14 +155,8 @@ def resolve_widths(cfg: BaseTrainConfig) -> BaseTrainConfig:
     default model's first widths (64, 128)."""
     if cfg.N and cfg.M:
         return cfg
-    found, source = {}, _start_point(cfg)
-    if source is not None and source.is_file():
-        try:  # memory-mapped: only the config is read here; the run loads the file itself
-            state = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # unreadable: _resume_state reports it in one line
-            state = None
-        if isinstance(state, dict) and isinstance(state.get("config"), dict):
-            found = state["config"]
+    source = _start_point(cfg)
+    found = stored_config(source) if source is not None and source.is_file() else {}
     return dataclasses.replace(cfg, N=cfg.N or int(found.get("N", 64)), M=cfg.M or int(found.get("M", 128)))
 
 
@@ -184,7 +175,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
         raise ValueError(f"no training image in {cfg.data_dir} is at least {cfg.crop}x{cfg.crop} (--crop)")
     source = _start_point(cfg)
     state = _resume_state(source, cfg) if source is not None else None
-    has_context = bool(cfg.context_from) or (state is not None and any(k.startswith("context.") for k in state["model"]))
+    has_context = bool(cfg.context_from) or (state is not None and any(k.startswith("context.") for k in state.model))
     model = OMLHyperprior(cfg.N, cfg.M, context=has_context)
     optimizer, aux_optimizer = configure_optimizers(model, cfg.lr, cfg.aux_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -197,18 +188,18 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
         # weights file resumes weights, average and step, and re-warms a fresh optimizer.
         # Architecture constants (the likelihood and scale lower bounds) are the model's own: a
         # float16 resume point holds the 1e-9 likelihood bound as 0, which lets log2(0) through.
-        weights = {k: v for k, v in state["model"].items() if not is_constant(k)}
+        weights = {k: v for k, v in state.model.items() if not is_constant(k)}
         weights.update({k: v for k, v in model.state_dict().items() if is_constant(k)})
         if not any(k.startswith("context.") for k in weights):
             weights.update({k: v for k, v in model.state_dict().items() if k.startswith("context.")})
         model.load_state_dict(weights)
-        ema = state.get("ema", {k: v.detach().clone() for k, v in model.state_dict().items()})
+        ema = state.ema if state.ema is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
         for k, v in model.state_dict().items():  # a context that joins the run starts its average here
             ema.setdefault(k, v.detach().clone())
-        step = int(state.get("step", 0))
-        if "optimizer" in state:
-            optimizer.load_state_dict(state["optimizer"])
-            aux_optimizer.load_state_dict(state["aux_optimizer"])
+        step = state.step
+        if state.optimizer is not None:
+            optimizer.load_state_dict(state.optimizer)
+            aux_optimizer.load_state_dict(state.aux_optimizer)
         else:
             fresh_optimizer_at = step
         gen.manual_seed(cfg.seed + step)
@@ -229,7 +220,7 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
         while step < cfg.steps:
             progress = (time.monotonic() - began) / cfg.seconds if cfg.seconds > 0 else 0.0
             if progress >= 1.0:  # a time-budgeted run (--seconds) ends here, with a checkpoint
-                save_atomic(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
+                save_training_state(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
                 log.write(json.dumps({"event": "time_up", "step": step, "seconds": cfg.seconds}) + "\n")
                 break
             if cfg.seconds > 0:
@@ -254,12 +245,12 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
                 log.write(json.dumps({"step": step, "eval": evaluate(model, held_imgs, held_lambdas)}) + "\n")
                 log.flush()
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_atomic(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
+                save_training_state(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
     return ckpt_path
 
 
-def _checkpoint(model, ema, optimizer, aux_optimizer, step: int, cfg: BaseTrainConfig) -> dict:
-    return {"model": model.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": dataclasses.asdict(cfg)}
+def _checkpoint(model, ema, optimizer, aux_optimizer, step: int, cfg: BaseTrainConfig) -> TrainingState:
+    return TrainingState(model.state_dict(), step, dataclasses.asdict(cfg), ema, optimizer.state_dict(), aux_optimizer.state_dict())
 
 
 def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: bool = True, ema: bool = True, offsets_from: str | Path | None = None) -> Path:
@@ -273,12 +264,14 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
     """
     from oml.models.zoo import is_derived_buffer, load_model, untrained_default_model
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if "format" in state:
-        return _save_default(load_model("oml-default", weights=checkpoint), out_path, half, state.get("trained_steps"))
-    cfg = state.get("config", {})
+    state = load_state(checkpoint)
+    if isinstance(state, Weights):
+        return _save_default(load_model("oml-default", weights=state), out_path, half, state.trained_steps)
+    if not isinstance(state, TrainingState):
+        raise ValueError(f"{checkpoint} is not a base-training checkpoint or oml weights file")
+    cfg = state.config
     model = untrained_default_model(int(cfg.get("N", 64)), int(cfg.get("M", 128)))  # the weights file records N, M
-    source = state["ema"] if ema and "ema" in state else state["model"]
+    source = state.ema if ema and state.ema is not None else state.model
     if any(k.startswith("context.") for k in source):  # trained jointly with a checkerboard context
         from oml.models.checkerboard import CheckerboardContext
 
@@ -294,7 +287,7 @@ def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: b
         model.synthesis.add_offsets()
         model.synthesis.offsets.load_state_dict(branches)
     model.update_entropy_models()
-    return _save_default(model, out_path, half, state.get("step"))
+    return _save_default(model, out_path, half, state.step)
 
 
 def widen_default_weights(source: str | Path, out_path: str | Path, N: int, seed: int = 0) -> Path:
@@ -339,12 +332,12 @@ def save_resume_point(checkpoint: str | Path, out_path: str | Path) -> Path:
     is what gets exported, and float16 is how the model ships, so nothing a user sees is lost
     (docs/DESIGN.md, "Compact resume points"). About a quarter of a full checkpoint without its optimizer.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if "model" not in state:
+    state = load_state(checkpoint)
+    if not isinstance(state, TrainingState):
         raise ValueError(f"{checkpoint} is not a base-training checkpoint (no model state): no resume point to write")
-    weights = state.get("ema", state["model"])
+    weights = state.ema if state.ema is not None else state.model
     compact = {k: (v.half() if v.is_floating_point() and not is_constant(k) else v) for k, v in weights.items()}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({"model": compact, "step": state["step"], "config": state.get("config", {}), "compact": True}, out_path)
+    save_training_state(TrainingState(compact, state.step, state.config, compact=True), out_path)
     return out_path

@@ -15,12 +15,13 @@ from oml.imageio import decode_image, encode_png
 from oml.models import zoo
 from oml.models.checkerboard import CheckerboardContext, anchor_mask
 from oml.models.latent import CheckerboardCodec, MeanScaleCodec
+from oml.models.weights import load_weights
 
 
 @pytest.fixture(scope="module")
 def base():
     """The shipped default model without a context (v2's weights are what v3 builds on)."""
-    path = next(p for p in zoo.packaged_weights() if not zoo._has_context(zoo.read_weights(p)["state_dict"]))
+    path = next(p for p in zoo.packaged_weights() if not load_weights(p).architecture.context)
     return zoo.load_model("oml-default", 1, weights=path)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from oml.models.weights import TrainingState, load_weights, save_training_state
 from pipeline.metatrain import (
     MetaTrainConfig,
     _average_across_workers,
@@ -67,7 +68,7 @@ def test_base_training_checkpoint_and_weights_file_load_the_same_model(tmp_path)
     torch.manual_seed(3)
     net = OMLHyperprior()
     ckpt = tmp_path / "last.pt"
-    torch.save({"model": net.state_dict(), "step": 7}, ckpt)
+    save_training_state(TrainingState(net.state_dict(), 7), ckpt)
     from_ckpt = load_base_model(MetaTrainConfig(weights=str(ckpt)))
     for name, p in net.state_dict().items():
         if not is_derived_buffer(name):
@@ -130,7 +131,7 @@ def test_gradients_are_averaged_across_gloo_workers(tmp_path):
         port = s.getsockname()[1]
     mp.start_processes(_average_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
     for rank in range(2):
-        first, second = torch.load(tmp_path / f"{rank}.pt")
+        first, second = torch.load(tmp_path / f"{rank}.pt", weights_only=True)
         torch.testing.assert_close(first, torch.full((2, 3), 0.5))
         torch.testing.assert_close(second, torch.arange(4.0) * 1.5)
     alone = [torch.ones(3)]
@@ -169,8 +170,8 @@ def test_meta_trained_file_keeps_the_base_training_step(tmp_path):
     assert base_trained_steps(cfg) == 123
     out = tmp_path / "meta.pt"
     _write_outputs(load_base_model(cfg), {"synthesis": base.synthesis.state_dict(), "log": [{"step": 1}]}, str(out), base_trained_steps(cfg))
-    assert torch.load(out, weights_only=True)["trained_steps"] == 123
+    assert load_weights(out).trained_steps == 123
     ckpt = tmp_path / "last.pt"
-    torch.save({"model": OMLHyperprior().state_dict(), "step": 7}, ckpt)
+    save_training_state(TrainingState(OMLHyperprior().state_dict(), 7), ckpt)
     assert base_trained_steps(MetaTrainConfig(weights=str(ckpt))) == 7
     assert base_trained_steps(MetaTrainConfig(pretrained=False)) is None

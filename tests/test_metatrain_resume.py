@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from oml.models.weights import load_meta_state, load_weights
+
 from .conftest import natural_image
 
 pytest.importorskip("ray.train")
@@ -70,7 +72,7 @@ def _checkpoint_logs(run_dir: Path) -> dict[int, list[dict]]:
     for folder in run_dir.glob("step_*"):
         state = folder / "meta_state.pt"
         if state.exists():
-            logs[int(folder.name[len("step_") :])] = torch.load(state, weights_only=True)["log"]
+            logs[int(folder.name[len("step_") :])] = load_meta_state(state).log
     return logs
 
 
@@ -131,9 +133,9 @@ def test_killed_metatrain_resumes_from_its_checkpoint(tmp_path, ray_address):
     from oml.models.zoo import load_model
 
     model = load_model("oml-default", weights=run_dir / "oml-default-meta-maml2.pt")
-    final = torch.load(sorted(run_dir.glob("step_*"))[-1] / "meta_state.pt", weights_only=True)
-    assert final["step"] == STEPS
-    for key, value in final["synthesis"].items():
+    final = load_meta_state(sorted(run_dir.glob("step_*"))[-1] / "meta_state.pt")
+    assert final.step == STEPS
+    for key, value in final.synthesis.items():
         torch.testing.assert_close(model.synthesis.state_dict()[key], value)
 
 
@@ -165,6 +167,6 @@ def test_without_ray_one_process_trains_what_a_one_worker_ray_run_trains(tmp_pat
     assert [r["step"] for r in rows[1]] == [1, 2, 3]
     for x, y in zip(*rows):
         assert x["loss_before"] == pytest.approx(y["loss_before"], rel=1e-5)
-    assert torch.load(here.weights, weights_only=True)["trained_steps"] == 42
+    assert load_weights(here.weights).trained_steps == 42
     with pytest.raises(ValueError, match="--num-workers 1"):
         run_metatrain_here(MetaTrainConfig(name="two", ray=False, **(common | {"num_workers": 2})))

@@ -8,6 +8,7 @@ import torch
 from oml import codec
 from oml.models.modulator import Modulator, encode_lambda
 from oml.models.zoo import ZOO, ModelUnavailableError, load_model, quality_group, save_weights
+from oml.models.weights import read_stored
 
 from .conftest import natural_image
 
@@ -152,7 +153,7 @@ def test_half_precision_weights_keep_the_architecture_constants(random_default_m
     so rate estimates stay finite."""
     path = tmp_path / "half.pt"
     save_weights(random_default_model, path, torch.float16)
-    stored = torch.load(path, weights_only=True)["state_dict"]
+    stored = read_stored(path)["state_dict"]
     assert not [k for k in stored if k.endswith((".pedestal", ".bound"))]
     loaded = load_model("oml-default", weights=path)
     fresh = load_model("oml-default", pretrained=False)

@@ -211,9 +211,10 @@ def test_an_unreachable_object_store_is_one_line(monkeypatch, capsys):
 
 def test_working_dir_upload_holds_what_jobs_run_and_stays_far_below_rays_limit(tmp_path):
     """What ``ray job submit --working-dir .`` uploads, zipped by Ray's own packaging with the
-    excludes it applies (its defaults, .gitignore, .rayignore): the code and every shipped weights
-    file (old archives restore on the cluster), no history, docs or tests, and under half of the
-    size at which Ray starts to warn (its hard limit is twice that)."""
+    excludes it applies (its defaults, .gitignore, .rayignore): the code and every released weights
+    file (the package's and the older ones in weights/: old archives restore on the cluster), no
+    history, docs or tests, and under half of the size at which Ray starts to warn (its hard limit
+    is twice that)."""
     import zipfile
 
     from ray._private import ray_constants
@@ -222,7 +223,7 @@ def test_working_dir_upload_holds_what_jobs_run_and_stays_far_below_rays_limit(t
     package = tmp_path / "upload.zip"
     packaging.create_package(str(ROOT), package, include_gitignore=True, excludes=ray_constants.get_runtime_env_default_excludes())
     names = set(zipfile.ZipFile(package).namelist())
-    weights = {p.relative_to(ROOT).as_posix() for p in (ROOT / "oml" / "weights").glob("*.pt")}
+    weights = {p.relative_to(ROOT).as_posix() for p in [*(ROOT / "oml" / "weights").glob("*"), *(ROOT / "weights").glob("*.pt")]}
     assert {"jobs/compress.py", "jobs/decompress.py", "oml/codec.py", "pipeline/archive_cli.py"} | weights <= names
     assert not [n for n in names if n.split("/")[0] in (".git", ".venv", "docs", "tests", "bench", "runs", "training")]
     assert package.stat().st_size < packaging.PACKAGE_SIZE_WARNING / 2

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from oml.models.weights import load_training_state, load_weights, save_training_state
 from oml.models.zoo import is_constant, is_table, load_model, save_weights
 from oml.names import ModelUnavailableError
 from pipeline.train import BaseTrainConfig, export_default_weights, run_base_training, save_resume_point
@@ -32,28 +33,28 @@ def _starts(log):
 def test_training_resumes_where_it_stopped(tmp_path):
     out = tmp_path / "run"
     run_base_training(_config(tmp_path, out, steps=4))
-    first = torch.load(out / "last.pt", weights_only=True)
-    assert first["step"] == 4 and "ema" in first and "optimizer" in first
+    first = load_training_state(out / "last.pt")
+    assert first.step == 4 and first.ema is not None and first.optimizer is not None
     run_base_training(_config(tmp_path, out, steps=6))
     assert _starts(out / "train_log.jsonl") == [0, 4]
-    assert torch.load(out / "last.pt", weights_only=True)["step"] == 6
+    assert load_training_state(out / "last.pt").step == 6
 
 
 def test_committed_resume_point_continues_the_step_count(tmp_path):
     run_base_training(_config(tmp_path, tmp_path / "a", steps=2))
     point = save_resume_point(tmp_path / "a" / "last.pt", tmp_path / "resume.pt")
-    compact = torch.load(point, weights_only=True)
-    assert "optimizer" not in compact and "ema" not in compact
-    average = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["ema"]
-    constants = {k for k in compact["model"] if is_constant(k)}  # bounds, GDN's pedestal
-    weights = {k: v for k, v in compact["model"].items() if v.is_floating_point() and k not in constants}
+    compact = load_training_state(point)
+    assert compact.compact and compact.optimizer is None and compact.ema is None
+    average = load_training_state(tmp_path / "a" / "last.pt").ema
+    constants = {k for k in compact.model if is_constant(k)}  # bounds, GDN's pedestal
+    weights = {k: v for k, v in compact.model.items() if v.is_floating_point() and k not in constants}
     assert weights and all(v.dtype == torch.float16 and torch.equal(v, average[k].half()) for k, v in weights.items())
-    assert constants and all(torch.equal(compact["model"][k], average[k]) for k in constants)
-    bound = compact["model"]["gaussian_conditional.likelihood_lower_bound.bound"]
+    assert constants and all(torch.equal(compact.model[k], average[k]) for k in constants)
+    bound = compact.model["gaussian_conditional.likelihood_lower_bound.bound"]
     assert bound.dtype == torch.float32 and float(bound) == pytest.approx(1e-9)  # float16 would make it 0
     run_base_training(_config(tmp_path, tmp_path / "b", steps=3, init=str(point)))
     assert _starts(tmp_path / "b" / "train_log.jsonl") == [2]
-    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 3
+    assert load_training_state(tmp_path / "b" / "last.pt").step == 3
 
 
 def test_the_shipped_weights_file_resumes_training_exactly_as_the_resume_point(tmp_path):
@@ -64,17 +65,18 @@ def test_the_shipped_weights_file_resumes_training_exactly_as_the_resume_point(t
     run_base_training(_config(tmp_path, tmp_path / "a", steps=2))
     shipped = export_default_weights(tmp_path / "a" / "last.pt", tmp_path / "shipped.pt")
     point = save_resume_point(tmp_path / "a" / "last.pt", tmp_path / "resume.pt")
-    assert torch.load(shipped, weights_only=True)["trained_steps"] == 2
+    assert load_weights(shipped).trained_steps == 2
     for name, init in (("from_point", point), ("from_shipped", shipped)):
         torch.manual_seed(0)  # the training noise (mixed quantisation) draws from torch's own generator
         run_base_training(_config(tmp_path, tmp_path / name, steps=3, init=str(init)))
     assert _starts(tmp_path / "from_shipped" / "train_log.jsonl") == [2]
-    a, b = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("from_point", "from_shipped"))
-    assert a["step"] == b["step"] == 3
+    a, b = (load_training_state(tmp_path / name / "last.pt") for name in ("from_point", "from_shipped"))
+    assert a.step == b.step == 3
     for part in ("model", "ema"):
-        trained = [k for k in a[part] if not is_derived_buffer(k)]
-        assert trained and a[part].keys() == b[part].keys()
-        assert all(torch.equal(a[part][k], b[part][k]) for k in trained), part
+        x, y = getattr(a, part), getattr(b, part)
+        trained = [k for k in x if not is_derived_buffer(k)]
+        assert trained and x.keys() == y.keys()
+        assert all(torch.equal(x[k], y[k]) for k in trained), part
     with pytest.raises(ModelUnavailableError, match="N=8, M=24"):
         run_base_training(_config(tmp_path, tmp_path / "narrow", steps=3, init=str(shipped), N=8))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
@@ -91,11 +93,11 @@ def test_the_packaged_default_weights_are_the_next_runs_resume_point():
     from oml.models.default import OMLHyperprior
     from oml.models.zoo import default_training_weights, default_weights_path, is_derived_buffer
 
-    widths = torch.load(default_weights_path(), weights_only=True)["config"]
-    assert (widths["N"], widths["M"]) == (128, 128)  # v9 on: v8 widened (jobs/widen_weights.py)
-    weights, steps = default_training_weights(default_weights_path(), widths["N"], widths["M"])
+    shipped = load_weights(default_weights_path()).architecture
+    assert (shipped.N, shipped.M, shipped.context) == (128, 128, True)  # v9 on: v8 widened (jobs/widen_weights.py)
+    weights, steps = default_training_weights(default_weights_path(), shipped.N, shipped.M)
     assert steps >= 117_923  # v9's last step: a later version only adds steps
-    model = OMLHyperprior(widths["N"], widths["M"], context=True)
+    model = OMLHyperprior(shipped.N, shipped.M, context=True)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
     assert not unexpected and not [k for k in missing if not is_derived_buffer(k)]
 
@@ -107,8 +109,8 @@ def test_a_float32_weights_file_exports_back_to_the_shipped_float16(tmp_path):
     wide = tmp_path / "wide.pt"
     save_weights(shipped, wide)
     out = export_default_weights(wide, tmp_path / "narrow.pt")
-    saved = torch.load(out, weights_only=True)["state_dict"]
-    reference = torch.load(wide, weights_only=True)["state_dict"]
+    saved = load_weights(out).state_dict
+    reference = load_weights(wide).state_dict
     assert saved.keys() == reference.keys()
     floats = [k for k, v in saved.items() if v.is_floating_point() and not is_table(k)]
     assert floats and all(saved[k].dtype == torch.float16 for k in floats)
@@ -124,16 +126,16 @@ def test_a_resume_point_with_a_zero_likelihood_bound_trains_with_the_models_own(
     with it, one likelihood that underflows makes log2(0) and the run NaN from there on."""
     run_base_training(_config(tmp_path, tmp_path / "a", steps=2))
     point = save_resume_point(tmp_path / "a" / "last.pt", tmp_path / "resume.pt")
-    state = torch.load(point, weights_only=True)
-    for key in [k for k in state["model"] if k.endswith("likelihood_lower_bound.bound")]:
-        state["model"][key] = state["model"][key].half()
-    assert float(state["model"]["gaussian_conditional.likelihood_lower_bound.bound"]) == 0
-    torch.save(state, point)
+    state = load_training_state(point)
+    for key in [k for k in state.model if k.endswith("likelihood_lower_bound.bound")]:
+        state.model[key] = state.model[key].half()
+    assert float(state.model["gaussian_conditional.likelihood_lower_bound.bound"]) == 0
+    save_training_state(state, point)
     run_base_training(_config(tmp_path, tmp_path / "b", steps=3, init=str(point)))
-    resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
-    for part in ("model", "ema"):
-        assert float(resumed[part]["gaussian_conditional.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
-        assert float(resumed[part]["entropy_bottleneck.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
+    resumed = load_training_state(tmp_path / "b" / "last.pt")
+    for part in (resumed.model, resumed.ema):
+        assert float(part["gaussian_conditional.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
+        assert float(part["entropy_bottleneck.likelihood_lower_bound.bound"]) == pytest.approx(1e-9)
 
 
 def test_joint_context_training_starts_from_the_given_context_and_exports_a_checkerboard_model(tmp_path):
@@ -147,17 +149,17 @@ def test_joint_context_training_starts_from_the_given_context_and_exports_a_chec
     assert given and all(k.startswith("context.") for k in given)
     out = tmp_path / "run"
     run_base_training(_config(tmp_path, out, steps=2, N=SHIPPED_N, M=128, context_from=shipped_path, lr=1e-3, warmup=1))
-    first = torch.load(out / "last.pt", weights_only=True)
-    assert all(k in first["model"] and k in first["ema"] for k in given)
-    moved = [k for k in given if not torch.equal(first["model"][k], given[k])]
+    first = load_training_state(out / "last.pt")
+    assert all(k in first.model and k in first.ema for k in given)
+    moved = [k for k in given if not torch.equal(first.model[k], given[k])]
     assert moved, "the context did not train"
     run_base_training(_config(tmp_path, out, steps=3, N=SHIPPED_N, M=128, context_from=shipped_path, lr=1e-3, warmup=1))
-    second = torch.load(out / "last.pt", weights_only=True)
-    assert second["step"] == 3 and not torch.equal(second["model"][moved[0]], given[moved[0]])
+    second = load_training_state(out / "last.pt")
+    assert second.step == 3 and not torch.equal(second.model[moved[0]], given[moved[0]])
     exported = load_model("oml-default", 1, weights=export_default_weights(out / "last.pt", tmp_path / "v4.pt"))
     assert exported.kind == "checkerboard"
-    assert torch.equal(exported.encoders["0"].context.entropy_parameters[0].weight, second["ema"]["context.entropy_parameters.0.weight"].half().float())
-    v2 = Path(__file__).resolve().parents[1] / "oml" / "weights" / "oml-default-v2.pt"
+    assert torch.equal(exported.encoders["0"].context.entropy_parameters[0].weight, second.ema["context.entropy_parameters.0.weight"].half().float())
+    v2 = Path(__file__).resolve().parents[1] / "weights" / "oml-default-v2.pt"  # the last release without a context
     with pytest.raises(ValueError, match="no checkerboard context"):
         context_weights(v2)
     assert exported.synthesis.offsets is None
@@ -170,9 +172,9 @@ def test_joint_context_training_starts_from_the_given_context_and_exports_a_chec
     # the shipped file (context and branches in it) is where the next run starts: its context
     # comes with it, without --context-from, and the branches stay out of base training
     run_base_training(_config(tmp_path, tmp_path / "next", steps=4, N=SHIPPED_N, M=128, init=str(tmp_path / "v4o.pt")))
-    resumed = torch.load(tmp_path / "next" / "last.pt", weights_only=True)
-    assert _starts(tmp_path / "next" / "train_log.jsonl") == [3] and resumed["step"] == 4
-    assert "context.entropy_parameters.0.weight" in resumed["model"] and not any(".offsets." in k for k in resumed["model"])
+    resumed = load_training_state(tmp_path / "next" / "last.pt")
+    assert _starts(tmp_path / "next" / "train_log.jsonl") == [3] and resumed.step == 4
+    assert "context.entropy_parameters.0.weight" in resumed.model and not any(".offsets." in k for k in resumed.model)
 
 
 def test_a_wider_run_exports_a_weights_file_that_codes_and_decodes_at_its_widths(tmp_path):
@@ -184,7 +186,7 @@ def test_a_wider_run_exports_a_weights_file_that_codes_and_decodes_at_its_widths
     run_base_training(_config(tmp_path, out, steps=2))
     model = load_model("oml-default", 3, weights=export_default_weights(out / "last.pt", tmp_path / "wide.pt"))
     assert (model.encoders["0"].N, model.encoders["0"].M, model.latent_channels) == (16, 24, 24)
-    assert torch.load(tmp_path / "wide.pt", weights_only=True)["config"] == {"N": 16, "M": 24}
+    assert load_weights(tmp_path / "wide.pt").architecture.widths == {"N": 16, "M": 24}
     image = natural_image(64, 96, seed=5)
     enc = codec.encode(model, image, quality=3)
     assert torch.equal(codec.decode(load_model("oml-default", 3, weights=tmp_path / "wide.pt"), enc.data), enc.reconstruction)
@@ -213,7 +215,7 @@ def test_amp_runs_the_transforms_in_bfloat16_and_the_entropy_models_in_float32(t
     assert all(map(torch.isfinite, map(torch.tensor, metrics)))
     assert any(not torch.equal(v, before[k]) for k, v in net.state_dict().items() if v.is_floating_point())
     run_base_training(_config(tmp_path, tmp_path / "amp", steps=2, amp=True))
-    assert torch.load(tmp_path / "amp" / "last.pt", weights_only=True)["step"] == 2
+    assert load_training_state(tmp_path / "amp" / "last.pt").step == 2
 
 
 def test_an_unusable_device_is_one_clear_error_before_any_work(tmp_path):
@@ -254,7 +256,7 @@ def test_a_time_budget_stops_with_a_checkpoint_after_a_decay_to_the_final_rate(t
     stop = [e for e in lines if e.get("event") == "time_up"]
     steps = [e for e in lines if "lr" in e]
     assert len(stop) == 1 and 1 < stop[0]["step"] < 10**6
-    assert torch.load(out / "last.pt", weights_only=True)["step"] == stop[0]["step"]
+    assert load_training_state(out / "last.pt").step == stop[0]["step"]
     assert steps[0]["lr"] == pytest.approx(1e-3) and steps[-1]["lr"] < 2e-4
 
 
@@ -272,8 +274,8 @@ def test_widths_left_unset_come_from_what_the_run_starts_from(tmp_path):
     wide = widen_default_weights(narrow, tmp_path / "wide.pt", N=20)
     out = tmp_path / "from-wide"
     run_base_training(_config(tmp_path, out, steps=3, init=str(wide), N=0, M=0))
-    state = torch.load(out / "last.pt", weights_only=True)
-    assert (state["config"]["N"], state["config"]["M"]) == (20, 24) and state["step"] == 3
+    state = load_training_state(out / "last.pt")
+    assert (state.config["N"], state.config["M"]) == (20, 24) and state.step == 3
     assert resolve_widths(_config(tmp_path, out, steps=4, N=0, M=0)).N == 20  # its own last.pt
     fresh = resolve_widths(_config(tmp_path, tmp_path / "fresh", steps=1, N=0, M=0))
     assert (fresh.N, fresh.M) == (64, 128)

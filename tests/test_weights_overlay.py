@@ -11,7 +11,7 @@ import torch
 
 from oml import codec
 from oml.adapt import AdaptConfig
-from oml.models import zoo
+from oml.models import weights, zoo
 from oml.names import ModelUnavailableError
 from tests.conftest import natural_image
 
@@ -80,7 +80,7 @@ def test_missing_or_changed_base_is_a_clear_error(files, tmp_path):
 
 def test_forged_overlays_are_refused(files, tmp_path):
     base, whole, overlay, _ = files
-    state = torch.load(overlay, weights_only=True)
+    state = weights.read_stored(overlay)
     # a base name that climbs out of the folder is never opened
     outside = tmp_path.parent / f"{tmp_path.name}-outside.pt"
     shutil.copy(base, outside)
@@ -106,7 +106,7 @@ def test_overlay_of_an_overlay_and_mismatched_architectures_are_refused(files, t
     with pytest.raises(ValueError, match="two whole weights files"):
         zoo.save_overlay(whole, overlay, tmp_path / "second.pt")
     # a hand-made overlay whose base is itself an overlay
-    state = torch.load(overlay, weights_only=True)
+    state = weights.read_stored(overlay)
     second = tmp_path / "second.pt"
     torch.save(dict(state, base={"name": overlay.name, "sha256": hashlib.sha256(overlay.read_bytes()).hexdigest()}), second)
     with pytest.raises(ModelUnavailableError, match="one level only"):
@@ -132,3 +132,25 @@ def test_overlay_command(files, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("overlay_weights: ") and err.count("\n") == 1
     assert not (elsewhere / "x.pt").exists() and not (tmp_path / "y.pt").exists()
+
+
+def test_an_overlay_of_a_release_finds_its_base_on_the_weights_path(tmp_path, monkeypatch):
+    """An overlay over a released file (here v1, in the checkout's weights/) loads away from it:
+    the manifest names the release of the base's SHA-256 and the weights path holds its file."""
+    monkeypatch.delenv(weights.PATH_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    v1 = weights.find_release(weights.manifest().release("oml-default", "v1"))
+    assert v1 is not None and v1.parent != tmp_path
+    model = zoo.load_model("oml-default", 2, weights=v1)
+    with torch.no_grad():
+        for p in model.synthesis.offsets.parameters():
+            p.mul_(0.5)
+    whole, overlay = tmp_path / "whole.pt", tmp_path / "overlay.pt"
+    zoo.save_weights(model, whole, torch.float16)
+    assert all(".offsets." in k for k in zoo.save_overlay(whole, v1, overlay))
+    expected = zoo.load_model("oml-default", 2, weights=whole).fingerprint(2)
+    whole.unlink()
+    assert zoo.load_model("oml-default", 2, weights=overlay).fingerprint(2) == expected != zoo.load_model("oml-default", 2, weights=v1).fingerprint(2)
+    monkeypatch.setenv(weights.NO_CHECKOUT_ENV, "1")  # the base is on no folder of the path now
+    with pytest.raises(ModelUnavailableError, match="oml-default-v1.pt.*not in"):
+        zoo.load_model("oml-default", 2, weights=overlay)

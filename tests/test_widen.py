@@ -10,6 +10,7 @@ from jobs import widen_weights
 from oml import codec
 from oml.models import zoo
 from oml.models.checkerboard import CheckerboardContext
+from oml.models.weights import read_stored
 from oml.train import rd_loss
 from pipeline.train import widen_default_weights
 from tests.conftest import natural_image
@@ -110,6 +111,6 @@ def test_narrower_or_foreign_targets_are_one_line_errors(narrow_file, tmp_path, 
 def test_the_same_call_writes_the_same_weights(narrow_file, wide_file, tmp_path):
     again = widen_default_weights(narrow_file, tmp_path / "again.pt", N=28)
     other = widen_default_weights(narrow_file, tmp_path / "other.pt", N=28, seed=1)
-    a, b, c = (torch.load(p, weights_only=True)["state_dict"] for p in (wide_file, again, other))
+    a, b, c = (read_stored(p)["state_dict"] for p in (wide_file, again, other))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed draws the added channels
