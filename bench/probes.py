@@ -427,6 +427,225 @@ def job_probes(port: int) -> list[Probe]:
     ]
 
 
+# ------------------------------------------------------------------ careless use (kills, disks, depths, hangs)
+
+
+def sixteen_bit_png(level: int, rgb: bool) -> bytes:
+    """A real 16-bit PNG (greyscale or RGB) whose every sample is ``level`` plus a gentle ramp."""
+    h, w = 48, 64
+    ramp = (np.arange(w)[None, :] * 3 + np.arange(h)[:, None]).astype(np.int64)
+    plane = np.clip(level + ramp, 0, 65535)
+    arr = (np.stack([plane] * 3, axis=-1) if rgb else plane).astype(">u2")  # PNG samples are big-endian
+    raw = b"".join(b"\0" + arr[y].tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if rgb else 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
+
+
+def float_tiff() -> bytes:
+    values = np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)
+    return encoded(Image.fromarray(values, mode="F"), "TIFF")
+
+
+def wide_gamut_jpeg() -> bytes:
+    """A JPEG carrying an ICC profile that is not sRGB (a LAB profile: colour-managed viewers show
+    other colours if the profile is dropped)."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB"))
+    return encoded(photo(), "JPEG", quality=95, icc_profile=profile.tobytes())
+
+
+def mean_level_within(expected: float, tolerance: float) -> Callable[[Path, str], str | None]:
+    def check(d: Path, _: str) -> str | None:
+        from pipeline.cli import main as oml_main
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = oml_main(["decompress", str(d / "out" / "x.oml"), "-o", str(d / "out" / "x.png")])
+        if code != 0:
+            return "the coded file does not decompress"
+        mean = float(np.asarray(Image.open(d / "out" / "x.png"), dtype=np.float64).mean())
+        return None if abs(mean - expected) <= tolerance else f"restored mean level {mean:.1f}, expected {expected:.1f} ± {tolerance}"
+
+    return check
+
+
+def expected_mean_8bit(level: int) -> float:
+    h, w = 48, 64
+    ramp = (np.arange(w)[None, :] * 3 + np.arange(h)[:, None]).astype(np.int64)
+    return float(np.round(np.clip(level + ramp, 0, 65535) / 257).mean())
+
+
+def restore_into_link_to_sources(d: Path) -> tuple[str, list[str]]:
+    (d / "out").mkdir()
+    link = d / "out" / "photos-link"
+    link.symlink_to(_ARCHIVE["root"].parent / "photos")
+    _ARCHIVE["photos"] = json.dumps(files(_ARCHIVE["root"].parent / "photos"))
+    return "decompress", ["--input", str(_ARCHIVE["root"]), "--output", str(link), "--no-progress"]
+
+
+def restore_over_other_file(d: Path) -> tuple[str, list[str]]:
+    write(d / "out", "a.png", encoded(photo(30, 30, 9), "PNG"))
+    return "decompress", ["--input", str(_ARCHIVE["root"]), "--output", str(d / "out"), "--no-progress"]
+
+
+def file_unchanged(name: str) -> Callable[[Path, str], str | None]:
+    def check(d: Path, _: str) -> str | None:
+        return None if (d / "out" / name).read_bytes() == encoded(photo(30, 30, 9), "PNG") else f"{name} was overwritten"
+
+    return check
+
+
+def both(*checks: Callable[[Path, str], str | None]) -> Callable[[Path, str], str | None]:
+    return lambda d, text: next((why for why in (c(d, text) for c in checks) if why), None)
+
+
+def copy_archive(d: Path) -> Path:
+    copy = d / "in" / "archive"
+    shutil.copytree(_ARCHIVE["root"], copy)
+    return copy
+
+
+def without_plan(d: Path) -> tuple[str, list[str]]:
+    copy = copy_archive(d)
+    (copy / "plan.json").unlink()
+    return "decompress", ["--input", str(copy), "--output", str(d / "out"), "--no-progress", "--verify"]
+
+
+def all_restored(count: int) -> Callable[[Path, str], str | None]:
+    def check(d: Path, _: str) -> str | None:
+        made = sorted(str(p.relative_to(d / "out")) for p in (d / "out").rglob("*.png"))
+        return None if len(made) == count else f"expected {count} restored images, got {made}"
+
+    return check
+
+
+def changed_source(d: Path) -> tuple[str, list[str]]:
+    """--verify --sources against a copy of the sources where one file changed (same size)."""
+    sources = d / "in" / "sources"
+    shutil.copytree(_ARCHIVE["root"].parent / "photos", sources)
+    data = bytearray((sources / "a.png").read_bytes())
+    img = Image.open(io.BytesIO(bytes(data))).convert("RGB")
+    edited = encoded(Image.eval(img, lambda v: 255 - v), "PNG")
+    (sources / "a.png").write_bytes(edited)
+    return "decompress", ["--input", str(_ARCHIVE["root"]), "--output", str(d / "out"), "--no-progress", "--verify", "--sources", str(sources)]
+
+
+def edited_between_runs(d: Path) -> tuple[str, list[str]]:
+    """An archive whose run was killed after some units (a marker removed), then a source edited in
+    place keeping its byte size, then the same command again."""
+    inp = d / "in" / "photos"
+    shutil.copytree(_ARCHIVE["root"].parent / "photos", inp)
+    out = d / "out" / "archive"
+    argv = ["--input", str(inp), "--output", str(out), "--quality", "1", "--unit-tiles", "1", "--no-progress"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert job("compress").main(argv) == 0
+    for marker in sorted((out / "units").glob("*.done.json"))[1:]:
+        marker.unlink()  # as if killed after the first unit
+    path = inp / "sub" / "b.png"
+    size = path.stat().st_size
+    # other pixels, the same byte size: the top half inverted, stored without compression (level 0)
+    # would be larger, so the image is re-encoded and padded with a text chunk to the old size
+    img = np.asarray(Image.open(path).convert("RGB")).copy()
+    img[: img.shape[0] // 2] = 255 - img[: img.shape[0] // 2]
+    edited = encoded(Image.fromarray(img), "PNG", optimize=True)
+    pad = size - len(edited) - 12 - 5
+    if pad >= 0:
+        edited = edited[:-12] + png_chunk(b"tEXt", b"note\0" + b"x" * pad) + edited[-12:]
+    path.write_bytes(edited)
+    _ARCHIVE["edited_same_size"] = len(edited) == size
+    return "compress", argv
+
+
+def named_and_same_size(word: str) -> Callable[[Path, str], str | None]:
+    def check(d: Path, text: str) -> str | None:
+        if not _ARCHIVE.get("edited_same_size"):
+            return "the probe could not keep the edited file's size"
+        manifest = d / "out" / "archive" / "manifest.json"
+        body = text + (manifest.read_text() if manifest.exists() else "")
+        return None if word in body else f"{word!r} not named"
+
+    return check
+
+
+def long_name_round_trip(d: Path) -> tuple[str, list[str]]:
+    name = "p" * 246 + ".png"  # 250 bytes: the longest names a file system takes are 255
+    write(d / "in" / "photos", name, encoded(photo(), "PNG"))
+    return "run", [lambda: _archive_and_restore(d)]
+
+
+def _archive_and_restore(d: Path) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = job("compress").main(["--input", str(d / "in" / "photos"), "--output", str(d / "out" / "archive"), "--quality", "1", "--no-progress"])
+        if code == 0:
+            code = job("decompress").main(["--input", str(d / "out" / "archive"), "--output", str(d / "out" / "restored"), "--no-progress"])
+    return code, out.getvalue()
+
+
+def restored_named(count: int) -> Callable[[Path, str], str | None]:
+    def check(d: Path, _: str) -> str | None:
+        made = list((d / "out" / "restored").glob("*.png")) if (d / "out" / "restored").exists() else []
+        return None if len(made) == count else f"{len(made)} restored, expected {count}"
+
+    return check
+
+
+def timed_subprocess(argv: list[str], seconds: float, env: dict | None = None) -> Callable[[], tuple[int, str]]:
+    """Run a command line in a child process; its exit status, and its output with a line when it
+    ran over ``seconds``."""
+    import os
+    import subprocess
+    import time
+
+    def run() -> tuple[int, str]:
+        start = time.monotonic()
+        try:
+            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, env={**os.environ, **(env or {})})
+        except subprocess.TimeoutExpired:
+            return 0, f"still running after {seconds + 60:.0f} s"
+        took = time.monotonic() - start
+        text = done.stdout + done.stderr
+        if took > seconds:
+            text += f"\ntook {took:.0f} s, more than {seconds:.0f} s"
+            return 0, text
+        return done.returncode, text
+
+    return run
+
+
+def oml_argv(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+
+
+def careless_probes() -> list[Probe]:
+    png = encoded(photo(), "PNG")
+    tiny = lambda d: str(write(d / "in", "a.png", png).parent)  # noqa: E731
+    archive = lambda *extra: lambda d: ("run", [timed_subprocess(oml_argv("archive", "--input", tiny(d), "--output", str(d / "out"), "--random-weights", "--no-progress", *extra), 30)])  # noqa: E731
+    return [
+        Probe("careless use", "restore into a symlink to the sources", "error", restore_into_link_to_sources, sources_untouched),
+        Probe("careless use", "restore over a different existing file", "manifest", restore_over_other_file, both(file_unchanged("a.png"), named_in_summary("a.png"))),
+        Probe("careless use", "source edited (same size) between a kill and the re-run", "manifest", edited_between_runs, named_and_same_size("b.png")),
+        Probe("careless use", "dark 16-bit greyscale PNG", "ok", compress_one("x.png", lambda: sixteen_bit_png(40, False), "-q", "6"), mean_level_within(expected_mean_8bit(40), 2.0)),
+        Probe("careless use", "dark 16-bit RGB PNG", "ok", compress_one("x.png", lambda: sixteen_bit_png(40, True), "-q", "6"), mean_level_within(expected_mean_8bit(40), 2.0)),
+        Probe("careless use", "float TIFF in [0, 1] with no declared range", "error", compress_one("x.tif", float_tiff)),
+        Probe("careless use", "JPEG with a non-sRGB ICC profile", "error", compress_one("x.jpg", wide_gamut_jpeg)),
+        Probe("careless use", "--verify --sources with a changed source", "manifest", changed_source, named_in_summary("a.png")),
+        Probe("careless use", "--psnr-tolerance nan", "error", lambda d: ("decompress", ["--input", str(_ARCHIVE["root"]), "--output", str(d / "out"), "--verify", "--psnr-tolerance", "nan"])),
+        Probe("careless use", "--psnr-tolerance -1", "error", lambda d: ("decompress", ["--input", str(_ARCHIVE["root"]), "--output", str(d / "out"), "--verify", "--psnr-tolerance", "-1"])),
+        Probe("careless use", "--steps 10^9", "error", compress_one("a.png", png, "--steps", str(10**9))),
+        Probe("careless use", "--refine 10^9", "error", compress_one("a.png", png, "--refine", str(10**9))),
+        Probe("careless use", "compress -o ''", "error", lambda d: ("oml", ["compress", str(write(d / "in", "a.png", png)), "-o", ""])),
+        Probe("careless use", "archive --output ''", "error", lambda d: ("compress", ["--input", tiny(d), "--output", ""])),
+        Probe("careless use", "restore without plan.json", "ok", without_plan, all_restored(3)),
+        Probe("careless use", "a 250-byte file name, archived and restored", "ok", long_name_round_trip, restored_named(1)),
+        Probe("careless use", "archive --num-gpus 1 without GPUs (< 30 s)", "error", archive("--num-gpus", "1")),
+        Probe("careless use", "archive --cpus-per-worker 4096 (< 30 s)", "error", archive("--cpus-per-worker", "4096")),
+        Probe("careless use", "archive --num-cpus 0 (< 30 s)", "error", archive("--num-cpus", "0")),
+        Probe("careless use", "archive --address 127.0.0.1:1 (< 30 s)", "error", archive("--address", "127.0.0.1:1")),
+        Probe("careless use", "archive onto an output that is a file", "error", lambda d: ("compress", ["--input", tiny(d), "--output", str(write(d / "out", "file", b"x")), "--random-weights", "--no-progress"])),
+    ]
+
+
 # ------------------------------------------------------------------ running
 
 
@@ -448,6 +667,9 @@ def run_probe(probe: Probe, base: Path, index: int) -> tuple[bool, str]:
                 from pipeline.cli import main as oml_main
 
                 code = oml_main(argv)
+            elif tool == "run":  # a child process or a sequence of commands: (exit status, output)
+                code, child = argv[0]()
+                print(child, file=sys.stderr)
             else:
                 code = job(tool).main(argv)
         except SystemExit as exc:  # argparse's own errors
@@ -507,7 +729,7 @@ def main() -> int:
             base = Path(tmp)
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 _ARCHIVE["root"] = make_archive(base / "reference")
-            for index, probe in enumerate(cli_probes() + job_probes(server.server_port)):
+            for index, probe in enumerate(cli_probes() + job_probes(server.server_port) + careless_probes()):
                 ok, note = run_probe(probe, base, index)
                 results.setdefault(probe.category, []).append(ok)
                 print(f"{'clean' if ok else 'FAIL ':5}  {probe.category:28} {probe.name:42} {note}", flush=True)

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = demo_inputs(out)
     ray = RayConfig(num_cpus=args.num_cpus)
     print(f"demo: archiving {inputs} with oml-default, quality {args.quality}, {args.steps} adaptation steps per tile")
-    report = run_compress(CompressConfig(input=str(inputs), output=str(out / "archive"), coding=CodingConfig(args.quality, args.steps), ray=ray))
+    report = run_compress(CompressConfig(input=str(inputs), output=str(out / "archive"), coding=CodingConfig(args.quality, args.steps, to_srgb=True), ray=ray))
     restored = run_decompress(DecompressConfig(input=str(out / "archive"), output=str(out / "restored"), verify=True, ray=ray))
     summary = report.summary
     print(json.dumps({k: summary[k] for k in summary if not isinstance(summary[k], (list, dict))}, indent=1))

@@ -10,16 +10,30 @@ the step it was taken at, so the model in the repository is where the next run r
 OUT_DIR/last.pt (weights, weight average, optimisers, step) is written every
 --ckpt-every steps and resumed from when present; OUT_DIR/train_log.jsonl gets the
 losses every --log-every steps and held-out numbers every --eval-every steps.
+
+--num-workers W trains data-parallel on W Ray Train workers (DistributedDataParallel; GPUs with
+--use-gpu) what one process trains: the global batch --batch is split over the workers, the
+learning rate and weight average are one process's. Checkpoints go to OUT_DIR/step_* (OUT_DIR
+local or s3://); a failed worker, or the same command run again, resumes from the latest one.
+At the end OUT_DIR/last.pt and OUT_DIR/train_log.jsonl are written as in one process:
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python jobs/train_base.py --num-workers 8 --use-gpu --batch 64 --data-dir s3://bucket/train \
+        --out-dir s3://bucket/runs/default --init oml/weights/oml-default.pt
+
+It connects to the Ray cluster at --address, else the one in RAY_ADDRESS, else starts a local one.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from oml.names import ModelUnavailableError
 from pipeline.jobargs import add_config_arguments
 from pipeline.train import BaseTrainConfig, run_base_training
+from pipeline.train_ddp import ScaleConfig, run_distributed_training
 
 HELP = {
     "data_dir": "folder of training photos",
@@ -50,16 +64,23 @@ HELP = {
     "seconds": "wall-clock budget of this invocation (0: none): it stops with a checkpoint when the time is up, and the learning rate decays over the last --decay-share of the time instead of between --decay-start and --decay-end",
     "decay_share": "with --seconds: the share of the time budget the cosine decay takes",
     "context_from": "train a checkerboard context jointly with the transforms, starting from this oml weights file's context (e.g. oml/weights/oml-default.pt)",
+    "num_workers": "data-parallel Ray Train workers (0: train in this process); --batch is split over them",
+    "use_gpu": "one GPU per Ray Train worker (with --num-workers)",
+    "address": "Ray cluster to run the workers on (empty: the one in RAY_ADDRESS, else a local Ray)",
+    "max_failures": "restarts from the latest checkpoint after a worker fails (with --num-workers)",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, BaseTrainConfig, HELP)
-    args = parser.parse_args(argv)
-    cfg = BaseTrainConfig(**vars(args))
+    add_config_arguments(parser, ScaleConfig, HELP)
+    args = vars(parser.parse_args(argv))
+    scaling = {f.name for f in dataclasses.fields(ScaleConfig)}
     try:
-        print(run_base_training(cfg))
+        cfg = BaseTrainConfig(**{k: v for k, v in args.items() if k not in scaling})
+        scale = ScaleConfig(**{k: v for k, v in args.items() if k in scaling})
+        print(run_distributed_training(cfg, scale) if scale.num_workers else run_base_training(cfg))
     except (OSError, ValueError, ModelUnavailableError) as exc:
         print(f"train_base: {exc}", file=sys.stderr)
         return 2

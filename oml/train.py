@@ -7,10 +7,12 @@ the batch, with a per-sample λ so one batch trains several rates at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
 
@@ -101,16 +103,20 @@ def train_step(
     lmbda: Tensor,
     clip_norm: float = 1.0,
     amp: bool = False,
+    forward: nn.Module | None = None,
 ) -> StepMetrics:
     """One RD step on crops x ``(B,3,H,W)`` with per-sample λ ``(B,)``, plus one auxiliary step.
 
     ``amp``: run the transforms in bfloat16 (``torch.autocast`` on x's device); the entropy
     models run in float32 either way (the model's own islands), and so does the loss.
+    ``forward``: the module that runs the training pass instead of ``model`` itself, e.g. a
+    ``DistributedDataParallel`` wrapper of it that averages the gradients across workers (the
+    metrics are then this worker's, over its rows of the batch).
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = model(x, lmbda)
+        out = (forward or model)(x, lmbda)
     likelihoods = {k: v.float() for k, v in out["likelihoods"].items()}
     rd = rd_loss(out["x_hat"].float(), x, likelihoods, lmbda)
     rd.loss.backward()
@@ -122,3 +128,49 @@ def train_step(
     aux.backward()
     aux_optimizer.step()
     return StepMetrics(*(float(v.detach()) for v in (*rd, aux)))
+
+
+@contextmanager
+def global_batch_noise(model: nn.Module, rank: int, world: int) -> Iterator[None]:
+    """Within this context, ``model``'s training noise on a worker's share of a global batch is
+    the noise that one process training on the whole batch draws for those rows.
+
+    A data-parallel worker ``rank`` of ``world`` trains on rows ``[rank·b, (rank+1)·b)`` of a global
+    batch of ``world·b`` crops. Each entropy model draws the uniform noise of the whole batch from
+    torch's generator, as one process would (so every worker's generator stays in step with that
+    process's), and adds its own rows of it. With the same crops, λ and generator state, the
+    workers' averaged gradient is then the one-process gradient up to the order of float sums.
+    The noise tensors' batch axis: 0 for the Gaussian conditional's ``(B, M, h, w)``, the last
+    for the entropy bottleneck's ``(C, 1, B·h·w)``.
+    """
+    if world == 1:
+        yield
+        return
+    patched = []
+    for module in model.modules():
+        if isinstance(module, EntropyBottleneck):
+            axis = -1
+        elif isinstance(module, GaussianConditional):
+            axis = 0
+        else:
+            continue
+        module.quantize = _sharded_quantize(module.quantize, axis, rank, world)
+        patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.quantize
+
+
+def _sharded_quantize(quantize, axis: int, rank: int, world: int):
+    def sharded(inputs: Tensor, mode: str, means: Tensor | None = None) -> Tensor:
+        if mode != "noise":
+            return quantize(inputs, mode, means)
+        rows = inputs.shape[axis]
+        shape = list(inputs.shape)
+        shape[axis] = rows * world
+        noise = torch.empty(shape, dtype=inputs.dtype, device=inputs.device).uniform_(-0.5, 0.5)
+        return inputs + noise.narrow(axis, rank * rows, rows)
+
+    return sharded

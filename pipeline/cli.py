@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import warnings
 
@@ -23,13 +25,38 @@ from pathlib import Path
 from tqdm import tqdm
 
 from oml.names import CODED_SUFFIX, DEFAULT_MAX_PIXELS, DEFAULT_MODEL, IMAGE_SUFFIXES, METRICS, MODEL_IDS, PLAIN, TILE, ModelUnavailableError
-from pipeline.walk import output_names, walk_files
+from pipeline.files import describe, identity, out_of_room, remove_stale, write_file
+from pipeline.walk import Unlisted, output_names, walk_files
 
 # torch, CompressAI and the codec load only when a command runs: --help and argument errors answer at once.
 
 
 class UserError(Exception):
     """A mistake in the command line: reported as one line, exit status 2."""
+
+
+class StoppedError(Exception):
+    """The run cannot go on (the output's file system is full or read-only): one line, exit status 1."""
+
+
+def number_arg(low: float, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number ``>= low`` (``> low`` with ``above``). NaN, which no
+    comparison rejects, and infinities are refused here, in one line (exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"{text!r}: give a finite number {'>' if above else '>='} {low:g}")
+        return value
+
+    return parse
+
+
+positive_number = number_arg(0.0, above=True)  # one object per kind: the flags of `oml compress` and `oml archive` compare equal
+non_negative_number = number_arg(0.0)
 
 
 def region_arg(text: str) -> tuple[int, int, int, int]:
@@ -44,12 +71,25 @@ def region_arg(text: str) -> tuple[int, int, int, int]:
     return left, top, width, height
 
 
-def _expand(inputs: Sequence[str], suffixes: tuple[str, ...]) -> list[Path]:
+def _expand(inputs: Sequence[str], suffixes: tuple[str, ...], unlisted: list[str]) -> list[Path]:
+    """The files the inputs name, folders walked; what a walk cannot list (a folder that cannot be
+    read, a broken link: :func:`pipeline.walk.walk_files`) is reported, one ``error:`` line each,
+    and appended to ``unlisted`` (the command then exits 1), and the rest goes on."""
     files: list[Path] = []
     for name in inputs:
+        if not name:
+            raise UserError("an input is empty (''): name a file or folder")
         path = Path(name)
         if path.is_dir():
-            files += [Path(p) for p, _ in walk_files(str(path), suffixes)]
+            missed: list[Unlisted] = []
+            try:
+                files += [Path(p) for p, _ in walk_files(str(path), suffixes, missed)]
+            except OSError as exc:  # the folder itself cannot be listed
+                missed.append(Unlisted("", f"cannot list this folder ({type(exc).__name__}: {exc.strerror or exc})"))
+            for u in missed:
+                where = os.path.join(name, u.path) if u.path else name
+                print(f"error: {where}: {u.reason}", file=sys.stderr)
+                unlisted.append(where)
         elif path.exists():
             files.append(path)
         else:
@@ -61,8 +101,10 @@ def _expand(inputs: Sequence[str], suffixes: tuple[str, ...]) -> list[Path]:
 
 def _outputs(files: list[Path], inputs: Sequence[str], out: str, suffix: str) -> list[Path]:
     """One output path per input: ``out`` itself for a single file, else ``out/<relative name><suffix>``."""
+    if not out:
+        raise UserError("-o/--output is empty (''): name an output file or folder")
     target = Path(out)
-    if len(files) == 1 and not Path(inputs[0]).is_dir() and not target.is_dir():
+    if _single(files, inputs, out):
         return _not_inputs([target], files)
     if target.exists() and not target.is_dir():
         raise UserError(f"{out} must be a folder when there are several inputs")
@@ -78,19 +120,32 @@ def _outputs(files: list[Path], inputs: Sequence[str], out: str, suffix: str) ->
     return _not_inputs([target / names[r] for r in rels], files)
 
 
+def _single(files: list[Path], inputs: Sequence[str], out: str) -> bool:
+    """Whether ``-o`` names the one output file itself (one input file, and ``out`` no folder)."""
+    return len(files) == 1 and not Path(inputs[0]).is_dir() and not Path(out).is_dir()
+
+
 def _not_inputs(paths: list[Path], files: list[Path]) -> list[Path]:
-    sources = {f.resolve() for f in files}
+    """``paths``, unless one is an input, however spelled (a link, a hard link, a bind mount: the
+    same device and inode); then UserError."""
+    sources = {identity(str(f)) for f in files} - {None}
     for path in paths:
-        if path.resolve() in sources:
+        if identity(str(path)) in sources:
             raise UserError(f"{path} is also an input: writing it would destroy the original; choose another output")
     return paths
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+def _write(path: Path, data: bytes, replace: bool = True) -> bool:
+    """Write ``path`` through a short temporary beside it, never left behind (:mod:`pipeline.files`);
+    with ``replace=False`` a different existing file is left as it is (ExistingFileError) and one
+    holding ``data`` already is not written again (``False``)."""
+    return write_file(str(path), data, replace)
+
+
+def _clean(outs: list[Path]) -> None:
+    """Remove the temporaries a killed run left beside these outputs."""
+    for folder in sorted({str(p.parent) for p in outs}):
+        remove_stale(folder)
 
 
 def _run_each(items: list[tuple[Path, Path]], work: Callable[[Path, Path], str], desc: str) -> int:
@@ -98,15 +153,23 @@ def _run_each(items: list[tuple[Path, Path]], work: Callable[[Path, Path], str],
     from oml import codec
     from oml.imageio import ImageDecodeError
 
-    failed = 0
+    failed = done = 0
     bar = tqdm(items, desc=desc, unit="img", disable=len(items) < 2, file=sys.stderr)
     for src, dst in bar:
         try:
             line = work(src, dst)
-        except (ImageDecodeError, codec.CodecError, OSError, ValueError) as exc:
+        except OSError as exc:
+            if out_of_room(exc):  # every later write would fail the same way
+                bar.close()
+                raise StoppedError(f"{describe(exc)}; stopped after {done} of {len(items)} files, nothing partial left") from None
+            failed += 1
+            tqdm.write(f"error: {src}: {describe(exc)}", file=sys.stderr)
+            continue
+        except (ImageDecodeError, codec.CodecError, ValueError) as exc:
             failed += 1
             tqdm.write(f"error: {src}: {exc}", file=sys.stderr)
             continue
+        done += 1
         tqdm.write(line)
     if failed:
         print(f"{failed} of {len(items)} files failed", file=sys.stderr)
@@ -116,7 +179,7 @@ def _run_each(items: list[tuple[Path, Path]], work: Callable[[Path, Path], str],
 def cmd_compress(args: argparse.Namespace) -> int:
     from oml import codec
     from oml.adapt import AdaptConfig
-    from oml.imageio import decode_image
+    from oml.imageio import decode
     from oml.models.zoo import load_model
     from oml.refine import RefineConfig
 
@@ -125,8 +188,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     target = ratecontrol.target_from(args.target_psnr, args.target_bpp)
     if target is None and args.quality is None and args.lmbda is None:
         args.quality = 3
-    files = _expand(args.inputs, IMAGE_SUFFIXES)
+    unlisted: list[str] = []
+    files = _expand(args.inputs, IMAGE_SUFFIXES, unlisted)
     outs = _outputs(files, args.inputs, args.output, CODED_SUFFIX)
+    _clean(outs)
     quality = args.quality if args.quality is not None else 1
     model = load_model(args.model, quality if args.quality is not None else _first_quality(args.model), weights=args.weights)
     if target is not None:
@@ -135,19 +200,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
     search = RefineConfig(args.refine)
 
     def work(src: Path, dst: Path) -> str:
-        image = decode_image(src.read_bytes(), max_pixels=args.max_pixels)
-        note = ""
+        decoded = decode(src.read_bytes(), max_pixels=args.max_pixels, to_srgb=args.to_srgb)
+        image = decoded.pixels
+        note = "".join(f"; {n}" for n in decoded.notes)  # a depth reduction or colour conversion is said
         if target is None:
             enc = codec.encode(model, image, quality=args.quality, lmbda=args.lmbda, adapt_config=cfg, tile_size=args.tile, refine_config=search)
         else:
             result = ratecontrol.encode_to_target(model, image, target, cfg, tile_size=args.tile, refine_config=search)
-            enc, note = result.encoded, "; " + ratecontrol.reached(result, target)
+            enc, note = result.encoded, note + "; " + ratecontrol.reached(result, target)
         _write(dst, enc.data)
         h, w = image.shape[1:]
         psnr = ratecontrol.image_psnr(enc.reconstruction, image)
         return f"{src} -> {dst}: {w}x{h}, {len(enc.data)} bytes, {8 * len(enc.data) / (h * w):.4f} bpp, PSNR {psnr:.2f} dB{note}"
 
-    return _run_each(list(zip(files, outs)), work, "compress")
+    return max(_run_each(list(zip(files, outs)), work, "compress"), 1 if unlisted else 0)
 
 
 def _group(name: str) -> tuple[int, ...]:
@@ -165,10 +231,13 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from oml.imageio import encode_png
     from oml.models.zoo import load_decoder
 
-    files = _expand(args.inputs, (CODED_SUFFIX,))
+    unlisted: list[str] = []
+    files = _expand(args.inputs, (CODED_SUFFIX,), unlisted)
     if args.region is not None and len(files) != 1:
         raise UserError(f"--region restores a window of one image; {len(files)} .oml files were given")
     outs = _outputs(files, args.inputs, args.output, ".png")
+    _clean(outs)
+    replace = args.overwrite or _single(files, args.inputs, args.output)  # a file -o names itself is replaced
     models: dict[tuple[str, int, bytes, int], object] = {}
 
     def work(src: Path, dst: Path) -> str:
@@ -188,11 +257,11 @@ def cmd_decompress(args: argparse.Namespace) -> int:
                 image = codec.decode_region(models[key], data, tiling.Region(*args.region), metric=args.metric)
         for w in caught:
             tqdm.write(f"warning: {src}: {w.message}", file=sys.stderr)
-        _write(dst, encode_png(image))
+        wrote = _write(dst, encode_png(image), replace)
         window = "" if args.region is None else " window {},{} {}x{} of".format(*args.region)
-        return f"{src} -> {dst}:{window} {header.width}x{header.height}"
+        return f"{src} -> {dst}:{window} {header.width}x{header.height}{'' if wrote else ' (already there, the same bytes)'}"
 
-    return _run_each(list(zip(files, outs)), work, "decompress")
+    return max(_run_each(list(zip(files, outs)), work, "decompress"), 1 if unlisted else 0)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -250,9 +319,9 @@ def add_coding_arguments(p: argparse.ArgumentParser) -> None:
     """The coding flags: ``oml compress`` and ``oml archive`` (``jobs/compress.py``) both take exactly these."""
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--quality", "-q", type=int, help="quality (default 3); see the model's groups")
-    rate.add_argument("--lmbda", type=float, help="rate-distortion trade-off λ (λ-conditioned models take any value in range)")
-    rate.add_argument("--target-psnr", type=float, metavar="DB", help="per image, the λ whose file decodes closest to this PSNR (within 0.1 dB)")
-    rate.add_argument("--target-bpp", type=float, metavar="BPP", help="per image, the λ whose file is closest to this size in bits per pixel (within 3 %%)")
+    rate.add_argument("--lmbda", type=positive_number, help="rate-distortion trade-off λ (λ-conditioned models take any value in range)")
+    rate.add_argument("--target-psnr", type=positive_number, metavar="DB", help="per image, the λ whose file decodes closest to this PSNR (within 0.1 dB)")
+    rate.add_argument("--target-bpp", type=positive_number, metavar="BPP", help="per image, the λ whose file is closest to this size in bits per pixel (within 3 %%)")
     p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS, help=f"model id (default {DEFAULT_MODEL})")
     p.add_argument("--weights", help="local oml weights file instead of the model's default source (on every node, for the archive)")
     p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none; at most 200)")
@@ -260,6 +329,7 @@ def add_coding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", type=int, default=0, metavar="N", help="latent-refinement iterations per tile, for the first metric (0: none, at most 2000; slower encoding, same decoder)")
     p.add_argument("--tile", type=int, default=TILE, help="tile size in pixels (multiple of 64, default 512)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
+    p.add_argument("--to-srgb", action="store_true", help="convert images whose colour profile (ICC) is not sRGB to sRGB (relative colorimetric); without it they are refused")
 
 
 # Iterations per tile a command accepts: adaptation's gain saturates by about 20 steps and
@@ -285,13 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="compress images (files or folders) to .oml files")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, WebP, TIFF) or folders")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder; an existing .oml file there is replaced, an input never")
     add_coding_arguments(p)
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("decompress", help="restore .oml files to PNG")
+    p = sub.add_parser("decompress", help="restore .oml files to PNG",
+                       description="Restore .oml files to PNG. Into a folder, an existing file at an output's name is left as it is "
+                       "unless it already holds exactly the restored bytes (a repeated run changes nothing); any other is reported "
+                       "(exit 1), or replaced with --overwrite. A single output file that -o names is replaced. An input is never an output.")
     p.add_argument("inputs", nargs="+", metavar="FILE", help=".oml files or folders")
     p.add_argument("-o", "--output", required=True, help="output PNG (one input) or folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in the output folder that hold other bytes (never an input)")
     p.add_argument("--metric", choices=(PLAIN, *METRICS), help="which stored λ* set to decode with (default: the first)")
     p.add_argument("--weights", help="local oml weights file instead of the model's default source")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (forged headers)")
@@ -340,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, ModelUnavailableError, ValueError) as exc:
         print(f"oml: error: {exc}", file=sys.stderr)
         return 2
+    except StoppedError as exc:
+        print(f"oml: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("oml: interrupted", file=sys.stderr)
         return 130

@@ -45,6 +45,7 @@ from oml.models.weights import MetaState, TrainingState, Weights, load_meta_stat
 from oml.models.zoo import DEFAULT_MODEL, is_derived_buffer, load_model, save_weights
 from oml.train import random_crops
 from pipeline import storage
+from pipeline.raytrain import average_across_workers, fit, report_checkpoint
 
 
 STATE_FILE = "meta_state.pt"
@@ -116,7 +117,7 @@ class MetaTrainResult(NamedTuple):
 
 def load_shard(data_dir: str, crop: int, rank: int, world: int) -> list[torch.Tensor]:
     """This worker's images ``(3,H,W)`` uint8: every ``world``-th file from ``rank``, those smaller than ``crop`` left out."""
-    images = [decode_image(storage.read_bytes(uri)) for uri in storage.list_images(data_dir)[rank::world]]
+    images = [decode_image(storage.read_bytes(uri), to_srgb=True) for uri in storage.list_images(data_dir)[rank::world]]
     usable = [img for img in images if min(img.shape[1:]) >= crop]
     if not usable:
         raise ValueError(f"worker {rank}: none of its {len(images)} images in {data_dir} is at least {crop}×{crop}")
@@ -177,21 +178,6 @@ def _load_base(cfg: MetaTrainConfig) -> VariableRateModel:
     return load_model(cfg.model, cfg.quality, weights=state)
 
 
-def _average_across_workers(tensors: list[torch.Tensor]) -> None:
-    """In-place mean over the data-parallel workers, in one all-reduce."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
-
-
 def _check_resumable(saved: dict, cfg: MetaTrainConfig) -> None:
     changed = [k for k in _FIXED_ON_RESUME if saved.get(k) != getattr(cfg, k)]
     if changed:
@@ -212,7 +198,7 @@ def _sample_tasks(model: VariableRateModel, images: list[torch.Tensor], cfg: Met
 
 def _mean_metrics(result: MetaStepResult, device: torch.device) -> dict[str, float]:
     values = torch.tensor(result, dtype=torch.float64, device=device)
-    _average_across_workers([values])
+    average_across_workers([values])
     metrics = dict(zip(result._fields, values.tolist()))
     metrics["psnr"] = -10.0 * math.log10(max(metrics["mse"], 1e-10))
     return metrics
@@ -261,7 +247,8 @@ def _train_loop(loop_config: dict) -> None:
             if rank == 0:
                 print(json.dumps({k: round(v, 5) for k, v in window.items()}), flush=True)
             if at_checkpoint:
-                _report_checkpoint(window, rank, MetaState(model.synthesis.state_dict(), optimizer.state_dict(), step, log, dataclasses.asdict(cfg)))
+                state = MetaState(model.synthesis.state_dict(), optimizer.state_dict(), step, log, dataclasses.asdict(cfg))
+                report_checkpoint(window, step, (lambda folder, state=state: save_meta_state(state, folder / STATE_FILE)) if rank == 0 else None)
             else:
                 ray.train.report(window)
 
@@ -272,7 +259,7 @@ def _one_step(cfg: MetaTrainConfig, mode: MetaMode, model: VariableRateModel, ps
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7_919 + step)
     t0 = time.time()
     tasks = _sample_tasks(model, images, cfg, gen, device)
-    result = meta_step(mode, model.synthesis, psi, optimizer, tasks, cfg.inner_lr, _average_across_workers, cfg.clip_norm, cfg.lambda_step)
+    result = meta_step(mode, model.synthesis, psi, optimizer, tasks, cfg.inner_lr, average_across_workers, cfg.clip_norm, cfg.lambda_step)
     return {"step": step + 1, **_mean_metrics(result, device), "s_per_step": time.time() - t0}
 
 
@@ -306,18 +293,6 @@ def _window_mean(rows: list[dict]) -> dict[str, float]:
     return {"step": rows[-1]["step"], **mean}
 
 
-def _report_checkpoint(metrics: dict, rank: int, state: MetaState) -> None:
-    """Report with a checkpoint: rank 0 writes the state, every rank takes part in the report."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as folder:
-        saved = None
-        if rank == 0:
-            save_meta_state(state, Path(folder) / STATE_FILE)
-            saved = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"step_{state.step:08d}")
-
-
 def _resolve_paths(cfg: MetaTrainConfig) -> MetaTrainConfig:
     """Local paths made absolute: Ray workers do not run in the driver's working directory."""
     root = storage.normalize(cfg.storage_path)
@@ -345,27 +320,11 @@ def _write_outputs(model: VariableRateModel, state: dict, weights: str, trained_
 
 def run_metatrain(cfg: MetaTrainConfig) -> MetaTrainResult:
     """Meta-train (or resume) the run ``cfg.name`` under ``cfg.storage_path`` and write the weights file."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     cfg = _resolve_paths(cfg)
     # Fail here, before any worker starts, on a missing base model or data folder.
     model = load_base_model(cfg)
     storage.list_images(cfg.data_dir)
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config=dataclasses.asdict(cfg),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
-        run_config=RunConfig(
-            name=cfg.name,
-            storage_path=cfg.storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"run {cfg.name!r} under {cfg.storage_path} ended without a checkpoint")
+    result = fit(_train_loop, dataclasses.asdict(cfg), name=cfg.name, storage_path=cfg.storage_path, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, max_failures=cfg.max_failures)
     with result.checkpoint.as_directory() as folder:
         state = load_meta_state(Path(folder) / STATE_FILE)
     log = _write_outputs(model, state.as_dict(), cfg.output, base_trained_steps(cfg))

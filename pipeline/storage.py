@@ -13,16 +13,19 @@ summaries.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import posixpath
-import uuid
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from oml.imageio import IMAGE_SUFFIXES
-from pipeline.walk import walk_files
+from pipeline import files as local_files
+from pipeline.walk import Unlisted, walk_files
 
 try:
     import fsspec
@@ -31,10 +34,97 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the archiving pipeline needs fsspec: pip install 'oml-archive[pipeline]'") from exc
 
 
+class StorageRefused(Exception):
+    """The object store refused the request: wrong or missing credentials, no permission.
+
+    Deliberately not an OSError, so that no caller takes a refusal for a missing or damaged file
+    (``not an oml archive``, ``source unavailable``), and Ray does not retry it."""
+
+
+_REFUSED_CODES = {
+    "AccessDenied", "AccountProblem", "AllAccessDisabled", "ExpiredToken", "InvalidAccessKeyId", "InvalidToken",
+    "SignatureDoesNotMatch", "TokenRefreshRequired", "InvalidSecurity", "RequestTimeTooSkewed", "UnauthorizedAccess",
+}
+
+
+def _remote_cause(exc: BaseException) -> BaseException | None:
+    """The object store client's own error behind ``exc`` (s3fs raises its translations of botocore's
+    errors inside their handlers), ``None`` for a local error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__module__.startswith("botocore"):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """Why the object store refused the request behind ``exc`` (a 401/403 answer, an authentication
+    error code, no credentials at all), or ``None`` when it did not."""
+    cause = _remote_cause(exc)
+    if cause is None:
+        return None
+    if type(cause).__name__ in ("NoCredentialsError", "PartialCredentialsError"):
+        return str(cause)
+    response = getattr(cause, "response", None)
+    if not isinstance(response, dict):
+        return None
+    error = response.get("Error", {})
+    code, status = str(error.get("Code", "")), response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in _REFUSED_CODES or status in (401, 403) or code in ("401", "403"):
+        return f"{code or status}: {error.get('Message') or 'Forbidden'}"
+    return None
+
+
+@contextmanager
+def _refused_as_such(uri: str) -> Iterator[None]:
+    """Inside, a request that the object store refused raises :class:`StorageRefused` (naming ``uri``)."""
+    try:
+        yield
+    except StorageRefused:
+        raise
+    except Exception as exc:
+        why = _refusal(exc)
+        if why is None:
+            raise
+        raise StorageRefused(f"storage refused the request (credentials?) for {redact(uri)}: {why}") from exc
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _refusals(func: _F) -> _F:
+    """``func(uri, ...)`` under :func:`_refused_as_such`."""
+
+    @functools.wraps(func)
+    def checked(uri: str, *args: Any, **kwargs: Any) -> Any:
+        with _refused_as_such(uri):
+            return func(uri, *args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+def explain(exc: BaseException) -> str:
+    """One line for a storage error: a local one in words (``no space left on device: PATH``), a
+    refusal (:class:`StorageRefused`), or an object store that could not be reached or answered
+    with an error."""
+    if isinstance(exc, StorageRefused):
+        return str(exc)
+    cause = _remote_cause(exc)
+    if cause is None and isinstance(exc, OSError) and (exc.filename is not None or local_files.is_local_failure(exc)):
+        return local_files.describe(exc)
+    if cause is not None and isinstance(getattr(cause, "response", None), dict):
+        code = cause.response.get("Error", {}).get("Code", "")
+        return f"storage answered with an error ({code or type(exc).__name__}): {exc}"
+    return f"storage unreachable ({type(cause or exc).__name__}): {exc}"
+
+
 def unreachable_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean the storage could not be reached or refused the request
-    (network, endpoint, credentials): the jobs report them in one line."""
-    errors: list[type[BaseException]] = [OSError]
+    """Exception types of storage that failed as a whole: unreachable, refusing the request, or a
+    local file system that is full, read-only or forbidden; the jobs report them in one line
+    (:func:`explain`)."""
+    errors: list[type[BaseException]] = [OSError, StorageRefused]
     try:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -59,6 +149,8 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 def normalize(uri: str) -> str:
     """A canonical spelling: absolute local paths, ``scheme://path`` without a trailing slash for remote ones."""
+    if not uri:
+        raise ValueError("an empty path ('') names no file or folder")
     fs, path = url_to_fs(uri)
     if _is_local(fs):
         return os.path.abspath(os.path.expanduser(path))
@@ -104,13 +196,18 @@ def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if _is_local(fs) else fs.unstrip_protocol(path)
 
 
-def list_files(uri: str, suffixes: tuple[str, ...]) -> list[SourceFile]:
+@_refusals
+def list_files(uri: str, suffixes: tuple[str, ...], unlisted: list[Unlisted] | None = None) -> list[SourceFile]:
     """Every file under ``uri`` (recursive) whose name ends in one of ``suffixes`` (any case), sorted by relative path.
 
-    ``uri`` may also name a single file, which is returned whatever its suffix.
+    ``uri`` may also name a single file, which is returned whatever its suffix. Locally, what
+    cannot be listed (a folder under ``uri`` that cannot be read, a broken link: see
+    :func:`pipeline.walk.walk_files`) is appended to ``unlisted``, or raises without it; an object
+    store's listing either answers whole or raises.
 
     Raises:
         FileNotFoundError: nothing exists at ``uri``.
+        OSError: ``uri`` cannot be listed, or (without ``unlisted``) something under it.
     """
     fs, root = url_to_fs(normalize(uri))
     fs.invalidate_cache()
@@ -120,8 +217,8 @@ def list_files(uri: str, suffixes: tuple[str, ...]) -> list[SourceFile]:
         raise FileNotFoundError(f"no such file or folder: {redact(uri)}")
     wanted = tuple(s.lower() for s in suffixes)
     if _is_local(fs):
-        return _walk_local(root, wanted)
-    found = fs.find(root, withdirs=False, detail=True)
+        return _walk_local(root, wanted, unlisted)
+    found = _find_remote(fs, root)
     prefix = root.rstrip("/") + "/"
     files = []
     for path, info in found.items():
@@ -132,8 +229,27 @@ def list_files(uri: str, suffixes: tuple[str, ...]) -> list[SourceFile]:
     return sorted(files, key=lambda f: f.relative_path)
 
 
-def _walk_local(root: str, wanted: tuple[str, ...]) -> list[SourceFile]:
-    return [SourceFile(os.path.abspath(path), rel, os.path.getsize(path)) for path, rel in walk_files(root, wanted)]
+def _find_remote(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict[str, Any]]:
+    """Every object under ``root`` by name, each prefix listed in turn, any listing error raised:
+    fsspec's ``find`` and ``walk`` leave out a prefix whose listing fails (``walk`` does not pass its
+    ``on_error`` down to the prefixes below the first)."""
+    found: dict[str, dict[str, Any]] = {}
+    pending = [root.rstrip("/")]
+    while pending:
+        folder = pending.pop()
+        for info in fs.ls(folder, detail=True):
+            name = info["name"].rstrip("/")
+            if name == folder:  # the prefix's own marker object
+                continue
+            if info.get("type") == "directory":
+                pending.append(name)
+            else:
+                found[name] = info
+    return found
+
+
+def _walk_local(root: str, wanted: tuple[str, ...], unlisted: list[Unlisted] | None) -> list[SourceFile]:
+    return [SourceFile(os.path.abspath(path), rel, os.path.getsize(path)) for path, rel in walk_files(root, wanted, unlisted)]
 
 
 def list_images(uri: str) -> list[str]:
@@ -151,17 +267,20 @@ def list_images(uri: str) -> list[str]:
     return [f.uri for f in files]
 
 
+@_refusals
 def read_bytes(uri: str) -> bytes:
     fs, path = url_to_fs(uri)
     return fs.cat_file(path)
 
 
+@_refusals
 def read_range(uri: str, offset: int, length: int) -> bytes:
     """Bytes ``offset … offset+length-1`` of the file at ``uri`` (an object store serves the range alone)."""
     fs, path = url_to_fs(uri)
     return fs.cat_file(path, start=offset, end=offset + length)
 
 
+@_refusals
 def file_sha256(uri: str, chunk: int = 8 << 20) -> str:
     """SHA-256 of the file at ``uri``, read in pieces (memory does not grow with the file)."""
     digest = hashlib.sha256()
@@ -171,79 +290,131 @@ def file_sha256(uri: str, chunk: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_bytes(uri: str, data: bytes) -> None:
+@_refusals
+def write_bytes(uri: str, data: bytes, replace: bool = True) -> bool:
     """Write a whole file so that readers see either nothing, the old file or the new one
-    (:class:`Writer`: a renamed local temporary; on an object store one upload)."""
-    writer = Writer(uri)
+    (:class:`Writer`: a renamed local temporary; on an object store one upload). With
+    ``replace=False`` an existing file is never replaced: one holding ``data`` already is left as
+    it is (``False``: nothing written), another raises :class:`pipeline.files.ExistingFileError`."""
+    fs, path = url_to_fs(uri)
+    if _is_local(fs):
+        return local_files.write_file(path, data, replace)
+    if not replace and _holds(fs, path, len(data), hashlib.sha256(data).digest()):
+        return False
+    writer = Writer(uri, replace)
     try:
         writer.write(data)
     except BaseException:
         writer.abort()
         raise
     writer.commit()
+    return True
+
+
+def _holds(fs: fsspec.AbstractFileSystem, path: str, size: int, digest: bytes) -> bool:
+    """Whether the remote ``path`` holds these bytes; ExistingFileError when a different file is there."""
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return False
+    if info.get("type") == "file" and int(info.get("size") or 0) == size and bytes.fromhex(file_sha256(fs.unstrip_protocol(path))) == digest:
+        return True
+    raise local_files.ExistingFileError(fs.unstrip_protocol(path))
 
 
 class Writer:
     """A file written piece by piece that readers see only once :meth:`commit` has run, and never
-    if :meth:`abort` runs instead: locally a temporary beside the target, renamed over it; on an
-    object store a multipart upload, completed at commit and discarded at abort."""
+    if :meth:`abort` runs instead: locally a temporary beside the target, renamed over it
+    (:class:`pipeline.files.Writer`); on an object store a multipart upload, completed at commit
+    and discarded at abort. ``replace=False``: as :func:`write_bytes`, checked at commit."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, replace: bool = True) -> None:
+        self.uri = uri
         self.fs, self.path = url_to_fs(uri)
         self.local = _is_local(self.fs)
-        if self.local:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            self.tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
-            self.file = open(self.tmp, "wb")
-        else:
-            self.file = self.fs.open(self.path, "wb")
+        self.replace = replace
+        self.local_writer = local_files.Writer(self.path, replace) if self.local else None
+        if not self.local:
+            self.sha, self.size = hashlib.sha256(), 0
+            with _refused_as_such(uri):
+                self.file = self.fs.open(self.path, "wb")
 
     def write(self, data: bytes) -> None:
-        self.file.write(data)
+        if self.local_writer is not None:
+            self.local_writer.write(data)
+            return
+        with _refused_as_such(self.uri):
+            self.file.write(data)
+        self.sha.update(data)
+        self.size += len(data)
 
     def commit(self) -> None:
-        if self.local:
-            try:
-                self.file.flush()
-                os.fsync(self.file.fileno())
+        if self.local_writer is not None:
+            self.local_writer.commit()
+            return
+        try:
+            with _refused_as_such(self.uri):
+                if not self.replace and _holds(self.fs, self.path, self.size, self.sha.digest()):
+                    self.abort()  # the same bytes are there already
+                    return
                 self.file.close()
-                os.replace(self.tmp, self.path)
-            except BaseException:
-                self.abort()  # no temporary left behind
-                raise
-        else:
-            self.file.close()
-            self.fs.invalidate_cache(posixpath.dirname(self.path))
+        except BaseException:
+            self.abort()
+            raise
+        self.fs.invalidate_cache(posixpath.dirname(self.path))
 
     def abort(self) -> None:
-        if self.local:
-            self.file.close()
-            if os.path.exists(self.tmp):
-                os.remove(self.tmp)
+        if self.local_writer is not None:
+            self.local_writer.abort()
         elif hasattr(self.file, "discard"):
-            self.file.discard()  # fsspec: drop the buffer, abort any multipart upload
-        else:
+            if not self.file.closed:
+                self.file.discard()  # fsspec: drop the buffer, abort any multipart upload
+                self.file.closed = True  # so that its finaliser does not try to upload the dropped buffer
+        elif not self.file.closed:
             self.file.close()
             self.fs.rm(self.path)
 
 
 def remove_stale_temporaries(folder: str) -> int:
-    """Delete the temporary files that killed writers left in a local ``folder`` (``*.tmp`` of
-    :func:`write_bytes`); the caller makes sure no writer is running. Returns how many."""
-    if not is_local(folder) or not os.path.isdir(normalize(folder)):
+    """Delete the temporaries that killed writers left in a local ``folder`` (not below it;
+    :func:`pipeline.files.remove_stale`); the caller makes sure no writer is running. Returns how many."""
+    if not is_local(folder):
         return 0
-    stale = [e.path for e in os.scandir(normalize(folder)) if e.is_file() and e.name.endswith(".tmp")]
-    for path in stale:
-        os.remove(path)
-    return len(stale)
+    return local_files.remove_stale(normalize(folder))
 
 
+@_refusals
 def exists(uri: str) -> bool:
+    """Whether a file or folder is at ``uri``. Only "not found" is ``False``: an object store that
+    refuses the request raises :class:`StorageRefused`, one that cannot be reached its error."""
     fs, path = url_to_fs(uri)
     fs.invalidate_cache(posixpath.dirname(path))
-    return fs.exists(path)
+    try:
+        fs.info(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
+def same_place(a: str, b: str) -> bool:
+    """Whether the URIs ``a`` and ``b`` name one file or folder: locally by identity (through links
+    and mounts, :func:`pipeline.files.same`), remotely by their normalised spelling."""
+    if is_local(a) and is_local(b):
+        return local_files.same(normalize(a), normalize(b))
+    return normalize(a) == normalize(b)
+
+
+def place(uri: str) -> Callable[[str], bool]:
+    """A test of whether a URI is ``uri`` or lies under it (locally by identity, as
+    :class:`pipeline.files.Place`; remotely by prefix). Nothing local at ``uri``: always False."""
+    if is_local(uri):
+        found = local_files.Place.of(normalize(uri))
+        return (lambda other: is_local(other) and found.holds(normalize(other))) if found else (lambda other: False)
+    root = normalize(uri)
+    return lambda other: not is_local(other) and (normalize(other) == root or normalize(other).startswith(root + "/"))
+
+
+@_refusals
 def glob(uri_pattern: str) -> list[str]:
     """URIs matching a glob pattern, sorted (a fresh listing, never a cached one)."""
     fs, pattern = url_to_fs(uri_pattern)
@@ -259,12 +430,14 @@ def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
+@_refusals
 def open_file(uri: str) -> Any:
     """A binary file object reading ``uri`` on demand (a remote object is fetched by ranges, as read)."""
     fs, path = url_to_fs(uri)
     return fs.open(path, "rb")
 
 
+@_refusals
 def size(uri: str) -> int:
     """Bytes of the file at ``uri`` (FileNotFoundError when there is none)."""
     fs, path = url_to_fs(uri)

@@ -3,6 +3,8 @@
 The pure pieces (loss, crops, one step) are in :mod:`oml.train`; this module adds
 what touches disk: reading the training photos, a JSON-lines log, and a
 checkpoint that makes every run resumable (``last.pt``, written atomically).
+:func:`run_base_training` trains in this process; :mod:`pipeline.train_ddp` runs the same
+steps data-parallel on Ray Train, from the pieces here (:func:`start_run`, :class:`TrainingRun`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from oml.imageio import decode_image
 from oml.models.default import OMLHyperprior
 from oml.models.weights import TrainingState, Weights, is_constant, load_state, save_training_state, stored_config, weights_under
-from oml.train import configure_optimizers, lr_at, lr_by_time, random_crops, rd_loss, sample_lambdas, train_step
+from oml.train import StepMetrics, configure_optimizers, lr_at, lr_by_time, random_crops, rd_loss, sample_lambdas, train_step
 from pipeline import storage
 
 
@@ -55,11 +58,20 @@ class BaseTrainConfig:
     decay_share: float = 0.25
 
 
+class TrainingImages(NamedTuple):
+    """The photos a run trains on (uint8 ``(3,H,W)``, each at least a crop), the held-out ones, and
+    how many training photos were left out for being smaller than a crop."""
+
+    train: list[torch.Tensor]
+    held: list[torch.Tensor]
+    too_small: int
+
+
 def load_split(cfg: BaseTrainConfig) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Training and held-out images: every ``holdout_every``-th file of the sorted listing is held out."""
     train, held = [], []
     for i, uri in enumerate(storage.list_images(cfg.data_dir)):
-        img = decode_image(storage.read_bytes(uri))
+        img = decode_image(storage.read_bytes(uri), to_srgb=True)  # what a viewer shows: photos with a profile are learned in sRGB
         (held if cfg.holdout_every and i % cfg.holdout_every == 0 else train).append(img)
     return train, held
 
@@ -111,18 +123,19 @@ def context_weights(weights_file: str | Path) -> dict[str, torch.Tensor]:
     return found
 
 
-def _resume_state(source: Path, cfg: BaseTrainConfig) -> TrainingState:
+def _resume_state(source: Path | bytes, cfg: BaseTrainConfig, origin: str | None = None) -> TrainingState:
     """What a run starts from: a checkpoint (``last.pt``, a compact resume point) as it is, or a
     shipped oml weights file of the default model read as a compact resume point
-    (:func:`oml.models.weights.default_training_weights`)."""
+    (:func:`oml.models.weights.default_training_weights`). ``source``: a path, or the bytes of
+    the file ``origin`` names."""
     from oml.models.weights import default_training_weights
 
-    state = load_state(source)
+    state = load_state(source, origin)
     if isinstance(state, Weights):
         weights, steps = default_training_weights(state, cfg.N, cfg.M)
         return TrainingState(weights, steps, compact=True)
     if not isinstance(state, TrainingState):
-        raise ValueError(f"{source} is not a training checkpoint, resume point or oml weights file")
+        raise ValueError(f"{origin or source} is not a training checkpoint, resume point or oml weights file")
     return state
 
 
@@ -160,21 +173,58 @@ def resolve_widths(cfg: BaseTrainConfig) -> BaseTrainConfig:
     return dataclasses.replace(cfg, N=cfg.N or int(found.get("N", 64)), M=cfg.M or int(found.get("M", 128)))
 
 
-def run_base_training(cfg: BaseTrainConfig) -> Path:
-    """Train (or resume) the default model; returns the path of ``last.pt``."""
-    cfg = resolve_widths(cfg)
-    torch.set_num_threads(cfg.threads)
-    device = training_device(cfg.device)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, log_path = out / "last.pt", out / "train_log.jsonl"
+def load_training_images(cfg: BaseTrainConfig) -> TrainingImages:
+    """:func:`load_split`, without the training photos too small for a crop."""
     train_imgs, held_imgs = load_split(cfg)
     small = sum(1 for img in train_imgs if min(img.shape[1:]) < cfg.crop)
     train_imgs = [img for img in train_imgs if min(img.shape[1:]) >= cfg.crop]  # no crop fits in them
     if not train_imgs:
         raise ValueError(f"no training image in {cfg.data_dir} is at least {cfg.crop}x{cfg.crop} (--crop)")
-    source = _start_point(cfg)
-    state = _resume_state(source, cfg) if source is not None else None
+    return TrainingImages(train_imgs, held_imgs, small)
+
+
+@dataclass
+class TrainingRun:
+    """A run between two steps: the model, its two optimisers and weight average, the steps done,
+    the generator of the crops and λ, and the training photos (on the model's device).
+    ``fresh_optimizer_at``: the step a fresh optimiser started at (0: none), re-warmed from there."""
+
+    model: OMLHyperprior
+    optimizer: torch.optim.Optimizer
+    aux_optimizer: torch.optim.Optimizer
+    ema: dict[str, torch.Tensor]
+    step: int
+    gen: torch.Generator
+    images: list[torch.Tensor]
+    fresh_optimizer_at: int = 0
+
+    def set_lr(self, cfg: BaseTrainConfig, progress: float) -> float:
+        """Set and return the learning rate of the next step; ``progress``: the share of the time
+        budget spent (``--seconds``; unused without one)."""
+        if cfg.seconds > 0:
+            lr = lr_by_time(progress, cfg.lr, cfg.decay_share, cfg.final_lr) * min(1.0, (self.step + 1) / cfg.warmup)
+        else:
+            lr = lr_at(self.step, cfg.lr, cfg.warmup, cfg.decay_start, cfg.decay_end, cfg.final_lr)
+        if self.fresh_optimizer_at:
+            lr *= min(1.0, (self.step - self.fresh_optimizer_at + 1) / cfg.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def draw_batch(self, cfg: BaseTrainConfig, device: torch.device, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch's crops ``(B,3,crop,crop)`` and λ ``(B,)`` on ``device``: all ``--batch``
+        of them are drawn, ``rows`` of them kept (a data-parallel worker's share)."""
+        x = random_crops(self.images, cfg.batch, cfg.crop, self.gen)[rows].to(device, non_blocking=True)
+        lmbda = sample_lambdas(cfg.batch, cfg.lambda_low, cfg.lambda_high, self.gen)[rows].to(device)
+        return x, lmbda
+
+    def checkpoint(self, cfg: BaseTrainConfig, rng: dict | None = None) -> TrainingState:
+        return TrainingState(self.model.state_dict(), self.step, dataclasses.asdict(cfg), self.ema, self.optimizer.state_dict(), self.aux_optimizer.state_dict(), rng=rng)
+
+
+def start_run(cfg: BaseTrainConfig, state: TrainingState | None, train_imgs: list[torch.Tensor], device: torch.device) -> TrainingRun:
+    """The model, optimisers, weight average and generator of a run, fresh or from ``state`` (see
+    :func:`_resume_state`), on ``device``. A fresh model's weights come from torch's generator."""
     has_context = bool(cfg.context_from) or (state is not None and any(k.startswith("context.") for k in state.model))
     model = OMLHyperprior(cfg.N, cfg.M, context=has_context)
     optimizer, aux_optimizer = configure_optimizers(model, cfg.lr, cfg.aux_lr)
@@ -212,45 +262,60 @@ def run_base_training(cfg: BaseTrainConfig) -> Path:
                 for k, v in moments.items():
                     if isinstance(v, torch.Tensor) and k != "step":
                         moments[k] = v.to(device)
+    return TrainingRun(model, optimizer, aux_optimizer, ema, step, gen, train_imgs, fresh_optimizer_at)
+
+
+def start_event(cfg: BaseTrainConfig, step: int, images: TrainingImages) -> dict:
+    """The log's line for the start (or resumption) of a run at ``step``."""
+    return {"event": "start", "step": step, "config": dataclasses.asdict(cfg), "train_images": len(images.train), "too_small_for_crop": images.too_small, "held_out": len(images.held), "time": time.time()}
+
+
+def window_mean(acc: list[StepMetrics]) -> dict[str, float]:
+    """The mean of each metric over the steps since the last log line."""
+    return {k: sum(getattr(m, k) for m in acc) / len(acc) for k in acc[0]._fields}
+
+
+def log_line(step: int, lr: float, mean: dict[str, float], s_per_step: float) -> dict:
+    return {"step": step, "lr": lr, **{k: round(v, 5) for k, v in mean.items()}, "s_per_step": round(s_per_step, 4)}
+
+
+def run_base_training(cfg: BaseTrainConfig) -> Path:
+    """Train (or resume) the default model in this process; returns the path of ``last.pt``."""
+    cfg = resolve_widths(cfg)
+    torch.set_num_threads(cfg.threads)
+    device = training_device(cfg.device)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "last.pt", out / "train_log.jsonl"
+    images = load_training_images(cfg)
+    source = _start_point(cfg)
+    run = start_run(cfg, _resume_state(source, cfg) if source is not None else None, images.train, device)
     held_lambdas = eval_lambdas(cfg)
     with open(log_path, "a") as log:
-        log.write(json.dumps({"event": "start", "step": step, "config": dataclasses.asdict(cfg), "train_images": len(train_imgs), "too_small_for_crop": small, "held_out": len(held_imgs), "time": time.time()}) + "\n")
+        log.write(json.dumps(start_event(cfg, run.step, images)) + "\n")
         t0, acc = time.time(), []
         began = time.monotonic()
-        while step < cfg.steps:
+        while run.step < cfg.steps:
             progress = (time.monotonic() - began) / cfg.seconds if cfg.seconds > 0 else 0.0
             if progress >= 1.0:  # a time-budgeted run (--seconds) ends here, with a checkpoint
-                save_training_state(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
-                log.write(json.dumps({"event": "time_up", "step": step, "seconds": cfg.seconds}) + "\n")
+                save_training_state(run.checkpoint(cfg), ckpt_path)
+                log.write(json.dumps({"event": "time_up", "step": run.step, "seconds": cfg.seconds}) + "\n")
                 break
-            if cfg.seconds > 0:
-                lr = lr_by_time(progress, cfg.lr, cfg.decay_share, cfg.final_lr) * min(1.0, (step + 1) / cfg.warmup)
-            else:
-                lr = lr_at(step, cfg.lr, cfg.warmup, cfg.decay_start, cfg.decay_end, cfg.final_lr)
-            if fresh_optimizer_at:
-                lr *= min(1.0, (step - fresh_optimizer_at + 1) / cfg.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = random_crops(train_imgs, cfg.batch, cfg.crop, gen).to(device, non_blocking=True)
-            lmbda = sample_lambdas(cfg.batch, cfg.lambda_low, cfg.lambda_high, gen).to(device)
-            acc.append(train_step(model, optimizer, aux_optimizer, x, lmbda, amp=cfg.amp))
-            update_ema(ema, model, cfg.ema_decay)
-            step += 1
-            if step % cfg.log_every == 0:
-                mean = {k: sum(getattr(m, k) for m in acc) / len(acc) for k in acc[0]._fields}
-                log.write(json.dumps({"step": step, "lr": lr, **{k: round(v, 5) for k, v in mean.items()}, "s_per_step": round((time.time() - t0) / len(acc), 4)}) + "\n")
+            lr = run.set_lr(cfg, progress)
+            x, lmbda = run.draw_batch(cfg, device)
+            acc.append(train_step(run.model, run.optimizer, run.aux_optimizer, x, lmbda, amp=cfg.amp))
+            update_ema(run.ema, run.model, cfg.ema_decay)
+            run.step += 1
+            if run.step % cfg.log_every == 0:
+                log.write(json.dumps(log_line(run.step, lr, window_mean(acc), (time.time() - t0) / len(acc))) + "\n")
                 log.flush()
                 t0, acc = time.time(), []
-            if step % cfg.eval_every == 0 and held_imgs:
-                log.write(json.dumps({"step": step, "eval": evaluate(model, held_imgs, held_lambdas)}) + "\n")
+            if run.step % cfg.eval_every == 0 and images.held:
+                log.write(json.dumps({"step": run.step, "eval": evaluate(run.model, images.held, held_lambdas)}) + "\n")
                 log.flush()
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_training_state(_checkpoint(model, ema, optimizer, aux_optimizer, step, cfg), ckpt_path)
+            if run.step % cfg.ckpt_every == 0 or run.step == cfg.steps:
+                save_training_state(run.checkpoint(cfg), ckpt_path)
     return ckpt_path
-
-
-def _checkpoint(model, ema, optimizer, aux_optimizer, step: int, cfg: BaseTrainConfig) -> TrainingState:
-    return TrainingState(model.state_dict(), step, dataclasses.asdict(cfg), ema, optimizer.state_dict(), aux_optimizer.state_dict())
 
 
 def export_default_weights(checkpoint: str | Path, out_path: str | Path, half: bool = True, ema: bool = True, offsets_from: str | Path | None = None) -> Path:

@@ -100,7 +100,7 @@ def run_context_training(cfg: ContextTrainConfig) -> dict:
     for p in model.parameters():
         p.requires_grad_(False)
     uris = storage.list_images(cfg.data_dir)
-    images = [decode_image(storage.read_bytes(u)) for i, u in enumerate(uris) if not (cfg.holdout_every and i % cfg.holdout_every == 0)]
+    images = [decode_image(storage.read_bytes(u), to_srgb=True) for i, u in enumerate(uris) if not (cfg.holdout_every and i % cfg.holdout_every == 0)]
     images = [img for img in images if min(img.shape[1:]) >= cfg.crop]
     if not images:
         raise ValueError(f"no training photo in {cfg.data_dir} is at least {cfg.crop}² pixels")

@@ -13,7 +13,10 @@
 # bfloat16 autocast (--amp) unless bench/train_speed.py, where present, measures float32 faster.
 # WIDEN_N=K first widens the transforms to K channels (jobs/widen_weights.py: function-preserving,
 # so training resumes from the shipped quality). Running the same command again resumes from
-# OUT/run/last.pt. Then the λ-offset branches are meta-trained again on the new decoder (META_STEPS,
+# OUT/run/last.pt. TRAIN_WORKERS=W trains data-parallel on W Ray Train workers, one GPU each, the
+# global batch BATCH split over them (the cluster in RAY_ADDRESS, else a local Ray; OUT on a shared
+# file system when they are on several nodes); a re-run resumes from OUT/run's latest checkpoint.
+# Then the λ-offset branches are meta-trained again on the new decoder (META_STEPS,
 # offset mode): in this process (META_WORKERS=0, the default) or on Ray Train with META_WORKERS GPU
 # workers (the cluster in RAY_ADDRESS, else a local Ray; put META_STORAGE on s3:// when the workers
 # are on several nodes).
@@ -38,6 +41,7 @@ INIT=${INIT:-oml/weights/oml-default.pt}
 WIDEN_N=${WIDEN_N:-0}  # 0: keep the shipped width (128 from v9; v1-v8 were 64)
 META_STEPS=${META_STEPS:-300}  # offset-mode meta-training after base training (0: none); 300 steps is v2's recipe
 META_WORKERS=${META_WORKERS:-0}
+TRAIN_WORKERS=${TRAIN_WORKERS:-0}  # 0: base training in this process
 META_STORAGE=${META_STORAGE:-$OUT/meta}
 THREADS=${THREADS:-8}
 RUN=$OUT/run
@@ -54,10 +58,15 @@ mkdir -p "$OUT"
   if [ -f bench/train_speed.py ]; then  # the width the run trains at: that of OUT/run/last.pt, else of START
     N=$("$PY" -c 'import sys; from pipeline.train import BaseTrainConfig, resolve_widths
 print(resolve_widths(BaseTrainConfig(data_dir=sys.argv[1], out_dir=sys.argv[2], init=sys.argv[3])).N)' "$DATA" "$RUN" "$START")
-    AMP=$("$PY" bench/train_speed.py --device "$DEVICE" --batch "$BATCH" --crop "$CROP" --N "$N" --steps 10 --rounds 2 --choose)
+    AMP=$("$PY" bench/train_speed.py --device "$DEVICE" --batch $((BATCH / (TRAIN_WORKERS > 0 ? TRAIN_WORKERS : 1))) --crop "$CROP" --N "$N" --steps 10 --rounds 2 --choose)
+  fi
+  if [ "$TRAIN_WORKERS" -gt 0 ]; then
+    WHERE=(--num-workers "$TRAIN_WORKERS" "$([ "$DEVICE" = cpu ] && echo --no-use-gpu || echo --use-gpu)")
+  else
+    WHERE=(--device "$DEVICE")
   fi
   echo "training with $AMP for $BUDGET s"
-  "$PY" jobs/train_base.py --device "$DEVICE" "$AMP" --data-dir "$DATA" --out-dir "$RUN" --init "$START" \
+  "$PY" jobs/train_base.py "${WHERE[@]}" "$AMP" --data-dir "$DATA" --out-dir "$RUN" --init "$START" \
     --lambda-high 0.0483 --crop "$CROP" --batch "$BATCH" --lr 1e-4 --warmup 300 --steps 100000000 \
     --seconds "$BUDGET" --decay-share 0.3 --eval-every 2000 --ckpt-every 2000 --threads "$THREADS" "$@"
   "$PY" jobs/export_weights.py "$RUN/last.pt" "$OUT/oml-default-gpu.pt" --offsets-from "$START"

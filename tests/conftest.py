@@ -56,3 +56,73 @@ def natural_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     img = img + 0.05 * torch.randn(3, height, width, generator=g)
     img[:, : height // 3, : width // 4] = 0.9
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(kib)``: a real tmpfs of ``kib`` KiB on a fresh folder under ``tmp_path`` (its path),
+    unmounted when the test ends whatever happens. Needs root (tests run as root in CI)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    mounted: list[Path] = []
+
+    def mount(kib: int) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k,mode=0755", "tmpfs", str(point)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    try:
+        yield mount
+    finally:
+        for point in reversed(mounted):
+            subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.fixture
+def bind_mount(tmp_path):
+    """``bind(folder)``: ``folder`` mounted again on a fresh folder (``mount --bind``), which it
+    returns; unmounted when the test ends. Needs root."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("a bind mount needs root")
+    mounted: list[Path] = []
+
+    def bind(folder: Path) -> Path:
+        point = tmp_path / f"bound{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "--bind", str(folder), str(point)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    try:
+        yield bind
+    finally:
+        for point in reversed(mounted):
+            subprocess.run(["umount", str(point)], check=False)
+
+
+def fill_disk(disk: Path, leave: int) -> Path:
+    """A ballast file on ``disk`` that leaves ``leave`` bytes free (a multiple of the block size);
+    delete it to free the space again."""
+    st = os.statvfs(disk)
+    ballast = disk / "ballast"
+    with open(ballast, "wb") as f:
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - leave))
+    assert os.statvfs(disk).f_bavail * st.f_frsize == leave
+    return ballast
+
+
+def temporaries(folder: Path) -> list[str]:
+    """Every writer's temporary under ``folder`` (this version's names and earlier ones')."""
+    from pipeline.files import TEMPORARY
+
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if TEMPORARY.match(p.name) or p.name.endswith((".part", ".tmp")))

@@ -1,5 +1,6 @@
 """The oml command as a user runs it (random-weight default model through --weights)."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,158 @@ def test_region_decode_decodes_only_the_overlapped_tiles(random_default_model, m
     monkeypatch.setattr(codec, "decode_tile_latent", lambda m, h, r, number, t: decoded.append(number) or real(m, h, r, number, t))
     window = codec.decode_region(random_default_model, data, codec.tiling.Region(100, 90, 60, 70))
     assert decoded == [0, 1, 4, 5] and window.shape == (3, 70, 60)
+
+
+# --------------------------------------------------------------------------- nothing lost
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["compress", "{src}", "-o", ""], "-o/--output is empty"),
+        (["compress", "", "-o", "{out}"], "an input is empty"),
+        (["decompress", "{coded}", "-o", ""], "-o/--output is empty"),
+        (["decompress", "", "-o", "{out}"], "an input is empty"),
+    ],
+)
+def test_an_empty_output_or_input_is_one_line_and_writes_nothing(tmp_path, weights, monkeypatch, capsys, argv, message):
+    """'' is no name: it used to mean the current folder (``-o ''`` wrote ./a.oml, exit 0; an
+    input '' took every image or .oml file there)."""
+    src = tmp_path / "a.png"
+    _png(src, natural_image(32, 32))
+    coded = tmp_path / "a.oml"
+    assert main(["compress", str(src), "-o", str(coded), "--weights", weights]) == 0
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _png(work / "c.png", natural_image(32, 32, 1))
+    (work / "c.oml").write_bytes(coded.read_bytes())
+    capsys.readouterr()
+    argv = [a.format(src=src, coded=coded, out=tmp_path / "out") for a in argv]
+    assert main([*argv, "--weights", weights]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert sorted(p.name for p in work.iterdir()) == ["c.oml", "c.png"] and not (tmp_path / "out").exists()
+
+
+def test_decompress_into_a_folder_never_replaces_a_different_file(tmp_path, weights, capsys):
+    """`oml decompress coded/ -o photos/` where photos/ holds the originals under the outputs'
+    names (here through a symbolic link to it): each original is left as it was and named (exit 1).
+    A repeated decompress into a fresh folder changes nothing (exit 0); --overwrite replaces."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, name in enumerate(["a.png", "b.png"]):
+        _png(photos / name, natural_image(40, 56, i))
+    originals = {p.name: p.read_bytes() for p in photos.iterdir()}
+    assert main(["compress", str(photos), "-o", str(tmp_path / "coded"), "--weights", weights, "-q", "1"]) == 0
+    link = tmp_path / "photos-link"
+    link.symlink_to(photos)
+    capsys.readouterr()
+    assert main(["decompress", str(tmp_path / "coded"), "-o", str(link), "--weights", weights]) == 1
+    err = capsys.readouterr().err
+    assert err.count("a different file is already there; left as it is") == 2 and "2 of 2 files failed" in err
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == originals
+
+    restored = tmp_path / "restored"
+    assert main(["decompress", str(tmp_path / "coded"), "-o", str(restored), "--weights", weights]) == 0
+    first = {p.name: (p.read_bytes(), p.stat().st_ino) for p in restored.iterdir()}
+    capsys.readouterr()
+    assert main(["decompress", str(tmp_path / "coded"), "-o", str(restored), "--weights", weights]) == 0
+    assert capsys.readouterr().out.count("(already there, the same bytes)") == 2
+    assert {p.name: (p.read_bytes(), p.stat().st_ino) for p in restored.iterdir()} == first  # not even rewritten
+
+    assert main(["decompress", str(tmp_path / "coded"), "-o", str(link), "--weights", weights, "--overwrite"]) == 0
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == {n: b for n, (b, _) in first.items()}
+
+
+def test_an_output_that_is_an_input_through_a_bind_mount_or_hard_link_is_refused(tmp_path, weights, bind_mount, capsys):
+    """Paths are compared by identity, not spelling: the same file seen through a bind mount of its
+    folder (which a rename would replace) or a hard link is an input, and never written."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    src = photos / "a.png"
+    _png(src, natural_image(32, 40))
+    original = src.read_bytes()
+    view = bind_mount(photos)
+    os.link(src, tmp_path / "hard.png")
+    for out in (view / "a.png", tmp_path / "hard.png"):
+        assert main(["compress", str(src), "-o", str(out), "--weights", weights]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is also an input" in err
+        assert src.read_bytes() == original
+    coded = tmp_path / "a.oml"
+    assert main(["compress", str(src), "-o", str(coded), "--weights", weights]) == 0
+    data = coded.read_bytes()
+    os.link(coded, photos / "a-copy.oml")
+    assert main(["decompress", str(coded), "-o", str(view / "a-copy.oml"), "--weights", weights]) == 2
+    assert "is also an input" in capsys.readouterr().err and coded.read_bytes() == data
+
+
+def test_the_longest_file_names_compress_and_decompress(tmp_path, weights):
+    """A 255-byte name (the file system's limit) whose outputs keep 255 bytes: the temporaries are
+    short names of their own (``NAME.part`` was 5 bytes over)."""
+    name = "p" * 251
+    (tmp_path / "in").mkdir()
+    _png(tmp_path / "in" / f"{name}.png", natural_image(32, 48))
+    assert main(["compress", str(tmp_path / "in"), "-o", str(tmp_path / "coded"), "--weights", weights]) == 0
+    assert [p.name for p in (tmp_path / "coded").iterdir()] == [f"{name}.oml"]
+    assert main(["decompress", str(tmp_path / "coded"), "-o", str(tmp_path / "png"), "--weights", weights]) == 0
+    assert np.asarray(Image.open(tmp_path / "png" / f"{name}.png")).shape == (32, 48, 3)
+
+
+def test_a_disk_that_fills_up_stops_in_one_line_and_leaves_no_temporary(tmp_path, weights, small_disk, capsys):
+    """A real tmpfs with room for the first output only: compress and decompress each write it,
+    stop at the second with one line naming the file and the disk full (exit 1), and leave no
+    temporary; the first output is whole. A killed run's temporary there is removed, a user's
+    ``.part`` file is not."""
+    from .conftest import fill_disk, temporaries
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, name in enumerate(["a.png", "b.png"]):
+        _png(photos / name, natural_image(64, 96, i))
+    assert main(["compress", str(photos), "-o", str(tmp_path / "coded"), "--weights", weights, "-q", "1"]) == 0
+    assert main(["decompress", str(tmp_path / "coded"), "-o", str(tmp_path / "png"), "--weights", weights]) == 0
+    capsys.readouterr()
+    for command, inputs, made in (("compress", photos, tmp_path / "coded"), ("decompress", tmp_path / "coded", tmp_path / "png")):
+        disk = small_disk(256)
+        out = disk / "out"
+        out.mkdir()
+        (out / ".oml-0123abcd.part").write_bytes(b"a killed run's")
+        (out / "download.png.part").write_bytes(b"the user's")
+        first = (made / ("a.oml" if command == "compress" else "a.png")).read_bytes()
+        fill_disk(disk, -(-len(first) // 4096) * 4096 - 4096)  # and the killed run's page, freed when it is removed
+        assert main([command, str(inputs), "-o", str(out), "--weights", weights, *(["-q", "1"] if command == "compress" else [])]) == 1
+        err = capsys.readouterr().err  # the progress bar's line, then the error
+        suffix = ".oml" if command == "compress" else ".png"
+        assert err.splitlines()[-1] == f"oml: error: no space left on device: {out / ('b' + suffix)}; stopped after 1 of 2 files, nothing partial left"
+        assert err.count("error") == 1 and "Traceback" not in err
+        assert temporaries(disk) == ["out/download.png.part"]
+        assert sorted(p.name for p in out.iterdir()) == ["a" + suffix, "download.png.part"]
+        assert (out / ("a" + suffix)).read_bytes() == first
+
+
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["archive", "--input", "{photos}", "--output", ""], "--output"),
+        (["archive", "--input", "", "--output", "{out}"], "--input"),
+        (["restore", "--input", "{photos}", "--output", ""], "--output"),
+        (["restore", "--input", "", "--output", "{out}"], "--input"),
+        (["restore", "--input", "{photos}", "--output", "{out}", "--verify", "--sources", ""], "--sources"),
+    ],
+)
+def test_an_empty_location_for_the_archive_jobs_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, flag):
+    """`oml archive --output ''` archived into the current folder; `--sources ''` was taken as no sources."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _png(photos / "a.png", natural_image(32, 32))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    _png(work / "c.png", natural_image(32, 32, 1))
+    monkeypatch.chdir(work)
+    argv = [a.format(photos=photos, out=tmp_path / "out") for a in argv]
+    assert main([*argv, "--no-progress", *(["--random-weights"] if argv[0] == "archive" else [])]) == 2
+    err = capsys.readouterr().err
+    assert err == f"oml {argv[0]}: error: {flag} is empty (''): name a folder or URI\n"
+    assert [p.name for p in work.iterdir()] == ["c.png"] and not (tmp_path / "out").exists()

@@ -14,7 +14,6 @@ import torch
 from oml.models.weights import TrainingState, load_weights, save_training_state
 from pipeline.metatrain import (
     MetaTrainConfig,
-    _average_across_workers,
     _check_resumable,
     _resolve_paths,
     _write_outputs,
@@ -22,6 +21,7 @@ from pipeline.metatrain import (
     load_base_model,
     load_shard,
 )
+from pipeline.raytrain import average_across_workers
 
 from .conftest import natural_image
 
@@ -116,7 +116,7 @@ def _average_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     tensors = [torch.full((2, 3), float(rank)), torch.arange(4.0) * (rank + 1)]
-    _average_across_workers(tensors)
+    average_across_workers(tensors)
     torch.save(tensors, f"{out}/{rank}.pt")
     dist.destroy_process_group()
 
@@ -135,7 +135,7 @@ def test_gradients_are_averaged_across_gloo_workers(tmp_path):
         torch.testing.assert_close(first, torch.full((2, 3), 0.5))
         torch.testing.assert_close(second, torch.arange(4.0) * 1.5)
     alone = [torch.ones(3)]
-    _average_across_workers(alone)  # no process group: unchanged
+    average_across_workers(alone)  # no process group: unchanged
     assert torch.equal(alone[0], torch.ones(3))
 
 

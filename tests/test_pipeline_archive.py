@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,7 @@ schema = pytest.importorskip("pipeline.schema")
 storage = pytest.importorskip("pipeline.storage")
 planning = pytest.importorskip("pipeline.archive.plan")
 CodingConfig, CompressConfig, DecompressConfig, ModelConfig = archive.CodingConfig, archive.CompressConfig, archive.DecompressConfig, archive.ModelConfig
+SOURCE_CHANGED = "source changed since archiving (its SHA-256 differs from the one recorded)"
 
 MODEL = ModelConfig(pretrained=False, seed=0)
 CODING = CodingConfig(quality=2, steps=1, tile=128, max_pixels=70_000)
@@ -518,7 +520,8 @@ def test_region_decode_equals_the_window_of_a_full_decode(archived, tmp_path):
     assert full.exit_code == 0
     whole = decode_image((tmp_path / "full" / "sub" / "b.png").read_bytes())
     for region in [tiling.Region(100, 90, 130, 70), tiling.Region(0, 0, 300, 200), tiling.Region(299, 199, 1, 1)]:
-        report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "win"), select=("sub/b.png",), region=region, progress=False))
+        # each window replaces the last one's file: --overwrite (a different existing file is otherwise left as it is)
+        report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "win"), select=("sub/b.png",), region=region, progress=False, overwrite=True))
         assert report.exit_code == 0
         window = decode_image((tmp_path / "win" / "sub" / "b.png").read_bytes())
         assert torch.equal(window, whole[:, region.top : region.top + region.height, region.left : region.left + region.width])
@@ -598,7 +601,9 @@ def test_verify_reports_damaged_records_and_changed_sources(archived, tmp_path):
         assert (report.failed, report.exit_code) == (1, 1)
         assert "tile 0 checksum differs" in report.results[0].reason and not (tmp_path / f"png{verify}" / "a.png").exists()
 
-    # A source edited after compression: the bit-exact reconstruction check still passes.
+    # A source edited after compression, its pixels the same (a byte appended): the bit-exact
+    # reconstruction check passes and so does PSNR, but the source is not the file archived, and
+    # --verify --sources says so (exit 1, named in the summary).
     moved = tmp_path / "inputs"
     shutil.copytree(inp, moved)
     (inp / "sub" / "b.png").write_bytes((inp / "sub" / "b.png").read_bytes() + b"\0")
@@ -606,7 +611,10 @@ def test_verify_reports_damaged_records_and_changed_sources(archived, tmp_path):
         report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png2"), select=("sub/b.png",), verify=True, sources=str(inp), progress=False))
     finally:
         shutil.copy(moved / "sub" / "b.png", inp / "sub" / "b.png")
-    assert report.exit_code == 0 and report.results[0].checks == {"checks_source": "source changed since compression", "bit_exact": True}
+    assert (report.mismatched, report.exit_code) == (1, 1)
+    assert report.results[0].checks == {"checks_source": SOURCE_CHANGED, "bit_exact": True, "max_psnr_error": 0.0}
+    [problem] = json.loads((tmp_path / "png2" / "decompress-summary.json").read_text())["problems"]
+    assert problem["path"] == "sub/b.png" and problem["status"] == "mismatch" and problem["reason"] == SOURCE_CHANGED
 
 
 def test_a_desynchronised_tile_is_in_the_summary_not_in_the_output(archived, tmp_path):
@@ -703,19 +711,22 @@ def test_decompress_refuses_what_is_not_an_archive(tmp_path):
 
 
 def test_a_damaged_plan_loses_no_image_without_a_word(archived, tmp_path):
-    """plan.json is not hashed: a plan whose unit numbers were altered is one clear error when they
-    are not positive whole numbers, and otherwise re-plans units that the markers do not account
-    for, so every image of those units is named (exit 1), none silently left out."""
+    """Without plan.copy.json (archives started before it) plan.json is checked by nothing: a plan
+    whose unit numbers were altered is one clear error when they are not positive whole numbers,
+    and otherwise re-plans units that the markers do not account for, so every image of those
+    units is named (exit 1), none silently left out."""
     _, out, _ = archived
     for key, value in [("min_unit_tiles", 0), ("min_unit_tiles", "x"), ("unit_tiles", -1), ("min_units", 0)]:
         copy = tmp_path / f"{key}-{value}"
         shutil.copytree(out, copy)
+        (copy / "plan.copy.json").unlink()
         plan = json.loads((copy / "plan.json").read_text())
         (copy / "plan.json").write_text(json.dumps(plan | {key: value}))
         with pytest.raises(ValueError, match=f"plan.json is damaged: {key} "):
             archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), progress=False))
     copy = tmp_path / "one-unit"
     shutil.copytree(out, copy)
+    (copy / "plan.copy.json").unlink()
     plan = json.loads((copy / "plan.json").read_text())
     (copy / "plan.json").write_text(json.dumps(plan | {"unit_tiles": 100}))  # one unit where three were coded
     report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png1"), progress=False))
@@ -762,14 +773,17 @@ def test_a_huge_image_spreads_over_units_survives_a_killed_worker_and_restores_b
     assert (banded.selected, banded.restored) == (1, 1)  # images, not bands
     assert torch.equal(decode_image((tmp_path / "bands" / "huge.png").read_bytes()), decode_image((tmp_path / "cli.png").read_bytes()))
     # With --sources, each band compares its tiles' PSNR with its own rows of the source (the
-    # source's hash checked once, by the driver); a changed source is named, not compared.
+    # source's hash checked once, by the driver); a changed source is a mismatch, named, and its
+    # PSNR is compared too (here another image: far from the recorded PSNR).
     checked = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "b2"), band_tiles=8, verify=True, sources=str(tmp_path / "in"), progress=False))
     assert checked.exit_code == 0 and set(checked.results[0].checks) == {"bands", "bit_exact", "max_psnr_error"}
     assert checked.results[0].checks["max_psnr_error"] <= 0.01
     (tmp_path / "changed").mkdir()
     (tmp_path / "changed" / "huge.png").write_bytes(encode_png(natural_image(1536, 2048, 6)))
     changed = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "b3"), band_tiles=8, verify=True, sources=str(tmp_path / "changed"), progress=False))
-    assert changed.exit_code == 0 and changed.results[0].checks["checks_source"] == "source changed since compression"
+    assert (changed.mismatched, changed.exit_code) == (1, 1) and changed.results[0].checks["checks_source"] == SOURCE_CHANGED
+    assert changed.results[0].reason.startswith(SOURCE_CHANGED + "; PSNR differs from compression time by up to")
+    assert changed.results[0].checks["max_psnr_error"] > 1.0
 
     # A band whose task fails: the image is reported failed, naming the band, and no file (or temporary) is left.
     @dataclasses.dataclass(frozen=True)
@@ -811,3 +825,356 @@ def test_rate_control_in_the_ray_job_meets_reachable_targets_and_lists_the_rest(
     assert entry["path"] == "noise.png" and "outside what oml-default reaches on this image" in entry["reason"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["target"] == ["psnr", target]
+
+
+# --------------------------------------------------------------------------- nothing lost
+
+
+def test_a_restore_never_writes_over_the_originals_however_the_output_is_spelled(local_ray, tmp_path, bind_mount):
+    """The archive of x/in (which holds a.png and in/a.png): a restore into x/in through a symbolic
+    link or a bind mount, into x (where row in/a.png would land on the original x/in/a.png), or
+    into the archive itself is refused before anything is written; the originals are untouched."""
+    x = tmp_path / "x"
+    sources = x / "in"
+    (sources / "in").mkdir(parents=True)
+    (sources / "a.png").write_bytes(encode_png(natural_image(64, 64, 0)))
+    (sources / "in" / "a.png").write_bytes(encode_png(natural_image(64, 64, 1)))
+    originals = {p: p.read_bytes() for p in sources.rglob("*.png")}
+    out = tmp_path / "archive"
+    assert archive.run_compress(config(sources, out)).exit_code == 0
+    link = tmp_path / "link"
+    link.symlink_to(sources)
+    archive_link = tmp_path / "archive-link"
+    archive_link.symlink_to(out)
+    for target, why in [
+        (link, "is the archive's input folder"),
+        (bind_mount(sources), "is the archive's input folder"),
+        (x, "restored images would be written inside the archive's input folder .*x/in \\(1, first .*x/in/a.png\\)"),
+        (archive_link, "is the archive itself"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            archive.run_decompress(DecompressConfig(str(out), str(target), progress=False))
+        assert {p: p.read_bytes() for p in sources.rglob("*.png")} == originals
+        assert sorted(x.rglob("*")) == sorted([sources, sources / "in", *originals]) and not (out / "decompress-summary.json").exists()
+
+
+def test_a_restore_leaves_a_different_existing_file_and_repeats_without_change(local_ray, tmp_path):
+    """An output folder that holds other files at restored images' names (one whole, one banded):
+    they are left as they are and named (exit 1), the rest restored. A repeated restore finds the
+    same bytes and changes nothing (exit 0); --overwrite replaces the others."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.png").write_bytes(encode_png(natural_image(64, 96, 0)))
+    (inp / "big.png").write_bytes(encode_png(natural_image(200, 300, 1)))  # 2 x 3 tiles: 2 bands of 3 at band_tiles=3
+    (inp / "c.png").write_bytes(encode_png(natural_image(64, 64, 2)))
+    out = tmp_path / "archive"
+    assert archive.run_compress(config(inp, out)).exit_code == 0
+    target = tmp_path / "photos"
+    target.mkdir()
+    mine = {"a.png": b"my own a.png", "big.png": encode_png(natural_image(200, 300, 7))}
+    for name, data in mine.items():
+        (target / name).write_bytes(data)
+    restore = lambda folder, **kw: archive.run_decompress(DecompressConfig(str(out), str(folder), band_tiles=3, progress=False, **kw))  # noqa: E731
+    report = restore(target)
+    assert (report.restored, report.failed, report.exit_code) == (1, 2, 1)
+    assert {r.path: r.status for r in report.results} == {"a.png": "failed", "big.png": "failed", "c.png": "ok"}
+    assert all("a different file is already there; left as it is" in r.reason for r in report.results if r.status == "failed")
+    assert {n: (target / n).read_bytes() for n in mine} == mine
+    assert sorted(p.name for p in target.iterdir()) == ["a.png", "big.png", "c.png", "decompress-summary.json"]
+
+    fresh = tmp_path / "restored"
+    assert restore(fresh).exit_code == 0
+    first = {p.name: (p.read_bytes(), p.stat().st_ino) for p in fresh.glob("*.png")}
+    again = restore(fresh)
+    assert (again.restored, again.exit_code) == (3, 0)
+    assert {p.name: (p.read_bytes(), p.stat().st_ino) for p in fresh.glob("*.png")} == first  # not even rewritten
+
+    assert restore(target, overwrite=True).exit_code == 0
+    assert {p.name: p.read_bytes() for p in target.glob("*.png")} == {n: b for n, (b, _) in first.items()}
+
+
+def test_the_longest_file_names_archive_and_restore(local_ray, tmp_path):
+    """A source named with 255 bytes (the file system's limit), restored under a name as long:
+    the temporaries beside it have short names of their own (NAME.<32 hex>.tmp was 37 bytes over)."""
+    name = "p" * 251 + ".png"
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / name).write_bytes(encode_png(natural_image(64, 64, 0)))
+    out = tmp_path / "archive"
+    assert archive.run_compress(config(inp, out)).exit_code == 0
+    report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png"), progress=False))
+    assert (report.restored, report.exit_code) == (1, 0)
+    assert decode_image((tmp_path / "png" / name).read_bytes()).shape == (3, 64, 64)
+
+
+def _job_argv(inp: Path, out: Path) -> list[str]:
+    return ["archive", "--input", str(inp), "--output", str(out), "--random-weights", "--tile", "128", "-q", "2", "--no-progress", "--max-retries", "0"]
+
+
+def test_an_archive_onto_a_disk_that_fills_up_says_so_leaves_nothing_and_completes_later(local_ray, tmp_path, small_disk, capsys):
+    """A real tmpfs with room for the plan only: the units cannot be written, nor the manifest;
+    the run says so in one line (not "storage unreachable or refused"), and leaves no temporary
+    (the manifest's outlived the re-run before); with room again the same command completes it."""
+    from pipeline.cli import main
+
+    from .conftest import fill_disk, temporaries
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i, name in enumerate(["a.png", "b.png"]):
+        (inp / name).write_bytes(encode_png(natural_image(64, 96, i)))
+    assert main(_job_argv(inp, tmp_path / "reference")) == 0
+    planned = [p for p in (tmp_path / "reference").iterdir() if p.name.startswith("plan")]
+    disk = small_disk(1024)
+    out = disk / "archive"
+    ballast = fill_disk(disk, sum(-(-p.stat().st_size // 4096) * 4096 for p in planned))
+    capsys.readouterr()
+    assert main(_job_argv(inp, out)) == 1
+    err = capsys.readouterr().err
+    assert temporaries(disk) == []
+    [line] = err.strip().splitlines()  # a unit's file or the manifest, whichever the run stops at
+    assert re.fullmatch(rf"oml archive: error: no space left on device: {re.escape(str(out))}/\S+", line), line
+    ballast.unlink()
+    assert main(_job_argv(inp, out)) == 0
+    assert "archived 2 of 2 images" in capsys.readouterr().out and temporaries(disk) == []
+
+
+def test_a_restore_onto_a_disk_that_fills_up_says_so_leaves_nothing_and_completes_later(archived, tmp_path, small_disk, capsys):
+    """A real tmpfs with room for the first restored image only (one task at a time): it is
+    written whole, the others and the summary are not; the run says so in one line and leaves no
+    temporary; with room again the same command restores the rest and leaves the first as it was."""
+    from pipeline.cli import main
+
+    from .conftest import fill_disk, temporaries
+
+    _, out, _ = archived
+    argv = ["restore", "--input", str(out), "--no-progress", "--workers", "1", "--output"]
+    assert main([*argv, str(tmp_path / "reference")]) == 0
+    first = (tmp_path / "reference" / "a.png").read_bytes()
+    disk = small_disk(1024)
+    target = disk / "restored"
+    ballast = fill_disk(disk, -(-len(first) // 4096) * 4096)
+    capsys.readouterr()
+    assert main([*argv, str(target)]) == 1
+    err = capsys.readouterr().err
+    assert temporaries(disk) == [] and [p.name for p in target.rglob("*") if p.is_file()] == ["a.png"]
+    [line] = err.strip().splitlines()  # an image's file or the summary, whichever the run stops at
+    assert re.fullmatch(rf"oml restore: error: no space left on device: {re.escape(str(target))}/\S+", line), line
+    assert (target / "a.png").read_bytes() == first
+    inode = (target / "a.png").stat().st_ino
+    ballast.unlink()
+    assert main([*argv, str(target)]) == 0
+    assert temporaries(disk) == [] and (target / "a.png").stat().st_ino == inode
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*.png")) == sorted(p.relative_to(tmp_path / "reference").as_posix() for p in (tmp_path / "reference").rglob("*.png"))
+
+
+# --------------------------------------------------------------------------- sources identified by their bytes, the plan kept twice
+
+
+def _same_size_edit(path: Path, image: torch.Tensor, **save) -> None:
+    """Write ``image`` to ``path`` uncompressed (a stored-deflate PNG, a raw TIFF), so that an edited
+    image of the same size makes a file of the very same byte size."""
+    from PIL import Image
+
+    before = path.stat().st_size if path.exists() else None
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path, **save)
+    assert before in (None, path.stat().st_size)
+
+
+def test_a_source_edited_between_a_killed_run_and_its_rerun_is_refused_never_mixed(local_ray, tmp_path):
+    """Units 1 and 3 of a run did not commit (killed); then b.png (a PNG, read as a stream) and
+    c.tif (decoded whole by Pillow) are edited in place, same byte size, other pixels. The re-run
+    codes nothing from them: each is a manifest entry naming the change (exit 1), a.png and the
+    committed units stand, and a restore names both images instead of mixing two versions; the
+    plan records every source's SHA-256."""
+    import hashlib
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.png").write_bytes(encode_png(natural_image(100, 150, 0)))  # 2 tiles of 128²
+    _same_size_edit(inp / "b.png", natural_image(200, 300, 1), compress_level=0)  # 6 tiles: units 0 and 1
+    _same_size_edit(inp / "c.tif", natural_image(200, 300, 2))  # 6 tiles: units 2 and 3
+    out = tmp_path / "archive"
+    first = archive.run_compress(config(inp, out))
+    assert (first.archived, first.units, first.exit_code) == (3, 4, 0)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["inputs_sha256"] == [hashlib.sha256((inp / n).read_bytes()).hexdigest() for n in ("a.png", "b.png", "c.tif")]
+    for index in (1, 3):
+        unit_file(out, index, "done").unlink()
+    edited = {"b.png": natural_image(200, 300, 11), "c.tif": natural_image(200, 300, 12)}
+    _same_size_edit(inp / "b.png", edited["b.png"], compress_level=0)
+    _same_size_edit(inp / "c.tif", edited["c.tif"])
+
+    again = archive.run_compress(config(inp, out))
+    assert (again.units_written, again.units_skipped, again.archived, again.failed, again.exit_code) == (2, 2, 1, 2, 1)
+    reasons = {f["path"]: f for f in json.loads((out / "manifest.json").read_text())["failed"]}
+    assert reasons.keys() == {"b.png", "c.tif"} and {f["unit"] for f in reasons.values()} == {1, 3}
+    for name in reasons:
+        assert reasons[name]["reason"].startswith(f"{name} changed since the archive was planned (SHA-256 ")
+        assert reasons[name]["reason"].endswith("archive it into a new output")
+    assert rows(out, "tiles") and not [t for t in rows(out, "tiles") if (t["path"], t["index"]) in {("b.png", 2), ("c.tif", 4)}]
+    third = archive.run_compress(config(inp, out))  # units 1 and 3 coded no tile, yet they are committed: not redone again
+    assert (third.units_written, third.units_skipped, third.failed) == (0, 4, 2)
+
+    report = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png"), verify=True, sources=str(inp), progress=False))
+    assert (report.restored, report.failed, report.exit_code) == (1, 2, 1)
+    refused = {r.path: r.reason for r in report.results if r.status == "failed"}
+    assert refused.keys() == {"b.png", "c.tif"}
+    assert all(why.startswith("not restored: it was archived in part only: ") and "changed since the archive was planned" in why for why in refused.values())
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a.png", "decompress-summary.json"]
+
+
+def test_planning_hashes_each_source_as_a_stream(tmp_path):
+    """The plan's SHA-256 of a source is read in pieces through the file its header was read from:
+    a 48 MiB source (a PNG whose header reads) never lies in memory whole."""
+    import hashlib
+    import struct
+    import tracemalloc
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = tmp_path / "big.png"
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4096, 4096, 8, 2, 0, 0, 0)))
+        f.write(struct.pack(">I", 48 << 20) + b"IDAT")
+        for _ in range(48):
+            f.write(os.urandom(1 << 20))
+    [listed] = storage.list_files(str(path), (".png",))
+    tracemalloc.start()
+    try:
+        planned = planning.probe(listed, 2**25)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(planned, archive.PlannedImage) and (planned.width, planned.height) == (4096, 4096)
+    assert planned.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert peak < 8 << 20, f"{peak / 2**20:.1f} MiB held while hashing"
+
+
+def test_verify_with_sources_names_a_source_changed_since_archiving(archived, tmp_path, capsys):
+    """`oml restore --verify --sources` with a sources folder where b.png is another image than
+    the one archived: its SHA-256 and its PSNR both differ, said on stdout and in
+    decompress-summary.json, exit 1 (it said "0 differ", exit 0); the others verify."""
+    from pipeline.cli import main
+
+    inp, out, _ = archived
+    sources = tmp_path / "sources"
+    shutil.copytree(inp, sources)
+    (sources / "sub" / "b.png").write_bytes(encode_png(natural_image(200, 300, 8)))
+    capsys.readouterr()
+    code = main(["restore", "--input", str(out), "--output", str(tmp_path / "png"), "--verify", "--sources", str(sources), "--no-progress"])
+    stdout = capsys.readouterr().out
+    assert code == 1 and "; 0 failed, 1 differ from compression time" in stdout
+    assert f"mismatch: sub/b.png: {SOURCE_CHANGED}; PSNR differs from compression time by up to" in stdout
+    summary = json.loads((tmp_path / "png" / "decompress-summary.json").read_text())
+    assert [p["path"] for p in summary["problems"]] == ["sub/b.png"] and summary["mismatched"] == 1
+
+
+def test_a_nan_recorded_psnr_never_verifies(archived, tmp_path):
+    """A tile row whose recorded PSNR is NaN (damaged, re-sealed): the PSNR check must fail, not
+    take NaN for "no difference" (any comparison with NaN is false)."""
+    inp, out, _ = archived
+
+    def nan_psnr(row: dict) -> None:
+        if row["path"] == "a.png" and row["index"] == 1:
+            row["psnr_after"] = float("nan")
+
+    copy = edited_copy(out, tmp_path / "archive", 0, "tiles", nan_psnr)
+    report = archive.run_decompress(DecompressConfig(str(copy), str(tmp_path / "png"), select=("a.png",), verify=True, sources=str(inp), progress=False))
+    assert (report.mismatched, report.exit_code) == (1, 1)
+    assert report.results[0].reason == "PSNR differs from compression time by up to nan dB"
+
+
+@pytest.mark.parametrize(
+    "command,flag,bad",
+    [
+        (["restore", "--input", "a", "--output", "b"], "--psnr-tolerance", ("nan", "inf", "-0.5", "x")),
+        (["archive", "--input", "a", "--output", "b"], "--lmbda", ("nan", "inf", "0", "-0.01")),
+        (["archive", "--input", "a", "--output", "b"], "--target-psnr", ("nan", "inf", "-30")),
+        (["archive", "--input", "a", "--output", "b"], "--target-bpp", ("nan", "inf", "0")),
+        (["archive", "--input", "a", "--output", "b"], "--cpus-per-worker", ("nan", "inf", "0")),
+        (["archive", "--input", "a", "--output", "b"], "--num-gpus", ("nan", "inf", "-1")),
+        (["compress", "a.png", "-o", "a.oml"], "--lmbda", ("nan", "inf", "-1")),
+        (["compress", "a.png", "-o", "a.oml"], "--target-psnr", ("nan", "-inf")),
+        (["compress", "a.png", "-o", "a.oml"], "--target-bpp", ("nan", "inf")),
+    ],
+)
+def test_number_flags_refuse_nan_infinities_and_numbers_out_of_range(capsys, command, flag, bad):
+    """--psnr-tolerance nan made the check unable to fail; NaN passes any `<`/`>` range check, so
+    every float flag takes only finite numbers in its range: one line, exit 2, before any work."""
+    from pipeline.cli import main
+
+    for value in bad:
+        with pytest.raises(SystemExit) as stop:
+            main([*command, flag, value])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.strip().splitlines()[-1].startswith(f"oml {command[0]}: error: argument {flag}"), err
+
+
+def test_psnr_tolerance_must_be_a_finite_number_not_below_zero():
+    for value in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="psnr-tolerance must be a finite number >= 0"):
+            DecompressConfig("a", "b", psnr_tolerance=value)
+
+
+def test_the_plan_copy_restores_an_archive_whose_plan_json_is_lost(archived, tmp_path, capsys):
+    """plan.json deleted, or damaged (not JSON; or edited, so that it no longer matches the
+    SHA-256 its copy recorded): restore reads plan.copy.json, says so in one line, and restores
+    every image bit-identically; compress resumes, skips every committed unit and writes plan.json
+    back byte for byte. Both damaged: one line naming both."""
+    from pipeline.cli import main
+
+    inp, out, _ = archived
+    assert main(["restore", "--input", str(out), "--output", str(tmp_path / "reference"), "--no-progress"]) == 0
+    reference = {p.relative_to(tmp_path / "reference"): p.read_bytes() for p in (tmp_path / "reference").rglob("*.png")}
+    assert len(reference) == 3
+    plan = (out / "plan.json").read_bytes()
+    damages = {
+        "deleted": (lambda p: p.unlink(), "plan.json is missing: read the plan from plan.copy.json"),
+        "garbage": (lambda p: p.write_bytes(b"\0" * 100), "plan.json is damaged (not a plan: "),
+        "edited": (lambda p: p.write_text(json.dumps(json.loads(p.read_text()) | {"unit_tiles": 100})), "plan.json differs from the plan its copy recorded"),
+    }
+    for name, (damage, said) in damages.items():
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        damage(copy / "plan.json")
+        capsys.readouterr()
+        assert main(["restore", "--input", str(copy), "--output", str(tmp_path / f"png-{name}"), "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        [note] = [line for line in err.splitlines() if line.startswith("note: ")]
+        assert said in note and "plan.copy.json" in note
+        assert {p.relative_to(tmp_path / f"png-{name}"): p.read_bytes() for p in (tmp_path / f"png-{name}").rglob("*.png")} == reference
+    resumed = archive.run_compress(config(inp, tmp_path / "deleted"))
+    assert (resumed.units_written, resumed.units_skipped) == (0, 3)
+    assert (tmp_path / "deleted" / "plan.json").read_bytes() == plan and "rewrote plan.json" in resumed.notes[0]
+
+    both = tmp_path / "both"
+    shutil.copytree(out, both)
+    (both / "plan.json").unlink()
+    (both / "plan.copy.json").write_text((both / "plan.copy.json").read_text().replace('"unit_tiles": 4', '"unit_tiles": 5'))
+    capsys.readouterr()
+    assert main(["restore", "--input", str(both), "--output", str(tmp_path / "png-both"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"oml restore: error: {both}: the archive's plan cannot be read: plan.json is missing, and plan.copy.json is damaged (its plan does not match its SHA-256)"]
+
+
+def test_an_archive_planned_before_source_hashes_restores_and_resumes_saying_what_it_cannot_check(archived, tmp_path):
+    """A plan without inputs_sha256 (nor copy): restore reads it as before; a re-run with a unit
+    left to code resumes by path and size, as then, and says in one note that an edited source
+    would go unnoticed; it adds the plan's copy."""
+    inp, out, _ = archived
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    plan = json.loads((old / "plan.json").read_text())
+    del plan["inputs_sha256"]
+    (old / "plan.json").write_text(json.dumps(plan))
+    (old / "plan.copy.json").unlink()
+    assert archive.run_decompress(DecompressConfig(str(old), str(tmp_path / "png"), progress=False)).exit_code == 0
+    unit_file(old, 1, "done").unlink()
+    report = archive.run_compress(config(inp, old))
+    assert (report.units_written, report.units_skipped, report.archived) == (1, 2, 3)
+    [note] = report.notes
+    assert note.startswith("plan.json predates source hashes") and "archive into a new output" in note
+    assert json.loads((old / "plan.copy.json").read_text())["plan"] == plan

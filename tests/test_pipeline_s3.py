@@ -94,6 +94,7 @@ def test_s3_round_trip(s3, tmp_path, capfd):
     keys = sorted(k.split("/", 2)[2] for k in s3.find(f"{BUCKET}/archive"))
     assert keys == [
         "manifest.json",
+        "plan.copy.json",
         "plan.json",
         "summary.json",
         "units/unit-000000.done.json",
@@ -128,3 +129,109 @@ def test_s3_round_trip(s3, tmp_path, capfd):
     out, err = capfd.readouterr()
     for text in [out, err, *(w.decode() for w in written)]:
         assert SECRET not in text
+
+
+def _check_credentials(count: str) -> None:
+    """moto's own switch: from now on every request's credentials are checked (``"0"``: the test's
+    keys are unknown to it, so each request is refused, 403), or none (``"inf"``)."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{os.environ['AWS_ENDPOINT_URL']}/moto-api/reset-auth", data=count.encode(), method="POST", headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(request) as answer:
+        assert json.loads(answer.read())["status"] == "ok"
+
+
+def test_refused_credentials_are_said_as_such_never_taken_for_a_missing_file(s3, tmp_path, capsys):
+    """With credentials the store refuses (403 InvalidAccessKeyId), restoring an S3 archive said
+    "not an oml archive (no plan.json)" (exit 2); archiving to or from S3 and --verify --sources on
+    S3 said "storage unreachable or refused" or silently compared nothing. Each is now one line
+    naming the refusal, exit 1, and nothing is written."""
+    from pipeline.cli import main
+
+    put_inputs(s3)
+    local = tmp_path / "archive"
+    report = archive.run_compress(CompressConfig(f"s3://{BUCKET}/in", str(local), model=ModelConfig(pretrained=False), coding=CodingConfig(quality=1, tile=128), progress=False))
+    assert report.archived == 2
+    s3.put(str(local), f"{BUCKET}/refused/archive", recursive=True)  # the same archive on S3
+    assert s3.exists(f"{BUCKET}/refused/archive/plan.json")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(encode_png(natural_image(40, 40, 3)))
+    coding = ["--random-weights", "--tile", "128", "--no-progress", "--max-retries", "0"]
+    capsys.readouterr()
+    said = {}
+    _check_credentials("0")
+    try:
+        for argv in (
+            ["restore", "--input", f"s3://{BUCKET}/refused/archive", "--output", str(tmp_path / "out1"), "--no-progress"],
+            ["archive", "--input", str(photos), "--output", f"s3://{BUCKET}/refused/new", *coding],
+            ["archive", "--input", f"s3://{BUCKET}/in", "--output", str(tmp_path / "out2"), *coding],
+            ["restore", "--input", str(local), "--output", str(tmp_path / "out3"), "--verify", "--sources", f"s3://{BUCKET}/in", "--no-progress"],
+        ):
+            code = main(argv)
+            said[" ".join(argv[:3])] = (code, capsys.readouterr().err)
+    finally:
+        _check_credentials("inf")
+    wrong = {
+        command: (code, err)
+        for command, (code, err) in said.items()
+        if not (code == 1 and err.count("\n") == 1 and "error: storage refused the request (credentials?) for s3://" in err and ("InvalidAccessKeyId" in err or "403" in err))
+    }
+    assert wrong == {}
+    assert not any((tmp_path / f"out{i}").exists() and list((tmp_path / f"out{i}").rglob("*.png")) for i in (1, 2, 3))
+    assert not s3.exists(f"{BUCKET}/refused/new")
+
+
+def test_a_prefix_whose_listing_is_refused_fails_the_listing_not_silently(s3, monkeypatch):
+    """An S3 endpoint that refuses to list one prefix (AccessDenied, as a bucket policy with a prefix
+    condition answers; here a proxy in front of moto on 127.0.0.1): the listing fails with that
+    error instead of leaving the prefix's images out (fsspec's find omits a prefix whose listing
+    fails)."""
+    import http.client
+    import http.server
+    import threading
+    from urllib.parse import parse_qs, urlsplit
+
+    put_inputs(s3)
+    s3.pipe_file(f"{BUCKET}/in/secret/c.png", encode_png(natural_image(64, 64, 2)))
+    moto = urlsplit(os.environ["AWS_ENDPOINT_URL"])
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def _relay(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if parse_qs(urlsplit(self.path).query).get("prefix") == ["in/secret/"]:
+                denied = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+                self.send_response(403)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(denied)))
+                self.end_headers()
+                self.wfile.write(denied)
+                return
+            upstream = http.client.HTTPConnection(moto.hostname, moto.port, timeout=30)
+            upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+            answer = upstream.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for key, value in answer.getheaders():
+                if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            upstream.close()
+
+        do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _relay  # noqa: N815 - the stdlib's names
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_port}")
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(Exception, match="Access Denied"):  # the store's refusal, said as such
+            storage.list_files(f"s3://{BUCKET}/in/", archive.IMAGE_SUFFIXES)
+    finally:
+        server.shutdown()
+        s3fs.S3FileSystem.clear_instance_cache()

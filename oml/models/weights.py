@@ -12,7 +12,8 @@ weights        load_weights/save_weights ``format`` oml-weights/1, model ``name`
 overlay        load_weights/save_overlay oml-weights-overlay/1: the tensors that differ from a
                                          whole file (``base``: its name and SHA-256), same metadata
 checkpoint     load_training_state /     base training's ``last.pt``: ``model``, ``ema``,
-               save_training_state       ``optimizer``, ``aux_optimizer``, ``step``, ``config``
+               save_training_state       ``optimizer``, ``aux_optimizer``, ``step``, ``config``;
+                                         a data-parallel run's also ``rng`` (generator states)
 resume point   the same                  ``compact``: the float16 weight average, ``step``, ``config``
 meta state     load_meta_state /         a meta-training checkpoint: ``synthesis``, ``optimizer``,
                save_meta_state           ``step``, ``log``, ``config``
@@ -406,7 +407,9 @@ def save_overlay(whole: str | Path, base: str | Path, path: str | Path) -> list[
 @dataclass(frozen=True)
 class TrainingState:
     """Base training's ``last.pt`` (weights, their moving average, both optimisers, step, config),
-    or a compact resume point (``compact``: the float16 average as ``model``, step and config)."""
+    or a compact resume point (``compact``: the float16 average as ``model``, step and config).
+    ``rng``: the states of the random generators (a data-parallel run's checkpoint), so that the
+    run resumed from it draws what the uninterrupted run would have drawn."""
 
     model: dict[str, Tensor]
     step: int
@@ -415,10 +418,11 @@ class TrainingState:
     optimizer: dict | None = None
     aux_optimizer: dict | None = None
     compact: bool = False
+    rng: dict[str, Tensor] | None = None
 
     def as_dict(self) -> dict:
         stored = {"model": self.model, "step": int(self.step), "config": self.config}
-        for key in ("ema", "optimizer", "aux_optimizer"):
+        for key in ("ema", "optimizer", "aux_optimizer", "rng"):
             if getattr(self, key) is not None:
                 stored[key] = getattr(self, key)
         if self.compact:
@@ -456,6 +460,7 @@ def _training_state(state: dict, origin: str) -> TrainingState:
         optimizer=state.get("optimizer"),
         aux_optimizer=state.get("aux_optimizer"),
         compact=bool(state.get("compact", False)),
+        rng=state.get("rng"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pipeline.archive.plan import Failure, PlannedImage, Unit
 from pipeline.archive.progress import Progress
 from pipeline.archive.runner import ray_session, run_tasks
 from pipeline.schema import psnr_of
+from pipeline.walk import Unlisted
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class CompressReport:
     summary_uri: str
     manifest_uri: str
     summary: dict[str, Any] = field(repr=False)
+    unlisted: tuple[Failure, ...] = ()  # what the listing could not read (also in failed and the manifest)
+    notes: tuple[str, ...] = ()  # one line each, for the user
 
     @property
     def exit_code(self) -> int:
@@ -58,6 +62,7 @@ class _Run:
     units: list[Unit]
     done: dict[int, UnitResult]
     skipped: int
+    unlisted: list[Failure] = field(default_factory=list)
     written: list[UnitResult] = field(default_factory=list)
     unfinished: list[tuple[int, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -65,7 +70,7 @@ class _Run:
     def outcomes(self, tile: int) -> tuple[list[ImageTotals], list[tuple[int | None, Failure]]]:
         """The images whose every piece is committed and coded, and every failure (with its unit,
         ``None`` when found while planning), one per input."""
-        failures: dict[str, tuple[int | None, Failure]] = {p.path: (None, p) for p in self.probed if isinstance(p, Failure)}
+        failures: dict[str, tuple[int | None, Failure]] = {p.path: (None, p) for p in [*self.unlisted, *self.probed] if isinstance(p, Failure)}
         for r in self.results:
             for f in r.failures:
                 failures.setdefault(f.path, (r.index, f))
@@ -96,19 +101,24 @@ def _fingerprint(cfg: CompressConfig) -> str:
     return model.fingerprint(cfg.coding.quality).hex()
 
 
-def _plan(config: CompressConfig, root: str, files: Sequence[storage.SourceFile], fingerprint: str) -> tuple[list, list[Unit]]:
-    """The probed inputs and the units: from ``plan.json`` when the archive exists (after checking
-    that this run describes the same archive), else by reading every input's header, recorded."""
+def _plan(config: CompressConfig, root: str, files: Sequence[storage.SourceFile], fingerprint: str) -> tuple[list, list[Unit], list[str]]:
+    """The probed inputs, the units and notes for the user: from the archive's plan when it exists
+    (after checking that this run describes the same archive; a missing or damaged ``plan.json``
+    or copy is written back), else by reading every input's header and hashing its bytes, recorded."""
     settings = planning.settings(config, files, fingerprint)
-    uri = layout.plan_uri(root)
-    if storage.exists(uri):
-        old = storage.read_json(uri)
+    read = layout.read_plan(root)
+    if read.plan is not None:
+        old = read.plan
         planning.check(old, settings, root)
         probed = planning.from_json(old, files)
-        return probed, planning.planned_units(old, probed)  # the old plan's units (its unit floor, if older)
-    probed = planning.probe_all(files, config.coding.max_pixels)
-    storage.write_json(uri, planning.to_json(settings, probed))
-    return probed, planning.planned_units(settings, probed)
+        units = planning.planned_units(old, probed)  # the old plan's units (its unit floor, if older)
+        if read.repair:
+            layout.write_plan(root, old, read.repair)
+        return probed, units, [f"{read.note}; rewrote {' and '.join(layout.PLAN_FILES[r] for r in read.repair)}"] if read.note else []
+    probed = planning.probe_all(files, config.coding.max_pixels, config.coding.to_srgb)
+    plan = planning.to_json(settings, probed)
+    layout.write_plan(root, plan)
+    return probed, planning.planned_units(settings, probed), []
 
 
 def run_compress(config: CompressConfig, encoder: Callable[[Unit], UnitResult] | None = None) -> CompressReport:
@@ -120,15 +130,24 @@ def run_compress(config: CompressConfig, encoder: Callable[[Unit], UnitResult] |
         ValueError: no inputs, or the output is an archive made with other settings.
     """
     root = storage.normalize(config.output)
-    files = storage.list_files(config.input, config.extensions)
+    unlisted: list[Unlisted] = []
+    files = storage.list_files(config.input, config.extensions, unlisted)
     if not files:
-        raise ValueError(f"no input images under {storage.redact(config.input)} (looked for {', '.join(config.extensions)})")
+        detail = f"; {len(unlisted)} could not be listed, first {unlisted[0].path}: {unlisted[0].reason}" if unlisted else ""
+        raise ValueError(f"no input images under {storage.redact(config.input)} (looked for {', '.join(config.extensions)}){detail}")
     fingerprint = _fingerprint(config)
-    probed, units = _plan(config, root, files, fingerprint)
-    storage.remove_stale_temporaries(layout.units_uri(root))
+    probed, units, notes = _plan(config, root, files, fingerprint)
+    for folder in (root, layout.units_uri(root)):
+        storage.remove_stale_temporaries(folder)  # what a killed run left (plan, manifest, summary, units)
     done = layout.committed(root, units)
-    run = _Run(probed, units, done, skipped=len(done))
+    input_root = storage.normalize(config.input)
+    run = _Run(probed, units, done, skipped=len(done), unlisted=[Failure(storage.join(input_root, u.path.rstrip("/")), u.path, u.reason) for u in unlisted])
     pending = [u for u in units if u.index not in done]
+    if pending and done and not all(p.sha256 for p in probed if isinstance(p, PlannedImage)):
+        notes.append(
+            "plan.json predates source hashes: this resumed run identifies a source by its path and size only, "
+            "so a source edited in place since the archive was started would go unnoticed; archive into a new output to have it checked"
+        )
     threads = max(1, int(config.ray.cpus_per_worker))
     encoder = encoder or UnitEncoder(root, config.model, config.coding, fingerprint, threads, config.ray.gpus_per_worker)
     progress = Progress("compress", sum(u.tiles for u in units), sum(r.tiles for r in done.values()), config.progress, unit="tile")
@@ -150,7 +169,7 @@ def run_compress(config: CompressConfig, encoder: Callable[[Unit], UnitResult] |
     run.seconds = time.perf_counter() - start
     run.unfinished.sort()
     progress.close()
-    return _finish(config, root, run)
+    return dataclasses.replace(_finish(config, root, run), notes=tuple(notes))
 
 
 def _finish(config: CompressConfig, root: str, run: _Run) -> CompressReport:
@@ -180,6 +199,7 @@ def _finish(config: CompressConfig, root: str, run: _Run) -> CompressReport:
         summary_uri=summary_uri,
         manifest_uri=manifest_uri,
         summary=summary,
+        unlisted=tuple(run.unlisted),
     )
 
 
@@ -206,6 +226,7 @@ def _summary(config: CompressConfig, root: str, run: _Run, archived: list[ImageT
         "quality": config.coding.quality,
         **({"lmbda": config.coding.lmbda} if config.coding.lmbda is not None else {}),
         **({"target": list(config.coding.target)} if config.coding.target is not None else {}),
+        **({"to_srgb": True} if config.coding.to_srgb else {}),
         "steps": config.coding.steps,
         "refine": config.coding.refine,
         "metrics": list(config.coding.metrics),
@@ -220,6 +241,8 @@ def _summary(config: CompressConfig, root: str, run: _Run, archived: list[ImageT
         "mean_psnr_before": _mean(before),
         "mean_psnr_after": _mean(after),
         "mean_delta_psnr": _mean([a - b for a, b in zip(after, before)]),
+        # what the input policy changed on the way in, per archived image (oml.imageio)
+        "input_notes": {t.image.path: list(t.image.notes) for t in archived if t.image.notes},
         "units": {
             "total": len(run.units),
             "tiles_per_unit": max((u.tiles for u in run.units), default=0),

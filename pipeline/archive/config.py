@@ -43,7 +43,8 @@ class CodingConfig:
     ``lmbda`` codes every image at that λ instead of the quality's; ``target`` (``("psnr", dB)`` or
     ``("bpp", bits)``) searches λ per image (:mod:`oml.ratecontrol`). ``quality`` still picks the
     model's quality group (and is the coded quality when neither is given). ``refine``: latent
-    refinement iterations per tile (:mod:`oml.refine`).
+    refinement iterations per tile (:mod:`oml.refine`). ``to_srgb``: convert the colours of images
+    whose ICC profile is not sRGB (refused otherwise; :mod:`oml.imageio`).
     """
 
     quality: int = 3
@@ -54,6 +55,7 @@ class CodingConfig:
     lmbda: float | None = None
     target: tuple[str, float] | None = None
     refine: int = 0
+    to_srgb: bool = False
 
     def __post_init__(self) -> None:
         AdaptConfig(steps=self.steps, metrics=self.metrics)  # same checks, same messages
@@ -88,7 +90,10 @@ class RayConfig:
 
     ``address``: a Ray cluster (``None``: ``RAY_ADDRESS`` if set, else a new
     local Ray with ``num_cpus`` CPUs). ``num_workers``: units in flight at once
-    (``None``: as many as the cluster's resources allow).
+    (``None``: as many as the cluster's resources allow). ``resource_wait``: seconds to wait for an
+    autoscaler to add a node that can run a task (CPUs and GPUs per worker) when none can yet; a
+    request that no node and no node type can ever hold fails at once
+    (:func:`pipeline.archive.runner.placement`).
     """
 
     address: str | None = None
@@ -97,12 +102,17 @@ class RayConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_retries: int = 3
+    resource_wait: float = 600.0
 
     def __post_init__(self) -> None:
         if self.num_workers is not None and self.num_workers < 1:
             raise ValueError(f"num_workers must be at least 1, got {self.num_workers}")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.max_retries < 0:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"num_cpus must be at least 1, got {self.num_cpus}")
+        if not (self.cpus_per_worker > 0 and self.gpus_per_worker >= 0 and self.max_retries >= 0):  # NaN fails too
             raise ValueError("cpus_per_worker must be > 0; gpus_per_worker and max_retries >= 0")
+        if not self.resource_wait >= 0:
+            raise ValueError(f"resource_wait must be 0 or more seconds, got {self.resource_wait}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class CompressConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        _named(input=self.input, output=self.output)
         if self.unit_tiles < 1 or self.min_units < 1 or self.min_unit_tiles < 1:
             raise ValueError(
                 f"unit_tiles, min_units and min_unit_tiles must be at least 1, got {self.unit_tiles}, {self.min_units} and {self.min_unit_tiles}"
@@ -148,6 +159,8 @@ class DecompressConfig:
     it overlaps. ``band_tiles``: an image of more tiles than this is restored in
     bands of whole tile rows, about that many tiles each, one Ray task per band,
     and written as one PNG by a streaming writer (:mod:`pipeline.pngstream`).
+    ``overwrite``: replace an existing output file that holds other bytes (default: leave it, and
+    report the image as failed; one that holds the very bytes restored is left either way).
     """
 
     input: str
@@ -162,9 +175,20 @@ class DecompressConfig:
     progress: bool = True
     region: tiling.Region | None = None
     band_tiles: int = 64
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
+        _named(input=self.input, output=self.output, sources=self.sources)
+        if not (math.isfinite(self.psnr_tolerance) and self.psnr_tolerance >= 0):
+            raise ValueError(f"--psnr-tolerance must be a finite number >= 0 (dB), got {self.psnr_tolerance}")
         if self.band_tiles < 1:
             raise ValueError("--band-tiles must be 1 or more")
         if self.region is not None and self.verify:
             raise ValueError("--verify checks whole images; leave out --region to verify")
+
+
+def _named(**locations: str | None) -> None:
+    """ValueError for a location given as the empty string ('' would mean the current folder)."""
+    for flag, value in locations.items():
+        if value == "":
+            raise ValueError(f"--{flag} is empty (''): name a folder or URI")

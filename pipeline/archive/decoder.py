@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import torch
 
 from oml import codec, tiling
-from oml.imageio import DEFAULT_MAX_PIXELS, decode_image, encode_png
+from oml.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
 from oml.models.zoo import ModelUnavailableError, load_decoder
-from pipeline import pngstream, regions, schema, storage
+from pipeline import files, pngstream, regions, schema, storage
 from pipeline.archive.config import ModelConfig
 from pipeline.archive.encoder import get_model, one_entry
 
@@ -162,6 +162,8 @@ class ImageDecoder:
     psnr_tolerance: float = 0.01
     threads: int = 1
     sources: str | None = None
+    overwrite: bool = False  # replace an existing output that holds other bytes (else: left, and the image failed)
+    to_srgb: bool = False  # the archive converted sources' colours to sRGB (its plan's coding): a source is read the same way
 
     def __call__(self, job: DecodeJob) -> DecodedImage:
         torch.set_num_threads(self.threads)
@@ -180,7 +182,12 @@ class ImageDecoder:
         except (codec.CodecError, ValueError, ModelUnavailableError) as exc:
             return result("failed", f"cannot decode: {exc}")
         if job.band is None:
-            storage.write_bytes(job.output, encode_png(image))
+            try:
+                storage.write_bytes(job.output, encode_png(image), replace=self.overwrite)
+            except OSError as exc:
+                if files.out_of_room(exc) or not files.is_local_failure(exc):
+                    raise  # a full disk stops the run; the network, say, fails the task and Ray retries it
+                return result("failed", f"not restored: {storage.explain(exc)}")  # a different file in the way, say
             return self._verify(job, tiles, self._stored(model, job, image, tiles), result) if self.verify else result("ok")
         band = (job.band, pngstream.encode_band(image.permute(1, 2, 0).numpy()))
         if not self.verify:
@@ -219,10 +226,12 @@ class ImageDecoder:
     def _verify(self, job: DecodeJob, tiles: list[dict[str, Any]], image: torch.Tensor, result: Callable[..., DecodedImage]) -> DecodedImage:
         """Compare with compression time, from the archive's own records: the records' hashes
         (checked before decoding), the symbols (format 2: every tile's check), each tile's
-        reconstruction hash, and, when the user named a ``sources`` folder, PSNR against the
-        source file at the row's path there. A row's ``source`` URI is never opened. A band of a
-        banded restore (whole tile rows) checks its own tiles, against its rows of the source,
-        streamed (the driver checked the source's hash once for all bands)."""
+        reconstruction hash, and, when the user named a ``sources`` folder, the source file at the
+        row's path there: its SHA-256 against the one recorded (a source changed since archiving is
+        a mismatch) and each tile's PSNR against the recorded one (also against a changed source,
+        when it still decodes to the same size, to say how far it moved). A row's ``source`` URI is
+        never opened. A band of a banded restore (whole tile rows) checks its own tiles, against its
+        rows of the source, streamed (the driver checked the source's hash once for all bands)."""
         row = job.image
         top = job.region.top if job.band is not None else 0
         grid = [tiling.Tile(t["top"] - top, t["left"], t["height"], t["width"]) for t in tiles]
@@ -233,41 +242,65 @@ class ImageDecoder:
         if self.sources is None:
             return result("ok", bit_exact=bit_exact, checks_source="no --sources given")
         original, why = self._source(job)
-        if original is None:
-            return result("ok", checks_source=why, bit_exact=bit_exact)
-        errors = [abs(schema.psnr(p, o) - t["psnr_after"]) for p, o, t in zip(parts, tiling.split(original, grid), tiles)]
-        worst = max(0.0 if math.isnan(e) else e for e in errors)  # NaN: both PSNRs are inf (exact tiles)
-        if worst > self.psnr_tolerance:
-            reason = f"PSNR differs from compression time by up to {worst:.4f} dB"
-            return result("mismatch", reason, bit_exact=bit_exact, max_psnr_error=worst)
-        return result("ok", bit_exact=bit_exact, max_psnr_error=worst)
+        checks: dict[str, Any] = {"bit_exact": bit_exact}
+        problems = [why] if why == SOURCE_CHANGED else []
+        if why:
+            checks["checks_source"] = why
+        if original is not None and tuple(original.shape[1:]) == tuple(image.shape[1:]):
+            worst = psnr_error(parts, tiling.split(original, grid), [t["psnr_after"] for t in tiles])
+            checks["max_psnr_error"] = worst
+            if not (worst <= self.psnr_tolerance):  # NaN-safe: a NaN error is never within tolerance
+                problems.append(f"PSNR differs from compression time by up to {worst:.4f} dB")
+        if problems:
+            return result("mismatch", "; ".join(problems), **checks)
+        return result("ok", **checks)
 
     def _source(self, job: DecodeJob) -> tuple[torch.Tensor | None, str]:
-        """The source's pixels under the job's image (or band), or ``None`` and why they are not compared."""
+        """The source's pixels under the job's image (or band), or ``None``; and ``""``, or why they
+        are not the file archived (:data:`SOURCE_CHANGED`: then they are still given when they decode)
+        or are not compared."""
         row = job.image
         try:
             uri = storage.join(self.sources, storage.safe_relative(row["path"]))
         except ValueError:
             return None, "source unavailable"
         if job.band is not None:
-            if job.source_check != SOURCE_OK:
+            if job.source_check not in (SOURCE_OK, SOURCE_CHANGED):
                 return None, job.source_check or "source not checked"
             rect = tiling.Tile(job.region.top, 0, job.region.height, row["width"])
+            changed = "" if job.source_check == SOURCE_OK else SOURCE_CHANGED
             try:
                 pixels = regions.read_region(uri, rect, row["width"], row["height"])
             except (OSError, regions.RegionError) as exc:
-                return None, f"source unreadable: {exc}"
-            return pixels, "" if pixels is not None else "the source cannot be read in bands (needs pyvips and an 8-bit PNG or JPEG): the bit-exact check stands"
+                return None, changed or f"source unreadable: {exc}"
+            return pixels, changed or ("" if pixels is not None else "the source cannot be read in bands (needs pyvips and an 8-bit sRGB PNG or JPEG): the bit-exact check stands")
         try:
             source = storage.read_bytes(uri)
         except OSError:
             return None, "source unavailable"
-        if schema.sha256(source) != schema.hex_of(row["source_sha256"]):
-            return None, "source changed since compression"
-        return decode_image(source, max_pixels=max(DEFAULT_MAX_PIXELS, row["width"] * row["height"])), ""
+        changed = "" if schema.sha256(source) == schema.hex_of(row["source_sha256"]) else SOURCE_CHANGED
+        try:
+            return decode_image(source, max_pixels=max(DEFAULT_MAX_PIXELS, row["width"] * row["height"]), to_srgb=self.to_srgb), changed
+        except ImageDecodeError as exc:
+            return None, changed or f"source unreadable: {exc}"
+
+
+def psnr_error(parts: list[torch.Tensor], originals: list[torch.Tensor], recorded: list[float]) -> float:
+    """The largest difference in dB between each tile's PSNR now (``parts`` against ``originals``)
+    and the one ``recorded``: 0 where both are equal (both infinite: exact tiles), NaN when any
+    value is NaN (a damaged record), so that a tolerance check ``error <= tolerance`` fails."""
+    worst = 0.0
+    for part, original, then in zip(parts, originals, recorded):
+        now = schema.psnr(part, original)
+        error = 0.0 if now == then else abs(now - then)
+        if math.isnan(error):
+            return math.nan
+        worst = max(worst, error)
+    return worst
 
 
 SOURCE_OK = "ok"
+SOURCE_CHANGED = "source changed since archiving (its SHA-256 differs from the one recorded)"
 
 
 def check_source(sources: str, row: dict[str, Any]) -> str:
@@ -278,4 +311,4 @@ def check_source(sources: str, row: dict[str, Any]) -> str:
         digest = storage.file_sha256(uri)
     except (OSError, ValueError):
         return "source unavailable"
-    return SOURCE_OK if digest == schema.hex_of(row["source_sha256"]) else "source changed since compression"
+    return SOURCE_OK if digest == schema.hex_of(row["source_sha256"]) else SOURCE_CHANGED

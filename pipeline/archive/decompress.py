@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oml import tiling
-from pipeline import pngstream, schema, storage
+from pipeline import files, pngstream, schema, storage
 from pipeline.archive import layout, plan as planning
 from pipeline.archive.config import DecompressConfig, ModelConfig, RayConfig
 from pipeline.archive.decoder import DecodedImage, DecodeJob, ImageDecoder, TileSource, check_source
@@ -28,6 +29,7 @@ class DecompressReport:
     mismatched: int
     summary_uri: str
     results: tuple[DecodedImage, ...] = field(repr=False)
+    notes: tuple[str, ...] = ()  # one line each, for the user (the plan was read from its copy …)
 
     @property
     def exit_code(self) -> int:
@@ -54,6 +56,7 @@ class Catalogue:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     tiles: dict[str, list[TileSource]] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # images a unit could not code, with why
 
 
 def catalogue(root: str, plan: dict[str, Any]) -> Catalogue:
@@ -74,6 +77,8 @@ def catalogue(root: str, plan: dict[str, Any]) -> Catalogue:
             continue
         for row in table:
             found.rows.setdefault(row["path"], row)
+        for f in check.result.failures:
+            found.failed.setdefault(f.path, f.reason)
         uri = layout.unit_uri(root, unit.index, "tiles")
         r = check.result
         position = 0  # the unit's tiles file holds its pieces' tiles in the marker's order
@@ -85,19 +90,46 @@ def catalogue(root: str, plan: dict[str, Any]) -> Catalogue:
     return found
 
 
-def _decode_jobs(found: Catalogue, config: DecompressConfig, output: str) -> tuple[list[DecodeJob], list[DecodedImage]]:
+def _check_output(root: str, output: str, sources: str | None) -> None:
+    """ValueError when the output folder is the archive itself or the folder its images were read
+    from (``sources``, as ``plan.json`` records it), however either is spelled (a link, a bind mount)."""
+    if storage.same_place(output, root):
+        raise ValueError(f"{storage.redact(output)} is the archive itself: restore into another folder")
+    if sources and storage.same_place(output, sources):
+        raise ValueError(f"{storage.redact(output)} is the archive's input folder: restored images would replace the originals; choose another output")
+
+
+def _is_source(target: str, source: str) -> bool:
+    """Whether writing ``target`` would replace the row's ``source``: the same local file however
+    spelled (a source that is not a local path is only compared as spelled, never opened)."""
+    return target == source or (os.path.isabs(source) and files.same(target, source))
+
+
+def _decode_jobs(found: Catalogue, config: DecompressConfig, output: str, sources: str | None = None) -> tuple[list[DecodeJob], list[DecodedImage]]:
     """One job per selected image, with its output URI; and what is refused before decoding: an
     image a unit left incomplete (named, so nothing goes unreported), a path that would leave the
-    output folder, an output that is the row's source."""
+    output folder, an output that is the row's source.
+
+    Raises:
+        ValueError: some outputs would lie inside the archive's input folder ``sources`` (an
+            output folder above it), where they could replace originals.
+    """
     select = config.select
     refused = [
         DecodedImage("", path, "", "failed", f"not restored: {why}; re-run compress to repair it", {})
         for path, why in found.broken.items()
         if not select or _matches("", path, select)
     ]
+    # an image some units coded and another could not (its source changed, or is truncated there): in part only
+    partial = {path: why for path, why in found.failed.items() if path not in found.broken and (path in found.rows or path in found.tiles)}
+    refused += [
+        DecodedImage(found.rows.get(path, {}).get("source", ""), path, "", "failed", f"not restored: it was archived in part only: {why}", {})
+        for path, why in partial.items()
+        if not select or _matches(found.rows.get(path, {}).get("source", ""), path, select)
+    ]
     chosen = []
     for path, row in found.rows.items():
-        if path in found.broken or (select and not _matches(row["source"], path, select)):
+        if path in found.broken or path in partial or (select and not _matches(row["source"], path, select)):
             continue
         try:
             storage.safe_relative(path)
@@ -106,10 +138,17 @@ def _decode_jobs(found: Catalogue, config: DecompressConfig, output: str) -> tup
             continue
         chosen.append(row)
     names = png_names([r["path"] for r in chosen])
+    among_sources = storage.place(sources) if sources else lambda uri: False
+    inside = [names[r["path"]] for r in chosen if among_sources(storage.join(output, names[r["path"]]))]
+    if inside:
+        raise ValueError(
+            f"restored images would be written inside the archive's input folder {storage.redact(sources)} "
+            f"({len(inside)}, first {storage.redact(storage.join(output, inside[0]))}), where they could replace originals; choose an output outside it"
+        )
     jobs = []
     for row in chosen:
         target = storage.join(output, names[row["path"]])
-        if target == row["source"]:
+        if _is_source(target, row["source"]):
             refused.append(DecodedImage(row["source"], row["path"], target, "failed", "not restored: the output would overwrite its source", {}))
             continue
         job = DecodeJob(row, tuple(found.tiles.get(row["path"], ())), target, config.region)
@@ -146,8 +185,9 @@ class _BandedWriter:
     waits for those above it), and reports the image once: when its last band is written and the
     file committed, or at its first failed band, when the partial file is discarded."""
 
-    def __init__(self, jobs: Sequence[DecodeJob], report: Callable[[DecodedImage], None]) -> None:
+    def __init__(self, jobs: Sequence[DecodeJob], report: Callable[[DecodedImage], None], replace: bool = False) -> None:
         self.report = report
+        self.replace = replace
         self.jobs = {(j.image["path"], j.band): j for j in jobs if j.band is not None}
         self.bands = Counter(path for path, _ in self.jobs)
         self.open: dict[str, _Partial] = {}
@@ -168,7 +208,7 @@ class _BandedWriter:
         try:
             while state.next in state.early:
                 if state.png is None:
-                    state.file = storage.Writer(job.output)
+                    state.file = storage.Writer(job.output, replace=self.replace)
                     state.png = pngstream.PngWriter(state.file, job.image["width"], job.image["height"])
                 state.png.write(state.early.pop(state.next))
                 state.next += 1
@@ -176,7 +216,10 @@ class _BandedWriter:
                 return
             state.png.close()
         except (OSError, ValueError) as exc:
-            self._finish(path, r._replace(status="failed", reason=f"cannot write {storage.redact(job.output)}: {exc}", band=None), commit=False)
+            if files.out_of_room(exc):
+                raise  # the run stops; its partial files are discarded (abort_all)
+            why = f"not restored: {storage.explain(exc)}" if isinstance(exc, OSError) else f"cannot write {storage.redact(job.output)}: {exc}"
+            self._finish(path, r._replace(status="failed", reason=why, band=None), commit=False)
             return
         self._finish(path, _merged(state.results), commit=True)
 
@@ -189,7 +232,9 @@ class _BandedWriter:
                     state.file.commit()
                 except OSError as exc:
                     state.file.abort()
-                    result = result._replace(status="failed", reason=f"cannot write {storage.redact(result.output)}: {exc}")
+                    if files.out_of_room(exc):
+                        raise
+                    result = result._replace(status="failed", reason=f"not restored: {storage.explain(exc)}")
             else:
                 state.file.abort()
         self.report(result._replace(band=None))
@@ -256,23 +301,30 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
             matches nothing, or ``config.region`` is not one window inside one image.
     """
     root = storage.normalize(config.input)
-    if not storage.exists(layout.plan_uri(root)):
+    read = layout.read_plan(root)
+    if read.plan is None:
         raise ValueError(f"{storage.redact(root)} is not an oml archive (no plan.json)")
-    plan = storage.read_json(layout.plan_uri(root))
+    plan = read.plan
     if plan.get("format") != planning.PLAN_FORMAT:
         raise ValueError(planning.older_archive(root, plan))
     model = config.model or ModelConfig(**plan["model"])
     output = storage.normalize(config.output)
-    if output == plan.get("input"):
-        raise ValueError(f"{storage.redact(output)} is the archive's input folder: restored images would replace the originals; choose another output")
-    jobs, refused = _decode_jobs(catalogue(root, plan), config, output)
+    _check_output(root, output, plan.get("input"))
+    jobs, refused = _decode_jobs(catalogue(root, plan), config, output, plan.get("input"))
     if not jobs and not refused:
         raise ValueError("no archived image matches the selection" if config.select else "the archive has no images yet")
     _check_region(config, jobs, refused)
     sources = storage.normalize(config.sources) if config.sources else None
     if config.verify and sources:
+        storage.exists(sources)  # a store that refuses or cannot be reached: one error now, not "source unavailable" per image
         jobs = _check_sources(jobs, sources)
-    decoder = decoder or ImageDecoder(model, config.verify, config.metric, config.psnr_tolerance, max(1, int(config.ray.cpus_per_worker)), sources)
+    if storage.is_local(output):
+        for folder in sorted({os.path.dirname(j.output) for j in jobs}):
+            storage.remove_stale_temporaries(folder)  # what a killed restore left
+    decoder = decoder or ImageDecoder(
+        model, config.verify, config.metric, config.psnr_tolerance, max(1, int(config.ray.cpus_per_worker)), sources, overwrite=config.overwrite,
+        to_srgb=bool(plan["coding"].get("to_srgb", False)),
+    )
     total = len({j.image["path"] for j in jobs}) + len(refused)  # images, not bands
     progress = Progress("decompress", total, 0, config.progress)
     results: list[DecodedImage] = list(refused)
@@ -282,7 +334,7 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
         results.append(r)
         progress.update(r.status == "ok", r.status != "ok")
 
-    banded = _BandedWriter(jobs, report)
+    banded = _BandedWriter(jobs, report, replace=config.overwrite)
 
     def finished(r: DecodedImage) -> None:
         (banded.add(r, r.band[0]) if r.band is not None else report(r))
@@ -319,4 +371,4 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
             "problems": [{k: v for k, v in r._asdict().items() if k not in ("band", "bytes_read")} for r in results if r.status != "ok"],
         },
     )
-    return DecompressReport(total, counts["ok"], counts["failed"], counts["mismatch"], summary_uri, tuple(results))
+    return DecompressReport(total, counts["ok"], counts["failed"], counts["mismatch"], summary_uri, tuple(results), (read.note,) if read.note else ())

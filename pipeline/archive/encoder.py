@@ -6,7 +6,6 @@ The model is built once per worker process (:func:`get_model`) and reused by its
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from oml.models.zoo import load_model, quality_group
 from pipeline import regions, schema, storage
 from pipeline.archive.config import CodingConfig, ModelConfig
 from pipeline.archive.layout import PieceResult, UnitResult, unit_uri
-from pipeline.archive.plan import PERMANENT_READ_ERRORS, Failure, Piece, PlannedImage, Unit
+from pipeline.archive.plan import PERMANENT_READ_ERRORS, Failure, Piece, PlannedImage, Unit, changed_source, sha256_of
 
 _MODEL_CACHE: dict[tuple, VariableRateModel] = {}
 
@@ -92,7 +91,9 @@ class UnitEncoder:
     """Picklable callable run by a Ray task: one unit → its tiles and images Parquet files, then its marker.
 
     ``fingerprint`` (hex) is the driver's model fingerprint: a worker whose weights differ
-    refuses to code rather than mix models in one archive.
+    refuses to code rather than mix models in one archive. Likewise each piece's source must hash
+    to the SHA-256 the plan recorded (when it records one): a source edited since planning is a
+    failure of that image, so a resumed archive never holds tiles of two versions of it.
     """
 
     output: str
@@ -145,7 +146,7 @@ class UnitEncoder:
         :class:`_Failed` with the one-line reason the input cannot be archived."""
         im = piece.image
         rects = tiling.tile_range_rects(im.height, im.width, self.coding.tile, piece.first, piece.count)
-        band, pixels, data = self._read(im, _bounds(rects), clock)
+        band, pixels, size, digest = self._read(im, _bounds(rects), clock)
         header, coded = None, []
         with clock("code"):
             try:
@@ -156,11 +157,7 @@ class UnitEncoder:
             except (ValueError, codec.CodecError) as exc:
                 raise _Failed(f"cannot code: {exc}") from None
         rows = [schema.tile_row(im.path, c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
-        image_row = None
-        if piece.first == 0:
-            with clock("read"):
-                size, digest = (len(data), schema.sha256(data)) if data is not None else self._checksum(im.source)
-            image_row = schema.image_row(im.source, im.path, size, digest, header)
+        image_row = schema.image_row(im.source, im.path, size, digest, header) if piece.first == 0 else None
         result = PieceResult(
             im.path,
             piece.first,
@@ -172,36 +169,45 @@ class UnitEncoder:
         )
         return rows, image_row, result
 
-    def _read(self, im: PlannedImage, band: tiling.Tile, clock: _Clock) -> tuple[tiling.Tile, Tensor, bytes | None]:
+    def _read(self, im: PlannedImage, band: tiling.Tile, clock: _Clock) -> tuple[tiling.Tile, Tensor, int, str]:
         """The pixels of ``band`` (streamed by :mod:`pipeline.regions` where it can, so memory follows the
-        band, not the image), else of the whole image decoded by Pillow, with its position and, in that
-        case, the source's bytes."""
+        band, not the image), else of the whole image decoded by Pillow, with their position; and the
+        size and SHA-256 of the source's bytes they were decoded from, checked against the plan's."""
         try:
             with clock("decode"):
-                pixels = regions.read_region(im.source, band, im.width, im.height)
-            if pixels is not None:
-                return band, pixels, None
+                streamed = regions.read_region_hashed(im.source, band, im.width, im.height)
+            if streamed is not None:
+                self._check_unchanged(im, streamed.sha256)
+                return band, streamed.pixels, streamed.size, streamed.sha256
             with clock("read"):
                 data = storage.read_bytes(im.source)
+                size, digest = len(data), schema.sha256(data)
+            self._check_unchanged(im, digest)
             with clock("decode"):
-                image = decode_image(data, max_pixels=self.coding.max_pixels)
+                image = decode_image(data, max_pixels=self.coding.max_pixels, to_srgb=self.coding.to_srgb)
         except PERMANENT_READ_ERRORS as exc:
             raise _Failed(f"cannot read: {type(exc).__name__}: {exc}") from None
         except (ImageDecodeError, regions.RegionError) as exc:
+            self._check_unchanged(im, None)  # a source edited into a broken file: say it changed
             raise _Failed(str(exc)) from None
         if tuple(image.shape[1:]) != (im.height, im.width):
             raise _Failed(f"decoded as {image.shape[2]}x{image.shape[1]}, not the {im.width}x{im.height} its header said when planned")
-        return tiling.Tile(0, 0, im.height, im.width), image, data
+        return tiling.Tile(0, 0, im.height, im.width), image, size, digest
 
     @staticmethod
-    def _checksum(uri: str) -> tuple[int, str]:
-        """Size and SHA-256 of a source, read in 8 MiB chunks (bounded memory, whatever its size)."""
-        digest, size = hashlib.sha256(), 0
-        with storage.open_file(uri) as stream:
-            while chunk := stream.read(8 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-        return size, digest.hexdigest()
+    def _check_unchanged(im: PlannedImage, digest: str | None) -> None:
+        """:class:`_Failed` when the source's bytes (``digest``; ``None``: hash the file now) are not
+        the ones the plan hashed. Plans written before sources were hashed record none: no check."""
+        if not im.sha256:
+            return
+        if digest is None:
+            try:
+                with storage.open_file(im.source) as stream:
+                    digest = sha256_of(stream)[1]
+            except PERMANENT_READ_ERRORS:
+                return
+        if digest != im.sha256:
+            raise _Failed(changed_source(im.path, digest, im.sha256))
 
 
 def _bounds(rects: list[tiling.Tile]) -> tiling.Tile:

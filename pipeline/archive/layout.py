@@ -1,15 +1,21 @@
-"""Where things live under an archive's root, and what makes a unit committed.
+"""Where things live under an archive's root, what makes a unit committed, and how the plan is kept.
 
 Unit ``i`` writes ``units/unit-{i:06d}.tiles.parquet`` and ``units/unit-{i:06d}.images.parquet``
 (each atomically), then its done marker ``units/unit-{i:06d}.done.json``, which names both
 files' sizes and SHA-256: a unit is committed when its marker parses and both files are the
 ones it names. Anything else (no marker, a damaged one, a truncated, replaced or missing file) is
 an uncommitted unit, which the next run redoes whole.
+
+``plan.json`` is written once, when the archive is started, after ``plan.copy.json``: the same
+plan with the SHA-256 of ``plan.json``'s bytes. Either one restores the archive; a missing or
+damaged ``plan.json`` is read from the copy (:func:`read_plan`), and compress writes back
+whichever of the two is missing or damaged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,10 +25,96 @@ from pipeline import schema, storage
 from pipeline.archive.plan import Failure, Unit
 
 MARKER_FORMAT = "oml-archive-unit/1"
+PLAN_COPY_FORMAT = "oml-archive-plan-copy/1"
+PLAN_FILES = {"plan": "plan.json", "copy": "plan.copy.json"}
 
 
 def plan_uri(root: str) -> str:
     return storage.join(root, "plan.json")
+
+
+def plan_copy_uri(root: str) -> str:
+    return storage.join(root, "plan.copy.json")
+
+
+def plan_bytes(plan: dict[str, Any]) -> bytes:
+    """``plan.json``'s bytes for ``plan`` (as :func:`pipeline.storage.write_json` writes JSON)."""
+    return (json.dumps(plan, indent=1, sort_keys=True) + "\n").encode()
+
+
+def write_plan(root: str, plan: dict[str, Any], which: tuple[str, ...] = ("copy", "plan")) -> None:
+    """Write ``plan.copy.json`` (the plan and the SHA-256 of ``plan.json``'s bytes), then ``plan.json``;
+    ``which`` names only those to (re)write."""
+    data = plan_bytes(plan)
+    if "copy" in which:
+        storage.write_json(plan_copy_uri(root), {"format": PLAN_COPY_FORMAT, "plan_sha256": schema.sha256(data), "plan": plan})
+    if "plan" in which:
+        storage.write_bytes(plan_uri(root), data)
+
+
+class PlanRead(NamedTuple):
+    """The archive's plan (``None``: neither file exists), ``note``: one line when it was not read
+    from an intact ``plan.json`` (else empty), and ``repair``: which files to write back
+    (``"plan"``, ``"copy"``) to have both intact again."""
+
+    plan: dict[str, Any] | None
+    note: str = ""
+    repair: tuple[str, ...] = ()
+
+
+def _read_plan_file(root: str) -> tuple[bytes | None, dict[str, Any] | None, str]:
+    """``plan.json``'s bytes and parsed plan, or why there is none."""
+    try:
+        data = storage.read_bytes(plan_uri(root))
+    except FileNotFoundError:
+        return None, None, "plan.json is missing"
+    except OSError as exc:
+        return None, None, f"plan.json cannot be read ({type(exc).__name__}: {exc})"
+    try:
+        plan = json.loads(data)
+        if not isinstance(plan, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        return data, None, f"plan.json is damaged (not a plan: {exc})"
+    return data, plan, ""
+
+
+def _read_copy(root: str) -> tuple[dict[str, Any] | None, str, str]:
+    """The plan ``plan.copy.json`` holds, checked against its own SHA-256, and that SHA-256; or why not."""
+    try:
+        copy = storage.read_json(plan_copy_uri(root))
+    except FileNotFoundError:
+        return None, "", "there is no plan.copy.json"
+    except (OSError, ValueError) as exc:
+        return None, "", f"plan.copy.json is damaged ({type(exc).__name__}: {exc})"
+    if not isinstance(copy, dict) or copy.get("format") != PLAN_COPY_FORMAT or not isinstance(copy.get("plan"), dict):
+        return None, "", "plan.copy.json is damaged (not a plan copy)"
+    if schema.sha256(plan_bytes(copy["plan"])) != copy.get("plan_sha256"):
+        return None, "", "plan.copy.json is damaged (its plan does not match its SHA-256)"
+    return copy["plan"], copy["plan_sha256"], ""
+
+
+def read_plan(root: str) -> PlanRead:
+    """The archive's plan from ``plan.json``, checked against ``plan.copy.json`` when there is one
+    (archives started before the copy have none), else from the copy.
+
+    Raises:
+        ValueError: neither file holds an intact plan (one line naming both).
+    """
+    data, plan, why = _read_plan_file(root)
+    copy, digest, copy_why = _read_copy(root)
+    if plan is not None and copy is not None:
+        if schema.sha256(data) == digest:
+            return PlanRead(plan)
+        return PlanRead(copy, "plan.json differs from the plan its copy recorded (damaged or edited): read the plan from plan.copy.json", ("plan",))
+    if plan is not None:  # no intact copy: plan.json as it is (its unit settings are still checked)
+        missing = copy_why == "there is no plan.copy.json"
+        return PlanRead(plan, "" if missing else f"{copy_why}: read the plan from plan.json", ("copy",))
+    if copy is not None:
+        return PlanRead(copy, f"{why}: read the plan from plan.copy.json (its SHA-256 checks)", ("plan",))
+    if data is None and copy_why == "there is no plan.copy.json" and why == "plan.json is missing":
+        return PlanRead(None)
+    raise ValueError(f"{storage.redact(root)}: the archive's plan cannot be read: {why}, and {copy_why}")
 
 
 def units_uri(root: str) -> str:
@@ -54,7 +146,7 @@ class UnitResult:
     """What one unit task did (its done marker): pieces coded, failures, seconds per stage, and
     the size and SHA-256 of the two Parquet files it committed; and where the tiles file's row
     groups and footer lie, with their hashes, so that a window can read and check only those it
-    needs (absent in markers written before session 8: their windows read the whole file). The
+    needs (absent in markers of archives written before 2026-11-25: their windows read the whole file). The
     tiles file holds the pieces' tiles in the order of ``pieces``."""
 
     index: int
@@ -95,8 +187,9 @@ class UnitResult:
             result = cls(**kwargs)
             if sum(g.rows for g in result.tiles_groups) not in (0, result.tiles):
                 raise ValueError(f"its row groups hold {sum(g.rows for g in result.tiles_groups)} tiles, its pieces {result.tiles}")
-            spans = result.tiles_groups + ((result.tiles_footer,) if result.tiles_footer else ())
-            if any(not (0 <= s.offset and 0 < s.length and s.offset + s.length <= result.tiles_bytes) for s in spans):
+            # a unit that coded no tile (every piece failed) writes one row group of 0 rows and 0 bytes
+            spans = [(g, g.rows == 0) for g in result.tiles_groups] + ([(result.tiles_footer, False)] if result.tiles_footer else [])
+            if not all(_inside(span, result.tiles_bytes, empty) for span, empty in spans):
                 raise ValueError("a row-group span lies outside its tiles file")
             return result
         except (AttributeError, KeyError, TypeError) as exc:
@@ -111,6 +204,11 @@ class UnitResult:
         """Whether the marker accounts for every piece of ``unit`` (coded or failed)."""
         done = {(p.path, p.first, p.count) for p in self.pieces} | {f.path for f in self.failures}
         return all((p.image.path, p.first, p.count) in done or p.image.path in done for p in unit.pieces)
+
+
+def _inside(span: schema.Span, size: int, may_be_empty: bool) -> bool:
+    """Whether ``span`` lies in a file of ``size`` bytes (and holds some, unless ``may_be_empty``)."""
+    return 0 <= span.offset and (0 < span.length or may_be_empty) and span.offset + span.length <= size
 
 
 class MarkerCheck(NamedTuple):

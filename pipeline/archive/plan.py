@@ -1,11 +1,13 @@
-"""The plan of an archive: every input's size from its header, cut into units of roughly equal tile counts.
+"""The plan of an archive: every input's size from its header and the SHA-256 of its bytes, cut into units of roughly equal tile counts.
 
-The sorted listing is read header by header (no pixels decoded), each image's tiles are
-laid end to end in row-major order, image after image, and the sequence is cut every
-``unit`` tiles: a huge image spreads over many units (so over every worker), small
-images are grouped, and unit ``i`` always holds the same tiles. ``plan.json`` records the
-settings, the listing's checksum and each image's size; a re-run reuses the recorded
-sizes, so the units never change under an archive.
+The sorted listing is read header by header (no pixels decoded) and each input is hashed
+(streamed, in pieces), each image's tiles are laid end to end in row-major order, image
+after image, and the sequence is cut every ``unit`` tiles: a huge image spreads over many
+units (so over every worker), small images are grouped, and unit ``i`` always holds the
+same tiles. ``plan.json`` records the settings, the listing's checksum and each image's
+size and SHA-256; a re-run reuses the recorded sizes, so the units never change under an
+archive, and every worker checks that the bytes it codes are the planned ones, so a
+resumed archive never mixes two versions of a source.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from oml import tiling
-from oml.imageio import ImageDecodeError, check_pixels, image_size
+from oml.imageio import ImageDecodeError, check_pixels, read_header
 from pipeline import storage
 from pipeline.archive.config import CodingConfig, CompressConfig
 
@@ -38,12 +40,16 @@ class Failure(NamedTuple):
 
 
 class PlannedImage(NamedTuple):
-    """An input that will be coded: its URI, relative path and size (after EXIF orientation)."""
+    """An input that will be coded: its URI, relative path, size (after EXIF orientation) and the
+    SHA-256 of its bytes when planned (hex; empty in plans written before sources were hashed), and
+    what the input policy changes on the way in (``notes``: a bit depth reduced, colours converted)."""
 
     source: str
     path: str
     width: int
     height: int
+    sha256: str = ""
+    notes: tuple[str, ...] = ()
 
 
 class Piece(NamedTuple):
@@ -105,25 +111,49 @@ def make_units(
     return units
 
 
-def probe(f: storage.SourceFile, max_pixels: int) -> PlannedImage | Failure:
-    """One input's size from its header (a few KiB read), or why it cannot be archived."""
+HASH_CHUNK = 1 << 20  # bytes read at a time to hash a source: memory stays flat whatever its size
+
+
+def sha256_of(stream: Any, chunk: int = HASH_CHUNK) -> tuple[int, str]:
+    """Size and SHA-256 (hex) of the bytes of ``stream`` from its current position to its end, read in pieces."""
+    digest, size = hashlib.sha256(), 0
+    while piece := stream.read(chunk):
+        digest.update(piece)
+        size += len(piece)
+    return size, digest.hexdigest()
+
+
+def changed_source(path: str, now: str, planned: str) -> str:
+    """The one-line reason a source whose bytes are no longer the planned ones is not coded."""
+    return (
+        f"{path} changed since the archive was planned (SHA-256 {now[:16]}…, planned {planned[:16]}…); "
+        "archive it into a new output"
+    )
+
+
+def probe(f: storage.SourceFile, max_pixels: int, to_srgb: bool = False) -> PlannedImage | Failure:
+    """One input's size from its header (a few KiB read) and the SHA-256 of all its bytes
+    (streamed through the same open file), or why it cannot be archived (the input policy's
+    refusals included: a colour profile that is not sRGB without ``to_srgb``…)."""
     try:
         if f.size == 0:
             raise ImageDecodeError("empty file")
         with storage.open_file(f.uri) as stream:
-            width, height = image_size(stream)
-        check_pixels(width, height, max_pixels)
+            width, height, notes = read_header(stream, to_srgb)
+            check_pixels(width, height, max_pixels)
+            stream.seek(0)
+            _, digest = sha256_of(stream)
     except PERMANENT_READ_ERRORS as exc:
         return Failure(f.uri, f.relative_path, f"cannot read: {type(exc).__name__}: {exc}")
     except ImageDecodeError as exc:
         return Failure(f.uri, f.relative_path, str(exc))
-    return PlannedImage(f.uri, f.relative_path, width, height)
+    return PlannedImage(f.uri, f.relative_path, width, height, digest, notes)
 
 
-def probe_all(files: Sequence[storage.SourceFile], max_pixels: int) -> list[PlannedImage | Failure]:
-    """:func:`probe` on every file, several at once (remote headers are round trips)."""
+def probe_all(files: Sequence[storage.SourceFile], max_pixels: int, to_srgb: bool = False) -> list[PlannedImage | Failure]:
+    """:func:`probe` on every file, several at once (remote reads are round trips)."""
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(lambda f: probe(f, max_pixels), files))
+        return list(pool.map(lambda f: probe(f, max_pixels, to_srgb), files))
 
 
 def listing_sha256(files: Sequence[storage.SourceFile]) -> str:
@@ -140,7 +170,7 @@ def settings(cfg: CompressConfig, files: Sequence[storage.SourceFile], fingerpri
         "input": storage.redact(storage.normalize(cfg.input)),
         "model": dataclasses.asdict(cfg.model),
         # options left unset are left out, so archives started before they existed still resume
-        "coding": {k: v for k, v in dataclasses.asdict(cfg.coding).items() if v is not None},
+        "coding": _options(cfg.coding),
         "fingerprint": fingerprint,
         "extensions": sorted(e.lower() for e in cfg.extensions),
         "unit_tiles": cfg.unit_tiles,
@@ -151,9 +181,23 @@ def settings(cfg: CompressConfig, files: Sequence[storage.SourceFile], fingerpri
     }
 
 
+def _options(coding: CodingConfig) -> dict[str, Any]:
+    """The coding options that are set (not ``None``; flags only when on)."""
+    return {k: v for k, v in dataclasses.asdict(coding).items() if v is not None and v is not False}
+
+
 def to_json(plan: dict[str, Any], probed: Sequence[PlannedImage | Failure]) -> dict[str, Any]:
-    """``plan`` with each input's probed size (``[path, width, height]``) or failure (``[path, reason]``)."""
-    return {**plan, "inputs": [[p.path, p.width, p.height] if isinstance(p, PlannedImage) else [p.path, p.reason] for p in probed]}
+    """``plan`` with each input's probed size (``inputs``: ``[path, width, height]``) or failure
+    (``[path, reason]``), and, beside it, each input's SHA-256 (``inputs_sha256``: hex, or null for
+    a failure; a list of its own, so that an oml that predates it still reads ``inputs``), and the
+    input policy's notes of the inputs that have some (``notes``: path → lines; absent when none)."""
+    notes = {p.path: list(p.notes) for p in probed if isinstance(p, PlannedImage) and p.notes}
+    return {
+        **plan,
+        "inputs": [[p.path, p.width, p.height] if isinstance(p, PlannedImage) else [p.path, p.reason] for p in probed],
+        "inputs_sha256": [p.sha256 if isinstance(p, PlannedImage) else None for p in probed],
+        **({"notes": notes} if notes else {}),
+    }
 
 
 def from_json(plan: dict[str, Any], files: Sequence[storage.SourceFile] | None = None) -> list[PlannedImage | Failure]:
@@ -163,9 +207,13 @@ def from_json(plan: dict[str, Any], files: Sequence[storage.SourceFile] | None =
     if files is not None and [f.relative_path for f in files] != [e[0] for e in entries]:
         raise ValueError("plan.json does not match the input listing; write to a new output")
     uris = [f.uri for f in files] if files is not None else [""] * len(entries)
+    hashes = plan.get("inputs_sha256", [""] * len(entries))
+    if len(hashes) != len(entries):
+        raise ValueError(f"plan.json is damaged: {len(hashes)} SHA-256 values for {len(entries)} inputs")
+    notes = plan.get("notes", {})
     return [
-        PlannedImage(uri, e[0], int(e[1]), int(e[2])) if len(e) == 3 else Failure(uri, e[0], str(e[1]))
-        for uri, e in zip(uris, entries)
+        PlannedImage(uri, e[0], int(e[1]), int(e[2]), h or "", tuple(notes.get(e[0], ()))) if len(e) == 3 else Failure(uri, e[0], str(e[1]))
+        for uri, e, h in zip(uris, entries, hashes)
     ]
 
 
@@ -189,7 +237,7 @@ def check(old: dict[str, Any], new: dict[str, Any], root: str) -> None:
 
 
 def _coding_defaults() -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(CodingConfig()).items() if v is not None}
+    return _options(CodingConfig())
 
 
 def older_archive(root: str, plan: dict[str, Any]) -> str:
