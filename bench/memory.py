@@ -54,7 +54,8 @@ def child(image: str, out: str, quality: int, steps: int, random: bool, unit_til
     """One worker's job on one unit of one image; prints a JSON line."""
     import torch
 
-    from pipeline import archive, regions, storage
+    from pipeline import archive, storage
+    from pipeline.archive import regions
     from pipeline.archive import plan
 
     if not streamed:

@@ -99,7 +99,7 @@ MUTANTS = [
     Mutant("unsafe-paths-allowed", "pipeline/storage.py", '        raise ValueError(f"unsafe path {path!r}: not a plain relative path")', "        pass",
            ("tests/test_pipeline_storage.py", "tests/test_pipeline_archive.py::test_rows_cannot_place_files_or_make_the_decoder_fetch"),
            "archive rows may place files anywhere"),
-    Mutant("record-sha256-unchecked", "pipeline/schema.py", 'if sha256(codec.pack_tile(record_of(t, header))) != hex_of(t["record_sha256"]):', "if False:",
+    Mutant("record-sha256-unchecked", "pipeline/archive/schema.py", 'if sha256(codec.pack_tile(record_of(t, header))) != hex_of(t["record_sha256"]):', "if False:",
            ("tests/test_pipeline_archive.py::test_verify_reports_damaged_records_and_changed_sources",),
            "a tile's coded record is decoded without checking its recorded hash"),
     Mutant("output-names-collide", "pipeline/walk.py", "        while name in taken:", "        while False:",

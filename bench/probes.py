@@ -335,7 +335,7 @@ def make_archive(base: Path) -> Path:
 
 def rewrite(copy: Path, index: int, kind: str, edit: Callable[[dict], None]) -> None:
     """Unit ``index``'s ``kind`` rows (``tiles``, ``images``) through ``edit``, the file and its marker re-sealed as a forger would."""
-    from pipeline import schema
+    from pipeline.archive import schema
 
     path = unit_file(copy, index, f".{kind}.parquet")
     table = pq.read_table(path).to_pylist()
@@ -387,7 +387,7 @@ def flip_footer(copy: Path) -> None:
 def flip_row_latent(copy: Path) -> None:
     """One byte of a.png's first latent string changed, and the tile's hash re-sealed as a forger would."""
     from oml import codec
-    from pipeline import schema
+    from pipeline.archive import schema
 
     header = schema.header_of(pq.read_table(unit_file(copy, 0, ".images.parquet")).to_pylist()[0])
 
@@ -719,7 +719,7 @@ def main() -> int:
 
     server = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    from pipeline import reaper
+    from pipeline.archive import reaper
 
     watcher = reaper.watch()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

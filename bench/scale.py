@@ -81,7 +81,8 @@ def region_decode(archive: Path, scratch: Path, name: str, size: int) -> dict:
     the row groups that let a window read less cost in storage (the same tiles files written as
     one row group each, as archives written before row-group spans were)."""
     from oml import codec, tiling
-    from pipeline import schema, storage
+    from pipeline.archive import schema
+    from pipeline import storage
     from pipeline.archive import DecompressConfig, ModelConfig, get_model, run_decompress
     from pipeline.archive.decompress import catalogue
 

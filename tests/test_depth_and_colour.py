@@ -318,7 +318,7 @@ def test_16_bit_and_wide_gamut_together():
 
 
 def test_streamed_regions_leave_deep_and_wide_gamut_sources_to_pillow(tmp_path):
-    regions = pytest.importorskip("pipeline.regions")
+    regions = pytest.importorskip("pipeline.archive.regions")
     if not regions.available():
         pytest.skip("pyvips is not installed")
     from oml import tiling

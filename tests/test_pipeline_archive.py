@@ -23,7 +23,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 archive = pytest.importorskip("pipeline.archive")
-schema = pytest.importorskip("pipeline.schema")
+schema = pytest.importorskip("pipeline.archive.schema")
 storage = pytest.importorskip("pipeline.storage")
 planning = pytest.importorskip("pipeline.archive.plan")
 CodingConfig, CompressConfig, DecompressConfig, ModelConfig = archive.CodingConfig, archive.CompressConfig, archive.DecompressConfig, archive.ModelConfig

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.pngstream import PngWriter, combine_adler, encode_band
+from pipeline.archive.pngstream import PngWriter, combine_adler, encode_band
 
 from .conftest import natural_image
 

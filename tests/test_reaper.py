@@ -1,4 +1,4 @@
-"""A killed driver's Ray processes are stopped within seconds (pipeline/reaper.py)."""
+"""A killed driver's Ray processes are stopped within seconds (pipeline/archive/reaper.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import reaper
+from pipeline.archive import reaper
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the reaper reads /proc (Linux)")
@@ -31,7 +31,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 DRIVER = """
 import subprocess, sys, time
-from pipeline import reaper
+from pipeline.archive import reaper
 old = subprocess.Popen(["sleep", "300"])                         # the driver's own child, before Ray
 watcher = reaper.watch()
 new = subprocess.Popen(["sleep", "300"], start_new_session=True)  # like Ray's agents: own session

@@ -13,7 +13,7 @@ from oml.imageio import decode_image
 
 from .conftest import natural_image
 
-regions = pytest.importorskip("pipeline.regions")
+regions = pytest.importorskip("pipeline.archive.regions")
 archive = pytest.importorskip("pipeline.archive")
 needs_pyvips = pytest.mark.skipif(not regions.available(), reason="pyvips is not installed (pip install 'oml-archive[regions]')")
 

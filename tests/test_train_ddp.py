@@ -228,7 +228,7 @@ def test_ray_job_submit_trains_on_two_workers_of_a_ray_start_cluster(tmp_path):
     """`ray job submit -- python jobs/train_base.py --num-workers 2` against a `ray start` head on
     127.0.0.1: the job succeeds and its last.pt exports to a weights file that loads."""
     from oml.models.zoo import load_model
-    from pipeline.reaper import marked_by
+    from pipeline.archive.reaper import marked_by
     from pipeline.train import export_default_weights
 
     cfg = _config(tmp_path, "out", steps=3)

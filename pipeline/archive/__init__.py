@@ -4,7 +4,7 @@ Layout of an archive at ``OUT`` (local folder or ``s3://bucket/prefix``), in ``d
 
     OUT/plan.copy.json                     the plan again, with the SHA-256 of plan.json's bytes; written first
     OUT/plan.json                          settings, listing fingerprint, every input's size and SHA-256
-    OUT/units/unit-000000.tiles.parquet    one row per coded tile (pipeline.schema.TILE_SCHEMA)
+    OUT/units/unit-000000.tiles.parquet    one row per coded tile (pipeline.archive.schema.TILE_SCHEMA)
     OUT/units/unit-000000.images.parquet   one row per image whose first tile the unit coded
     OUT/units/unit-000000.done.json        commit marker, written last, naming both files' size and SHA-256
     OUT/manifest.json                      every failed input with its reason

@@ -17,7 +17,7 @@ from pipeline.archive.layout import UnitResult
 from pipeline.archive.plan import Failure, PlannedImage, Unit
 from pipeline.archive.progress import Progress
 from pipeline.archive.runner import ray_session, run_tasks
-from pipeline.schema import psnr_of
+from pipeline.archive.schema import psnr_of
 from pipeline.walk import Unlisted
 
 

@@ -158,7 +158,7 @@ class DecompressConfig:
     restore only that window of the one selected image, decoding only the tiles
     it overlaps. ``band_tiles``: an image of more tiles than this is restored in
     bands of whole tile rows, about that many tiles each, one Ray task per band,
-    and written as one PNG by a streaming writer (:mod:`pipeline.pngstream`).
+    and written as one PNG by a streaming writer (:mod:`pipeline.archive.pngstream`).
     ``overwrite``: replace an existing output file that holds other bytes (default: leave it, and
     report the image as failed; one that holds the very bytes restored is left either way).
     """

@@ -18,7 +18,8 @@ import torch
 from oml import codec, tiling
 from oml.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
 from oml.models.zoo import ModelUnavailableError, load_decoder
-from pipeline import files, pngstream, regions, schema, storage
+from pipeline import files, storage
+from pipeline.archive import pngstream, regions, schema
 from pipeline.archive.config import ModelConfig
 from pipeline.archive.encoder import get_model, one_entry
 

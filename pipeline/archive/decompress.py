@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oml import tiling
-from pipeline import files, pngstream, schema, storage
+from pipeline import files, storage
+from pipeline.archive import pngstream, schema
 from pipeline.archive import layout, plan as planning
 from pipeline.archive.config import DecompressConfig, ModelConfig, RayConfig
 from pipeline.archive.decoder import DecodedImage, DecodeJob, ImageDecoder, TileSource, check_source

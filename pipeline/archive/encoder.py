@@ -19,7 +19,8 @@ from oml import codec, ratecontrol, tiling
 from oml.imageio import ImageDecodeError, decode_image
 from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import load_model, quality_group
-from pipeline import regions, schema, storage
+from pipeline.archive import regions, schema
+from pipeline import storage
 from pipeline.archive.config import CodingConfig, ModelConfig
 from pipeline.archive.layout import PieceResult, UnitResult, unit_uri
 from pipeline.archive.plan import PERMANENT_READ_ERRORS, Failure, Piece, PlannedImage, Unit, changed_source, sha256_of
@@ -170,7 +171,7 @@ class UnitEncoder:
         return rows, image_row, result
 
     def _read(self, im: PlannedImage, band: tiling.Tile, clock: _Clock) -> tuple[tiling.Tile, Tensor, int, str]:
-        """The pixels of ``band`` (streamed by :mod:`pipeline.regions` where it can, so memory follows the
+        """The pixels of ``band`` (streamed by :mod:`pipeline.archive.regions` where it can, so memory follows the
         band, not the image), else of the whole image decoded by Pillow, with their position; and the
         size and SHA-256 of the source's bytes they were decoded from, checked against the plan's."""
         try:

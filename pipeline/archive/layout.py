@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from pipeline import schema, storage
+from pipeline.archive import schema
+from pipeline import storage
 from pipeline.archive.plan import Failure, Unit
 
 MARKER_FORMAT = "oml-archive-unit/1"

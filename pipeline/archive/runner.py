@@ -4,7 +4,7 @@ Nothing hangs: a cluster address where no Ray head answers fails in seconds
 (:func:`check_reachable`), and so does a task that no node can run and no autoscaler could add a
 node for (:func:`placement`); where an autoscaler can, the pool waits for that node, at most
 ``RayConfig.resource_wait`` seconds. Nothing lingers: a local Ray's processes carry a session mark
-(:data:`pipeline.reaper.MARK`) and a reaper process stops them whenever this driver ends, killed
+(:data:`pipeline.archive.reaper.MARK`) and a reaper process stops them whenever this driver ends, killed
 included. Nothing is retried in vain: a task whose error cannot mend on retry (no space, read-only,
 permission, refused) returns a :class:`TaskFailure` instead of raising, so Ray neither retries it
 nor prints its traceback; an error that may mend (the network) still raises, and Ray retries it.
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
-from pipeline import reaper as reaper_mod
+from pipeline.archive import reaper as reaper_mod
 from pipeline.archive.config import RayConfig
 
 CONNECT_TIMEOUT_S = 5.0

@@ -13,7 +13,7 @@ temporary folder when it was given one. A process is identified by its pid *and*
 so a recycled pid is never signalled, and a process of another Ray (without this session's mark)
 is never touched. Linux only (it reads ``/proc``); elsewhere :func:`watch` does nothing.
 
-Run directly: ``python pipeline/reaper.py DRIVER_PID [--session MARK] [--remove FOLDER] [PID:START …]``
+Run directly: ``python pipeline/archive/reaper.py DRIVER_PID [--session MARK] [--remove FOLDER] [PID:START …]``
 (the driver's children to leave alone; exits once the driver has exited or closed its standard
 input, and the processes have been stopped; nothing is printed).
 """
