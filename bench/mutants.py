@@ -74,6 +74,8 @@ MUTANTS = [
                   '            storage.write_bytes(unit_uri(self.output, unit.index, "images"), images_file)\n        result', "        result"),)),
     Mutant("accept-always", "oml/codec.py", "return _Choice(candidate, recon) if bool(d_new < d_old) else _Choice(lam_t, w.plain)", "return _Choice(candidate, recon)",
            ("tests/test_adapt_reference.py",), "the encoder keeps λ* even when the exact decoder scores it worse"),
+    Mutant("quick-step-reversed", "oml/quick.py", "    return er / ee, er * er / ee, fit", "    return -er / ee, er * er / ee, fit",
+           ("tests/test_quick.py::test_quick_gains_most_of_what_five_paper_iterations_gain",), "quick adaptation moves λ^{K−2} the wrong way"),
     Mutant("softplus-to-exp", "oml/models/modulator.py", "return F.softplus(self.fc2(F.relu(self.fc1(u))))", "return torch.exp(self.fc2(F.relu(self.fc1(u))))",
            ("tests/test_models.py",), "the modulator's scales use exp instead of softplus"),
     Mutant("tiling-crop-reversed", "oml/tiling.py", "return x[..., :height, :width]", "return x[..., x.shape[-2] - height :, x.shape[-1] - width :]",

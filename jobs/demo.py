@@ -3,7 +3,7 @@
 Uses ../shared/data/kodak when it is there, otherwise the colour photographs that
 scikit-image ships. Everything goes under --out (default out/demo).
 
-    python jobs/demo.py [--steps 5] [--quality 3] [--out out/demo]
+    python jobs/demo.py [--effort default] [--quality 3] [--out out/demo]
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from oml.names import DEFAULT_EFFORT, EFFORTS
 
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
@@ -40,17 +42,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/demo", help="folder for the archive and the restored images")
     parser.add_argument("--quality", type=int, default=3, help="quality 1-6 (default 3)")
-    parser.add_argument("--steps", type=int, default=5, help="online-adaptation iterations per tile (default 5)")
+    parser.add_argument("--effort", default=DEFAULT_EFFORT, choices=EFFORTS, help=f"encoder effort, as oml archive --effort (default {DEFAULT_EFFORT})")
     parser.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
     args = parser.parse_args(argv)
 
+    from oml.effort import coding_effort
     from pipeline.archive import CodingConfig, CompressConfig, DecompressConfig, RayConfig, run_compress, run_decompress
 
     out = Path(args.out)
     inputs = demo_inputs(out)
     ray = RayConfig(num_cpus=args.num_cpus)
-    print(f"demo: archiving {inputs} with oml-default, quality {args.quality}, {args.steps} adaptation steps per tile")
-    report = run_compress(CompressConfig(input=str(inputs), output=str(out / "archive"), coding=CodingConfig(args.quality, args.steps, to_srgb=True), ray=ray))
+    effort = coding_effort(args.effort)
+    coding = CodingConfig(args.quality, effort.adapt.steps, refine=effort.refine.iterations, quick=effort.adapt.quick, to_srgb=True)
+    print(f"demo: archiving {inputs} with oml-default, quality {args.quality}, effort {args.effort}")
+    report = run_compress(CompressConfig(input=str(inputs), output=str(out / "archive"), coding=coding, ray=ray))
     restored = run_decompress(DecompressConfig(input=str(out / "archive"), output=str(out / "restored"), verify=True, ray=ray))
     summary = report.summary
     print(json.dumps({k: summary[k] for k in summary if not isinstance(summary[k], (list, dict))}, indent=1))

@@ -46,18 +46,27 @@ LAMBDA_MIN, LAMBDA_MAX = 1e-4, 1.0
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """``steps`` iterations (0: no adaptation) for each metric in ``metrics``."""
+    """Adaptation for each metric in ``metrics``: ``steps`` iterations of the paper's search (0: none),
+    or, with ``quick``, one Gauss–Newton step on the last three λ^k (:mod:`oml.quick`)."""
 
     steps: int = 0
     metrics: tuple[str, ...] = ("psnr",)
     gammas: tuple[float, ...] = GAMMAS
+    quick: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.quick and self.steps:
+            raise ValueError("quick adaptation takes no steps: give steps or quick, not both")
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or not self.metrics:
             raise ValueError(f"metrics must be some of {METRICS}, got {self.metrics}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether λ* is searched at all (otherwise the file stores one ``plain`` set)."""
+        return self.quick or self.steps > 0
 
 
 class AdaptResult(NamedTuple):

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from oml import tiling
 from oml.adapt import LAMBDA_MAX, LAMBDA_MIN, AdaptConfig, adapt, distortion
+from oml.quick import adapt_quick
 from oml.metrics import psnr
 from oml.models.latent import LatentCode
 from oml.models.variable_rate import VariableRateModel
@@ -289,9 +290,26 @@ def reconstruct_tile(model: VariableRateModel, y_hat: Tensor, lambdas: Tensor, l
             encoder never writes: casting NaN to uint8 differs between CPUs).
     """
     x_hat = model.synthesize(y_hat, lambdas.float().unsqueeze(0).to(y_hat.device), lmbda_t)
+    return _tile_pixels(x_hat, lambdas, tile)
+
+
+def _tile_pixels(x_hat: Tensor, lambdas: Tensor, tile: tiling.Tile) -> Tensor:
+    """The decoder's float output ``(1,3,H',W')`` → its uint8 pixels ``(3, tile.height, tile.width)`` on the CPU."""
     if not bool(torch.isfinite(x_hat).all()):
         raise CodecError(f"the decoder's output is not finite with λ* {[float(v) for v in lambdas]}")
     return _to_uint8(tiling.crop(x_hat, tile.height, tile.width)[0]).cpu()
+
+
+@torch.no_grad()
+def _plain_tile(model: VariableRateModel, y_hat: Tensor, lmbda_t: float, tile: tiling.Tile, keep: bool) -> tuple[Tensor, list[Tensor] | None]:
+    """:func:`reconstruct_tile` at λ* = λ_t, with, when ``keep``, every decoding block's output (the same
+    operations: quick adaptation decodes its candidates exactly from them)."""
+    lam_t = plain_lambdas(model.num_lambdas, lmbda_t)
+    if not keep:
+        return reconstruct_tile(model, y_hat, lam_t, lmbda_t, tile), None
+    synthesis, coded = model.synthesis, torch.full((1,), lmbda_t, device=y_hat.device)
+    kept, x_hat = synthesis.block_outputs(synthesis.prefix(y_hat, coded), lam_t.float().unsqueeze(0).to(y_hat.device), coded)
+    return _tile_pixels(x_hat, lam_t, tile), kept
 
 
 def plain_lambdas(k: int, lmbda_t: float) -> Tensor:
@@ -311,6 +329,7 @@ class _TileWork(NamedTuple):
     code: LatentCode
     plain: Tensor  # uint8 reconstruction at λ* = λ_t
     refined: bool = False  # whether the latent is the refined one
+    kept: list[Tensor] | None = None  # the plain decoding's block outputs, for quick adaptation
 
 
 def encode(
@@ -326,7 +345,7 @@ def encode(
 ) -> Encoded:
     """Code a uint8 image ``(3, H, W)`` at a quality or λ, adapting λ* per tile.
 
-    With ``adapt_config.steps == 0`` one ``plain`` λ* set (λ* = λ_t) is stored;
+    Without adaptation (``adapt_config.enabled`` false) one ``plain`` λ* set (λ* = λ_t) is stored;
     otherwise one set per metric. No λ* set is ever worse than λ_t for its
     metric on the 8-bit reconstruction: a tile whose search found nothing
     better keeps λ_t.
@@ -360,14 +379,14 @@ def _encode(
     device = model.device
     height, width = image.shape[1:]
     grid = tiling.tile_grid(height, width, tile_size)
-    metrics = adapt_config.metrics if adapt_config.steps > 0 else (PLAIN,)
+    metrics = adapt_config.metrics if adapt_config.enabled else (PLAIN,)
     k = model.num_lambdas
     batch = tile_batch or (8 if device.type == "cuda" else 1)
     records, stats = [], []
     reconstruction = torch.empty((3, height, width), dtype=torch.uint8)
     tiles = list(zip(grid, tiling.split(image, grid)))
     for start in range(0, len(tiles), batch):
-        work = _code_tiles(model, q, lmbda_t, tiles[start : start + batch], refine_config, adapt_config.metrics[0])
+        work = _code_tiles(model, q, lmbda_t, tiles[start : start + batch], refine_config, adapt_config.metrics[0], adapt_config.quick)
         sets = [_adapt_batch(model, work, lmbda_t, m, adapt_config) for m in metrics]
         for i, w in enumerate(work):
             chosen = torch.stack([s[i].lambdas for s in sets])
@@ -389,7 +408,8 @@ def _groups(tiles: list[tiling.Tile]) -> list[list[int]]:
 
 
 def _code_tiles(
-    model: VariableRateModel, q: int, lmbda_t: float, tiles: list[tuple[tiling.Tile, Tensor]], refine_config: RefineConfig, metric: str
+    model: VariableRateModel, q: int, lmbda_t: float, tiles: list[tuple[tiling.Tile, Tensor]], refine_config: RefineConfig, metric: str,
+    keep: bool = False,
 ) -> list[_TileWork]:
     """Analysis, optional latent refinement and entropy coding of a batch of tiles.
 
@@ -398,7 +418,6 @@ def _code_tiles(
     never makes a tile worse.
     """
     coder = model.latent_codec(q)
-    lam_t = plain_lambdas(model.num_lambdas, lmbda_t)
     work: list[_TileWork | None] = [None] * len(tiles)
     for members in _groups([t for t, _ in tiles]):
         x = torch.cat([_to_float(tiles[i][1]) for i in members]).to(model.device)
@@ -407,7 +426,8 @@ def _code_tiles(
         for row, i in enumerate(members):
             tile, pixels = tiles[i]
             code = coder.encode(y[row : row + 1])
-            work[i] = _TileWork(tile, pixels, x[row : row + 1], code, reconstruct_tile(model, code.y_hat, lam_t, lmbda_t, tile))
+            recon, kept = _plain_tile(model, code.y_hat, lmbda_t, tile, keep)
+            work[i] = _TileWork(tile, pixels, x[row : row + 1], code, recon, kept=kept)
         if refine_config.iterations == 0:
             continue
         plain = torch.cat([_to_float(work[i].plain) for i in members]).to(x.device)
@@ -416,10 +436,10 @@ def _code_tiles(
         for row, i in enumerate(members):
             w = work[i]
             code = coder.encode(y_ref[row : row + 1], z_ref[row : row + 1])
-            recon = reconstruct_tile(model, code.y_hat, lam_t, lmbda_t, w.tile)
+            recon, kept = _plain_tile(model, code.y_hat, lmbda_t, w.tile, keep)
             exact = [_exact_cost(metric, weight[row : row + 1], lmbda_t, r, w.x, c) for r, c in ((recon, code), (w.plain, w.code))]
             if exact[0] < exact[1]:
-                work[i] = w._replace(code=code, plain=recon, refined=True)
+                work[i] = w._replace(code=code, plain=recon, refined=True, kept=kept)
     return work
 
 
@@ -443,6 +463,16 @@ def _adapt_batch(model: VariableRateModel, work: list[_TileWork], lmbda_t: float
     found = [_Choice(lam_t, w.plain) for w in work]
     if metric == PLAIN:
         return found
+    if cfg.quick:
+        for i, w in enumerate(work):
+            result = adapt_quick(model.synthesis, w.kept, w.x, lmbda_t, metric)
+            candidate = result.lambdas.cpu().half()
+            if not torch.equal(candidate, lam_t):
+                try:
+                    found[i] = _keep_better(w, candidate, _tile_pixels(result.output, candidate, w.tile), lam_t, metric)
+                except CodecError:
+                    pass
+        return found
     for members in _groups([w.tile for w in work]):
         y_hat = torch.cat([work[i].code.y_hat for i in members])
         with torch.no_grad():
@@ -460,6 +490,11 @@ def _accept(model: VariableRateModel, w: _TileWork, candidate: Tensor, lam_t: Te
         recon = reconstruct_tile(model, w.code.y_hat, candidate, lmbda_t, w.tile)
     except CodecError:
         return _Choice(lam_t, w.plain)
+    return _keep_better(w, candidate, recon, lam_t, metric)
+
+
+def _keep_better(w: _TileWork, candidate: Tensor, recon: Tensor, lam_t: Tensor, metric: str) -> _Choice:
+    """``candidate`` with its decoded pixels ``recon`` if they beat λ_t's for ``metric``, else λ_t."""
     with torch.no_grad():
         pixels = w.pixels.float().div(255).unsqueeze(0)
         d_new = distortion(metric, _to_float(recon), pixels)

@@ -138,7 +138,7 @@ def _compress_config(args: argparse.Namespace):
         model=ModelConfig(args.model, args.weights, not args.random_weights, args.seed),
         coding=CodingConfig(
             args.quality or 3, args.steps, tuple(args.metric), args.tile, args.max_pixels or DEFAULT_MAX_PIXELS, args.lmbda,
-            (target.kind, target.value) if target else None, args.refine, args.to_srgb,
+            (target.kind, target.value) if target else None, args.refine, args.to_srgb, args.quick,
         ),
         ray=RayConfig(args.address, args.num_cpus, args.workers, args.cpus_per_worker, args.num_gpus, args.max_retries, args.resource_wait),
         **options,

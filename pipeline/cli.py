@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from oml.names import CODED_SUFFIX, DEFAULT_MAX_PIXELS, DEFAULT_MODEL, IMAGE_SUFFIXES, METRICS, MODEL_IDS, PLAIN, TILE, ModelUnavailableError
+from oml.names import ANCHORS, CODED_SUFFIX, DEFAULT_EFFORT, DEFAULT_MAX_PIXELS, DEFAULT_MODEL, EFFORTS, IMAGE_SUFFIXES, METRICS, MODEL_IDS, PLAIN, STRONGEST_ANCHORS, TILE, ModelUnavailableError
 from pipeline.files import describe, identity, out_of_room, remove_stale, write_file
 from pipeline.walk import Unlisted, output_names, walk_files
 
@@ -196,7 +196,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     model = load_model(args.model, quality if args.quality is not None else _first_quality(args.model), weights=args.weights)
     if target is not None:
         ratecontrol.check_model(model)
-    cfg = AdaptConfig(steps=args.steps, metrics=tuple(args.metric))
+    cfg = AdaptConfig(steps=args.steps, metrics=tuple(args.metric), quick=args.quick)
     search = RefineConfig(args.refine)
 
     def work(src: Path, dst: Path) -> str:
@@ -303,14 +303,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(
         inputs=args.inputs, output=args.output, model=args.model, weights=args.weights,
-        qualities=tuple(args.quality or _group(args.model)), steps=tuple(args.steps), refine=tuple(args.refine), metric=args.metric,
+        qualities=tuple(args.quality or _group(args.model)), efforts=tuple(args.effort or ()),
+        steps=tuple(args.steps or ([] if args.effort and args.refine is None else [0])), refine=tuple(args.refine or [0]), metric=args.metric,
         baselines=tuple(args.baselines), per_image=args.per_image, limit=args.limit,
     )
     result = run_eval(cfg)
     for name, pts in result["curves"].items():
         print(f"{name}: " + ", ".join(f"{p['bpp']:.3f} bpp/{p['psnr']:.2f} dB" for p in pts))
+    ranges = result["bd_rate_psnr_range_db"]
     for key, value in result["bd_rate_percent"].items():
-        print(f"BD-rate {key}: {value if isinstance(value, str) else f'{value:+.2f}%'}")
+        span = f" (over {ranges[key][0]:.2f}-{ranges[key][1]:.2f} dB)" if ranges.get(key) else ""
+        print(f"BD-rate {key}: {value if isinstance(value, str) else f'{value:+.2f}%'}{span}")
+    for name, settings in result["anchors"].items():
+        print(f"anchor {name}: {settings['format']} {settings['options']} " + " ".join(f"{k} {v}" for k, v in settings["versions"].items()))
     print(f"wrote {args.output}/rd.json and {args.output}/rd.png")
     return 0
 
@@ -324,9 +329,12 @@ def add_coding_arguments(p: argparse.ArgumentParser) -> None:
     rate.add_argument("--target-bpp", type=positive_number, metavar="BPP", help="per image, the λ whose file is closest to this size in bits per pixel (within 3 %%)")
     p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS, help=f"model id (default {DEFAULT_MODEL})")
     p.add_argument("--weights", help="local oml weights file instead of the model's default source (on every node, for the archive)")
-    p.add_argument("--steps", type=int, default=0, help="online-adaptation iterations per tile (0: none; at most 200)")
+    p.add_argument("--effort", default=DEFAULT_EFFORT, choices=EFFORTS,
+                   help=f"encoder effort (default {DEFAULT_EFFORT}): fast = no adaptation, default = quick online adaptation, "
+                   "archival = quick adaptation and 400 latent-refinement iterations per tile; --steps and --refine override it")
+    p.add_argument("--steps", type=int, help="iterations of the paper's online-adaptation search per tile instead of the effort's adaptation (0: none; at most 200)")
     p.add_argument("--metric", nargs="+", default=["psnr"], choices=METRICS, help="adapt for these metrics; one λ* set each")
-    p.add_argument("--refine", type=int, default=0, metavar="N", help="latent-refinement iterations per tile, for the first metric (0: none, at most 2000; slower encoding, same decoder)")
+    p.add_argument("--refine", type=int, metavar="N", help="latent-refinement iterations per tile, for the first metric, instead of the effort's (0: none, at most 2000; slower encoding, same decoder)")
     p.add_argument("--tile", type=int, default=TILE, help="tile size in pixels (multiple of 64, default 512)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
     p.add_argument("--to-srgb", action="store_true", help="convert images whose colour profile (ICC) is not sRGB to sRGB (relative colorimetric); without it they are refused")
@@ -339,14 +347,20 @@ MAX_COUNTS = {"steps": 200, "refine": 2000}
 
 
 def check_counts(args: argparse.Namespace) -> None:
-    """UserError unless ``--steps`` and ``--refine`` (one value or a list) are within 0..MAX_COUNTS."""
+    """UserError unless ``--steps`` and ``--refine`` (one value or a list) are within 0..MAX_COUNTS; then,
+    for a coding command, fills ``steps``, ``refine`` and ``quick`` from ``--effort`` where not given."""
     for flag, most in MAX_COUNTS.items():
-        values = getattr(args, flag, 0)
-        values = values if isinstance(values, list) else [values]
+        values = getattr(args, flag, None)
+        values = [v for v in (values if isinstance(values, list) else [values]) if v is not None]
         if any(n < 0 for n in values):
             raise UserError(f"--{flag} must be 0 or more")
         if any(n > most for n in values):
             raise UserError(f"--{flag} must be at most {most} iterations per tile")
+    if isinstance(getattr(args, "effort", None), str):
+        from oml.effort import coding_effort
+
+        effort = coding_effort(args.effort, tuple(args.metric), args.steps, args.refine)
+        args.steps, args.refine, args.quick = effort.adapt.steps, effort.refine.iterations, effort.adapt.quick
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,10 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_IDS)
     p.add_argument("--weights", help="local oml weights file")
     p.add_argument("--quality", "-q", type=int, nargs="+", help="qualities to code (default: every quality of the model's first group, 1-6 for oml-default)")
-    p.add_argument("--steps", type=int, nargs="+", default=[0], help="adaptation iterations, one curve per value (default 0)")
-    p.add_argument("--refine", type=int, nargs="+", default=[0], metavar="N", help="latent-refinement iterations, one curve per value and --steps value (default 0)")
+    p.add_argument("--effort", nargs="+", choices=EFFORTS, help="encoder efforts, one curve each (as oml compress --effort)")
+    p.add_argument("--steps", type=int, nargs="+", help="iterations of the paper's adaptation search, one curve per value (default 0 when no --effort is given)")
+    p.add_argument("--refine", type=int, nargs="+", metavar="N", help="latent-refinement iterations, one curve per value and --steps value (default 0)")
     p.add_argument("--metric", default="psnr", choices=METRICS, help="adaptation target")
-    p.add_argument("--baselines", nargs="*", default=["jpeg", "webp", "avif"], choices=["jpeg", "webp", "avif"])
+    p.add_argument("--baselines", nargs="*", default=list(STRONGEST_ANCHORS), choices=ANCHORS, metavar="CODEC",
+                   help=f"classical anchors, one curve each (default: {' '.join(STRONGEST_ANCHORS)}; also {' '.join(c for c in ANCHORS if c not in STRONGEST_ANCHORS)}); "
+                   "one whose plugin is missing is skipped with a note")
     p.add_argument("--per-image", action="store_true", help="also store every image's numbers in rd.json")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images")
     p.set_defaults(func=cmd_eval)

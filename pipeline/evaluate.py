@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from oml import baselines, codec
 from oml.adapt import AdaptConfig
+from oml.effort import coding_effort
 from oml.imageio import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from oml.metrics import bd_rate, ms_ssim, ms_ssim_db, psnr
 from oml.models.zoo import DEFAULT_MODEL, load_model
@@ -31,8 +32,8 @@ from pipeline.published import PUBLISHED_KODAK
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What to evaluate; one curve per pair of adaptation iterations (``steps``) and
-    latent-refinement iterations (``refine``)."""
+    """What to evaluate; one curve per encoder effort in ``efforts`` (:mod:`oml.effort`), then one per
+    pair of the paper's adaptation iterations (``steps``) and latent-refinement iterations (``refine``)."""
 
     inputs: str
     output: str
@@ -42,7 +43,8 @@ class EvalConfig:
     steps: tuple[int, ...] = (0,)
     refine: tuple[int, ...] = (0,)
     metric: str = "psnr"
-    baselines: tuple[str, ...] = ("jpeg", "webp", "avif")
+    efforts: tuple[str, ...] = ()
+    baselines: tuple[str, ...] = baselines.STRONGEST
     per_image: bool = False
     limit: int = 0
 
@@ -101,11 +103,9 @@ def _quality(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 def _model_points(cfg: EvalConfig, images, bar) -> list[ImagePoint]:
     model = load_model(cfg.model, cfg.qualities[0], weights=cfg.weights, all_qualities=True)
     points = []
-    for steps, iterations in itertools.product(cfg.steps, cfg.refine):
-        adapt_cfg = AdaptConfig(steps=steps, metrics=(cfg.metric,))
-        refine_cfg = RefineConfig(iterations)
+    for label, adapt_cfg, refine_cfg in _settings(cfg):
         for q in cfg.qualities:
-            setting = f"{cfg.model} q{q} N={steps}" + (f" R={iterations}" if iterations else "")
+            setting = f"{cfg.model} q{q} {label}"
             for name, image in images:
                 t0 = time.perf_counter()
                 enc = codec.encode(model, image, quality=q, adapt_config=adapt_cfg, refine_config=refine_cfg)
@@ -122,9 +122,32 @@ def _model_points(cfg: EvalConfig, images, bar) -> list[ImagePoint]:
     return points
 
 
-def _baseline_points(cfg: EvalConfig, images, bar) -> list[ImagePoint]:
+def _settings(cfg: EvalConfig) -> list[tuple[str, AdaptConfig, RefineConfig]]:
+    """(curve label, adaptation, refinement) of every model curve."""
+    out = []
+    for name in cfg.efforts:
+        effort = coding_effort(name, (cfg.metric,))
+        out.append((f"effort={name}", effort.adapt, effort.refine))
+    for steps, iterations in itertools.product(cfg.steps, cfg.refine):
+        out.append((f"N={steps}" + (f" R={iterations}" if iterations else ""), AdaptConfig(steps=steps, metrics=(cfg.metric,)), RefineConfig(iterations)))
+    return out
+
+
+def _available(names: tuple[str, ...]) -> tuple[dict[str, dict], dict[str, str]]:
+    """The anchors that can be encoded here (their settings and versions), and why each other is skipped."""
+    found, skipped = {}, {}
+    for name in names:
+        try:
+            found[name] = baselines.describe(name)
+        except baselines.CodecUnavailableError as exc:
+            skipped[name] = str(exc)
+            print(f"oml eval: note: anchor {name} skipped: {exc}", file=sys.stderr)
+    return found, skipped
+
+
+def _baseline_points(names, images, bar) -> list[ImagePoint]:
     points = []
-    for name_codec in cfg.baselines:
+    for name_codec in names:
         for q in baselines.DEFAULT_QUALITIES[name_codec]:
             for name, image in images:
                 t0 = time.perf_counter()
@@ -169,7 +192,8 @@ def curves(summary: list[CurvePoint]) -> dict[str, list[CurvePoint]]:
 
 def bd_rates(by_curve: dict[str, list[CurvePoint]], model_curves: list[str], anchors: dict[str, tuple[list[float], list[float]]]) -> dict[str, float | str]:
     """BD-rate (%) of each model curve against each anchor (rates, PSNRs), and of every later model
-    curve against the first (e.g. adapted or refined against plain coding); negative = fewer bits."""
+    curve against the first (e.g. adapted or refined against plain coding); negative = fewer bits.
+    Each is computed over the PSNR range both curves cover (:func:`overlap`)."""
     out: dict[str, float | str] = {}
     first = sorted(by_curve[model_curves[0]], key=lambda p: p.bpp) if model_curves else []
     for i, name in enumerate(model_curves):
@@ -180,6 +204,18 @@ def bd_rates(by_curve: dict[str, list[CurvePoint]], model_curves: list[str], anc
                 out[f"{name} vs {anchor}"] = round(bd_rate(rate, dist, [p.bpp for p in pts], [p.psnr for p in pts]), 2)
             except ValueError as exc:
                 out[f"{name} vs {anchor}"] = f"n/a: {exc}"
+    return out
+
+
+def overlap(pairs: dict[str, tuple[list[float], list[float]]], by_curve: dict[str, list[CurvePoint]], model_curves: list[str]) -> dict[str, list[float] | None]:
+    """The PSNR range (dB) over which each model curve is compared with each anchor: where both have points."""
+    out: dict[str, list[float] | None] = {}
+    for i, name in enumerate(model_curves):
+        own = [p.psnr for p in by_curve[name]]
+        first = {model_curves[0]: [p.psnr for p in by_curve[model_curves[0]]]} if i else {}
+        for anchor, dist in (first | {k: v[1] for k, v in pairs.items()}).items():
+            low, high = max(min(own), min(dist)), min(max(own), max(dist))
+            out[f"{name} vs {anchor}"] = [round(low, 3), round(high, 3)] if low < high else None
     return out
 
 
@@ -216,13 +252,14 @@ def run_eval(cfg: EvalConfig) -> dict:
     images = _images(cfg)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    total = len(images) * (len(cfg.steps) * len(cfg.refine) * len(cfg.qualities) + sum(len(baselines.DEFAULT_QUALITIES[c]) for c in cfg.baselines))
+    found, skipped = _available(cfg.baselines)
+    total = len(images) * (len(_settings(cfg)) * len(cfg.qualities) + sum(len(baselines.DEFAULT_QUALITIES[c]) for c in found))
     with tqdm(total=total, desc="eval", unit="code", file=sys.stderr) as bar:
-        points = _model_points(cfg, images, bar) + _baseline_points(cfg, images, bar)
+        points = _model_points(cfg, images, bar) + _baseline_points(tuple(found), images, bar)
     summary = summarize(points)
     by_curve = curves(summary)
     model_curves = [c for c in by_curve if c.startswith(cfg.model)]
-    anchors = {c: ([p.bpp for p in by_curve[c]], [p.psnr for p in by_curve[c]]) for c in cfg.baselines}
+    anchors = {c: ([p.bpp for p in by_curve[c]], [p.psnr for p in by_curve[c]]) for c in found}
     kodak = Path(cfg.inputs).name == "kodak" and len(images) == 24
     if kodak:
         anchors.update({f"{k} (published)": (v["bpp"], v["psnr"]) for k, v in PUBLISHED_KODAK.items()})
@@ -231,6 +268,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         "images": len(images),
         "curves": {name: [p._asdict() for p in pts] for name, pts in by_curve.items()},
         "bd_rate_percent": bd_rates(by_curve, model_curves, anchors),
+        "bd_rate_psnr_range_db": overlap(anchors, by_curve, model_curves),
+        "anchors": found,
+        "anchors_skipped": skipped,
     }
     if cfg.per_image:
         result["per_image"] = [p._asdict() for p in points]

@@ -1,4 +1,4 @@
-"""Invariants of oml.baselines: real byte counts, monotone rate and quality in the codec setting."""
+"""Invariants of oml.baselines (the classical anchors): real byte counts, monotone rate and quality in the codec setting, 4:4:4 where named, a missing plugin skipped with a note."""
 
 from __future__ import annotations
 
@@ -106,3 +106,48 @@ def test_missing_avif_support_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(CodecUnavailableError, match="AVIF"):
         encode(synthetic_image(), "avif", 50)
     assert len(encode(synthetic_image(), "jpeg", 50)) > 0
+
+
+def _chroma_stripes() -> torch.Tensor:
+    """Red and blue one-pixel columns: detail only 4:4:4 chroma keeps."""
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    image[0, :, 0::2] = 220
+    image[2, :, 1::2] = 220
+    return image
+
+
+@pytest.mark.parametrize("codec", ["avif444", "hevc"])
+def test_the_444_anchors_keep_full_resolution_chroma(codec: str) -> None:
+    """avif444 and hevc code chroma at full resolution (4:2:0 would halve it and blur the stripes)."""
+    try:
+        baselines.describe(codec)
+    except CodecUnavailableError as exc:
+        pytest.skip(str(exc))
+    image = _chroma_stripes()
+    assert evaluate(image, codec, 90).psnr > evaluate(image, "avif", 90).psnr + 6
+
+
+def test_a_missing_plugin_names_its_package_and_eval_skips_it_with_a_note(monkeypatch, tmp_path, capsys, random_default_model) -> None:
+    import json
+    import sys
+
+    from PIL import Image
+
+    from oml.models.zoo import save_weights
+    from pipeline.evaluate import EvalConfig, run_eval
+
+    monkeypatch.setitem(sys.modules, "pillow_jxl", None)  # as if the plugin were not installed
+    with pytest.raises(CodecUnavailableError, match="pip install pillow-jxl-plugin"):
+        encode(synthetic_image(), "jxl", 50)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(synthetic_image(64, 64).permute(1, 2, 0).numpy()).save(folder / "a.png")
+    save_weights(random_default_model, tmp_path / "w.pt")
+    result = run_eval(EvalConfig(str(folder), str(tmp_path / "out"), weights=str(tmp_path / "w.pt"), qualities=(1, 2, 3, 4), baselines=("jpeg", "jxl")))
+    assert "jxl" in result["anchors_skipped"] and "jxl" not in result["curves"] and "jpeg" in result["anchors"]
+    assert "anchor jxl skipped" in capsys.readouterr().err
+    stored = json.loads((tmp_path / "out" / "rd.json").read_text())
+    key = "oml-default N=0 vs jpeg"
+    span = stored["bd_rate_psnr_range_db"][key]  # None where the curves share no PSNR range: no BD-rate then
+    assert (span is None) == isinstance(stored["bd_rate_percent"][key], str)
+    assert span is None or span[0] < span[1]

@@ -83,18 +83,44 @@ class ModulatedSynthesis(nn.Module):
 
         ``lmbda_t`` ``(B,)``, the coded λ, is needed only with offset branches.
         """
+        return self.tail(h, lambdas, lmbda_t, 0)
+
+    def scales(self, k: int, lmbda: Tensor, lmbda_t: Tensor | None = None) -> Tensor:
+        """Channel scales ``(B, C_k)`` of modulator ``k`` (0-based) at λ^k ``(B,)``, with its offset branch."""
+        scales = self.modulators[k].scales(lmbda)
+        if self.offsets is not None:
+            scales = scales * torch.exp(self.offsets[k](lmbda, lmbda_t))
+        return scales
+
+    def tail(self, h: Tensor, lambdas: Tensor, lmbda_t: Tensor | None, start: int) -> Tensor:
+        """x̂ from ``h``, the output of block ``start`` (0-based) before its modulator: modulators
+        ``start … K−1`` and the blocks between them. ``start = 0`` is :meth:`suffix`.
+
+        The operations are those of :meth:`suffix` from that block on, so an output kept by
+        :meth:`block_outputs` gives, for λ vectors that agree on the modulators before ``start``,
+        exactly the pixels a full decoding gives.
+        """
+        self._check(lambdas, lmbda_t)
+        for k in range(start, self.num_lambdas):
+            if k > start:
+                h = self.blocks[k](h)
+            h = h * self.scales(k, lambdas[:, k], lmbda_t)[:, :, None, None]
+        return h
+
+    def block_outputs(self, h: Tensor, lambdas: Tensor, lmbda_t: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """:meth:`suffix` that also keeps each block's output before its modulator: ``([h, …], x̂)``,
+        K tensors, the first being ``h`` itself (the same operations, so the same x̂)."""
+        self._check(lambdas, lmbda_t)
+        outputs = [h]
+        for k in range(1, self.num_lambdas):
+            outputs.append(self.blocks[k](outputs[-1] * self.scales(k - 1, lambdas[:, k - 1], lmbda_t)[:, :, None, None]))
+        return outputs, self.tail(outputs[-1], lambdas, lmbda_t, self.num_lambdas - 1)
+
+    def _check(self, lambdas: Tensor, lmbda_t: Tensor | None) -> None:
         if lambdas.dim() != 2 or lambdas.shape[1] != self.num_lambdas:
             raise ValueError(f"lambdas must have shape (B, {self.num_lambdas}), got {tuple(lambdas.shape)}")
         if self.offsets is not None and lmbda_t is None:
             raise ValueError("this decoder has λ-offset branches: suffix() needs lmbda_t")
-        for k in range(self.num_lambdas):
-            if k:
-                h = self.blocks[k](h)
-            scales = self.modulators[k].scales(lambdas[:, k])
-            if self.offsets is not None:
-                scales = scales * torch.exp(self.offsets[k](lambdas[:, k], lmbda_t))
-            h = h * scales[:, :, None, None]
-        return h
 
     def forward(self, y_hat: Tensor, lambdas: Tensor, lmbda_t: Tensor) -> Tensor:
         """Decode ŷ ``(B,M,h,w)`` with λ vectors ``(B,K)`` and coded λ_t ``(B,)`` → x̂ ``(B,3,H,W)``."""

@@ -228,6 +228,7 @@ def _summary(config: CompressConfig, root: str, run: _Run, archived: list[ImageT
         **({"target": list(config.coding.target)} if config.coding.target is not None else {}),
         **({"to_srgb": True} if config.coding.to_srgb else {}),
         "steps": config.coding.steps,
+        **({"quick": True} if config.coding.quick else {}),
         "refine": config.coding.refine,
         "metrics": list(config.coding.metrics),
         "images": len(run.probed),

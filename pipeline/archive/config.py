@@ -43,8 +43,9 @@ class CodingConfig:
     ``lmbda`` codes every image at that λ instead of the quality's; ``target`` (``("psnr", dB)`` or
     ``("bpp", bits)``) searches λ per image (:mod:`oml.ratecontrol`). ``quality`` still picks the
     model's quality group (and is the coded quality when neither is given). ``refine``: latent
-    refinement iterations per tile (:mod:`oml.refine`). ``to_srgb``: convert the colours of images
-    whose ICC profile is not sRGB (refused otherwise; :mod:`oml.imageio`).
+    refinement iterations per tile (:mod:`oml.refine`). ``quick``: quick online adaptation
+    (:mod:`oml.quick`) instead of ``steps`` iterations of the paper's search. ``to_srgb``: convert
+    the colours of images whose ICC profile is not sRGB (refused otherwise; :mod:`oml.imageio`).
     """
 
     quality: int = 3
@@ -56,9 +57,10 @@ class CodingConfig:
     target: tuple[str, float] | None = None
     refine: int = 0
     to_srgb: bool = False
+    quick: bool = False
 
     def __post_init__(self) -> None:
-        AdaptConfig(steps=self.steps, metrics=self.metrics)  # same checks, same messages
+        self.adapt  # same checks, same messages
         RefineConfig(self.refine)
         tiling.check_tile_size(self.tile)
         if self.max_pixels <= 0:
@@ -72,7 +74,7 @@ class CodingConfig:
 
     @property
     def adapt(self) -> AdaptConfig:
-        return AdaptConfig(steps=self.steps, metrics=self.metrics)
+        return AdaptConfig(steps=self.steps, metrics=self.metrics, quick=self.quick)
 
     @property
     def search(self) -> RefineConfig:
