@@ -348,3 +348,18 @@ def canonical(blocks: tuple[Block, ...] | list[Block]) -> list[Block]:
         else:
             out.append((kind, data))
     return sorted(out, key=lambda b: (PRIORITY.index(b[0]) if b[0] in PRIORITY else len(PRIORITY), b[1]))
+
+
+def source_of(data: bytes, name: str, mtime: float | None, to_srgb: bool = False, limit: int | None = None):
+    """The ``.oml`` source section (:class:`oml.codec.Source`) of an image's bytes: its name,
+    size, SHA-256, modification time, format, declared depth and sample format, and its metadata
+    blocks within ``limit`` bytes (default :data:`DEFAULT_LIMIT`); the blocks describing its
+    colours are left out when ``to_srgb`` converts them."""
+    import hashlib
+
+    from oml.codec import Source
+    from oml.imageio import describe
+
+    info = describe(data, to_srgb)
+    kept = extract(data, DEFAULT_LIMIT if limit is None else limit, colours_converted=info.converted)
+    return Source(name, len(data), hashlib.sha256(data).digest(), mtime, info.format, info.bits, info.sample_format, kept.blocks, kept.cut)

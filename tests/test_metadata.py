@@ -104,3 +104,64 @@ def test_an_image_without_metadata_has_no_blocks_and_a_png_is_left_as_it_is():
     data = encode_png(decode(text_png()).pixels)
     assert metadata.extract(data) == ((), ())
     assert metadata.write_png(data, ()) == data
+
+
+# --------------------------------------------------------------------------- oml compress / decompress / info
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, random_default_model):
+    from oml.models.zoo import save_weights
+
+    path = tmp_path_factory.mktemp("w") / "w.pt"
+    save_weights(random_default_model, path)
+    return path
+
+
+def test_oml_files_carry_the_blocks_and_provenance_and_decompress_writes_them_back(tmp_path, weights, capsys):
+    import hashlib
+    import os
+
+    from oml import codec
+    from pipeline.cli import main
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name, make in SAMPLES.items():
+        (inp / name).write_bytes(make(64, 48))
+    os.utime(inp / "camera.jpg", (1_700_000_000, 1_700_000_000))
+    assert main(["compress", str(inp), "-o", str(tmp_path / "oml"), "--weights", str(weights), "-q", "2"]) == 0
+    assert main(["decompress", str(tmp_path / "oml"), "-o", str(tmp_path / "back"), "--weights", str(weights)]) == 0
+    for name in SAMPLES:
+        data = (inp / name).read_bytes()
+        coded = (tmp_path / "oml" / f"{name.rsplit('.', 1)[0]}.oml").read_bytes()
+        header = codec.read_header(coded)
+        assert header.version == 3 and header.source.blocks == metadata.extract(data).blocks
+        assert header.source.sha256 == hashlib.sha256(data).digest() and header.source.size == len(data)
+        assert (header.source.name, header.source.bits, header.source.sample_format) == (name, 8, "uint")
+        back = (tmp_path / "back" / f"{name.rsplit('.', 1)[0]}.png").read_bytes()
+        assert metadata.canonical(metadata.blocks_of(back)) == metadata.canonical(metadata.extract(data).blocks)
+        assert Image.open(io.BytesIO(back)).info["icc_profile"] == P3  # the profile is attached
+    camera = codec.read_header((tmp_path / "oml" / "camera.oml").read_bytes()).source
+    assert camera.mtime == 1_700_000_000 and camera.format == "JPEG"
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "oml" / "camera.oml")]) == 0
+    out = capsys.readouterr().out
+    assert "source camera.jpg: JPEG, 8-bit uint samples" in out and "2023-11-14T22:13:20+00:00" in out
+    assert "exif (orientation 6): 298 bytes" in out and "icc: 6628 bytes" in out and "xmp: 348 bytes" in out
+
+
+def test_metadata_over_the_limit_is_named_and_to_srgb_drops_the_profile(tmp_path, weights, capsys):
+    from oml import codec
+    from pipeline.cli import main
+
+    src = tmp_path / "camera.jpg"
+    src.write_bytes(camera_jpeg(64, 48))
+    assert main(["compress", str(src), "-o", str(tmp_path / "a.oml"), "--weights", str(weights), "--metadata-limit", "1000"]) == 0
+    assert "metadata over the 1000-byte limit left out: icc" in capsys.readouterr().out
+    source = codec.read_header((tmp_path / "a.oml").read_bytes()).source
+    assert source.cut == ("icc",) and "icc" not in dict(source.blocks) and "exif" in dict(source.blocks)
+    assert main(["compress", str(src), "-o", str(tmp_path / "b.oml"), "--weights", str(weights), "--to-srgb"]) == 0
+    source = codec.read_header((tmp_path / "b.oml").read_bytes()).source
+    assert source.cut == () and "icc" not in dict(source.blocks) and "xmp" in dict(source.blocks)
+    assert main(["compress", str(src), "-o", str(tmp_path / "c.oml"), "--weights", str(weights), "--metadata-limit", "-1"]) == 2

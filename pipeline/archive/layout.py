@@ -140,6 +140,7 @@ class PieceResult(NamedTuple):
     record_bytes: int
     sse_before: float
     sse_after: float
+    metadata_cut: tuple[str, ...] | list[str] = ()  # metadata kinds the size bound left out (piece with tile 0)
 
 
 @dataclass(frozen=True)
