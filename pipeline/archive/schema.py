@@ -182,7 +182,7 @@ def source_of(row: dict[str, Any]) -> codec.Source | None:
     return codec.Source(
         row["path"],
         row["source_bytes"],
-        bytes(row["source_sha256"]),
+        bytes.fromhex(row["source_sha256"]) if isinstance(row["source_sha256"], str) else bytes(row["source_sha256"]),
         row.get("source_mtime"),
         row.get("source_format") or "",
         row.get("source_bits") or 0,
