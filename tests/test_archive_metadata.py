@@ -26,8 +26,9 @@ DEEP = (np.add.outer(np.arange(48), np.arange(64)) * 997 % 65536).astype(np.uint
 
 @pytest.fixture(scope="module")
 def archived(tmp_path_factory):
-    """One small Ray run: every sample, a 16-bit PNG and a plain PNG, archived with the shipped
-    model (so the archive stores its weights) and restored."""
+    """One small Ray run: every sample, a 16-bit PNG, a plain PNG and a PNG of three tile rows,
+    archived with the shipped model (so the archive stores its weights) and restored: whole, and
+    again in bands of one tile (each banded image is streamed into its PNG)."""
     from pipeline.cli import main
 
     from .conftest import start_local_ray
@@ -39,10 +40,12 @@ def archived(tmp_path_factory):
         (inp / name).write_bytes(make(64, 48))
     (inp / "deep.png").write_bytes(png16(DEEP))
     Image.fromarray(np.zeros((48, 64, 3), np.uint8) + 90).save(inp / "plain.png")
+    (inp / "tall.png").write_bytes(text_png(64, 150))  # 3 tiles of 64: restored in bands below
     ray = start_local_ray()
     try:
         assert main(["archive", "--input", str(inp), "--output", str(tmp / "a"), "-q", "2", "--tile", "64", "--no-progress"]) == 0
         assert main(["restore", "--input", str(tmp / "a"), "--output", str(tmp / "back"), "--no-progress"]) == 0
+        assert main(["restore", "--input", str(tmp / "a"), "--output", str(tmp / "banded"), "--band-tiles", "1", "--no-progress"]) == 0
     finally:
         ray.shutdown()
     return tmp
@@ -69,9 +72,24 @@ def test_every_block_comes_back_byte_for_byte_with_the_profile_attached(archived
     assert metadata.blocks_of((archived / "back" / "plain.png").read_bytes()) == []
 
 
+def test_a_banded_restore_streams_the_same_blocks_into_its_png(archived):
+    """An image restored in bands (its PNG written row band by row band) carries its metadata as
+    the whole-image restore does, and the manifest lists the file as written."""
+    source = (archived / "in" / "tall.png").read_bytes()
+    for folder in ("back", "banded"):
+        back = (archived / folder / "tall.png").read_bytes()
+        assert metadata.canonical(metadata.blocks_of(back)) == metadata.canonical(metadata.blocks_of(source)), folder
+        img = Image.open(io.BytesIO(back))
+        assert img.info["icc_profile"] == P3 and img.info["Title"] == Image.open(io.BytesIO(source)).info["Title"], folder
+    whole, banded = (np.asarray(Image.open(archived / f / "tall.png")) for f in ("back", "banded"))
+    assert np.array_equal(whole, banded)
+    listed = dict(reversed(line.split("  ", 1)) for line in (archived / "banded" / "manifest-sha256.txt").read_text().splitlines())
+    assert listed["tall.png"] == hashlib.sha256((archived / "banded" / "tall.png").read_bytes()).hexdigest()
+
+
 def test_the_images_table_records_provenance_depth_and_blocks(archived):
     rows = _rows(archived / "a")
-    assert set(rows) == {*SAMPLES, "deep.png", "plain.png"}
+    assert set(rows) == {*SAMPLES, "deep.png", "plain.png", "tall.png"}
     for path, row in rows.items():
         data = (archived / "in" / path).read_bytes()
         assert row["format_version"] == 3
@@ -88,7 +106,7 @@ def test_the_images_table_records_provenance_depth_and_blocks(archived):
 def test_restore_writes_a_bagit_manifest_and_a_map_to_the_sources(archived):
     lines = (archived / "back" / "manifest-sha256.txt").read_text().splitlines()
     listed = dict(reversed(line.split("  ", 1)) for line in lines)
-    assert set(listed) == {"camera.png", "text.png", "scans/profiled.png", "deep.png", "plain.png"}
+    assert set(listed) == {"camera.png", "text.png", "scans/profiled.png", "deep.png", "plain.png", "tall.png"}
     for name, digest in listed.items():
         assert hashlib.sha256((archived / "back" / name).read_bytes()).hexdigest() == digest
     mapped = json.loads((archived / "back" / "restored-sources.json").read_text())["files"]
