@@ -7,9 +7,22 @@ Layout (little-endian)::
              | height u32 | width u32 | tile size u16 | K u8
              | number of λ* sets S u8, each its metric name (u8 length + ASCII)
              | number of tiles u32
+             | source section (format 3 only; see below)
     tiles    per tile: z height u16 | z width u16 | strings u8, each (u32 length + bytes)
              | symbol check u32 (format 2) | S·K λ* values float16
     trailer  CRC-32 of everything before it, u32
+
+Source section (format 3): what the image was coded from, and its metadata blocks verbatim
+(:mod:`oml.metadata`)::
+
+    SHA-256 of the source's bytes 32 bytes | source size u64 | modification time f64 (seconds
+    since 1970-01-01 UTC; NaN: unknown) | declared bits per sample u8 | sample format u8
+    (0 unknown, 1 unsigned integer, 2 signed integer, 3 float) | image format (u8 length + ASCII)
+    | source name (u16 length + UTF-8) | number of cut kinds u8, each (u8 length + ASCII)
+    | number of blocks u16, each: kind (u8 length + ASCII) | length u32 | bytes
+
+A file is written in format 3 only when it carries this section; without it, format 2 as before.
+docs/FORMAT.md is the full specification.
 
 Tiles follow :func:`oml.tiling.tile_grid` (row-major, at most ``tile size``²).
 Each λ* set is one receiver choice (paper §4): ``plain`` (λ* = λ_t, no
@@ -34,7 +47,7 @@ import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -51,8 +64,10 @@ from oml.names import PLAIN
 from oml.refine import RefineConfig, distortion_weight, rd_cost, refine
 
 MAGIC = b"OMLC"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # written for an image without a source section
+SOURCE_VERSION = 3  # written for an image with one (provenance and metadata blocks)
+READABLE_VERSIONS = (1, 2, 3)
+SAMPLE_FORMATS = ("", "uint", "int", "float")  # the source section's sample format codes 0…3
 
 
 class CodecError(ValueError):
@@ -68,8 +83,27 @@ class PortabilityWarning(UserWarning):
 
 
 @dataclass(frozen=True)
+class Source:
+    """What an image was coded from (format 3's source section): the source's name (a relative
+    path), size in bytes, SHA-256 (32 bytes), modification time (seconds since the epoch, ``None``
+    when unknown), format (``PNG``, ``JPEG``…), declared bits per sample and sample format
+    (:data:`SAMPLE_FORMATS`), its metadata ``blocks`` ``(kind, bytes)`` verbatim, and the kinds
+    the size bound ``cut``."""
+
+    name: str
+    size: int
+    sha256: bytes
+    mtime: float | None
+    format: str
+    bits: int
+    sample_format: str
+    blocks: tuple[tuple[str, bytes], ...] = ()
+    cut: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Header:
-    """Everything about a coded image except its tiles."""
+    """Everything about a coded image except its tiles (``source``: format 3 only)."""
 
     version: int
     model: str
@@ -82,6 +116,7 @@ class Header:
     num_lambdas: int
     metrics: tuple[str, ...]
     num_tiles: int
+    source: Source | None = None
 
 
 class TileRecord(NamedTuple):
@@ -124,11 +159,35 @@ def _pack_str(s: str) -> bytes:
 
 
 def pack_header(h: Header) -> bytes:
+    if (h.source is not None) != (h.version >= SOURCE_VERSION):
+        raise ValueError(f"format {h.version} {'needs a' if h.version >= SOURCE_VERSION else 'carries no'} source section")
     out = [MAGIC, struct.pack("<B", h.version), _pack_str(h.model), h.fingerprint]
     out.append(struct.pack("<BfIIHB", h.quality, h.lmbda, h.height, h.width, h.tile, h.num_lambdas))
     out.append(struct.pack("<B", len(h.metrics)))
     out.extend(_pack_str(m) for m in h.metrics)
     out.append(struct.pack("<I", h.num_tiles))
+    if h.source is not None:
+        out.append(pack_source(h.source))
+    return b"".join(out)
+
+
+def _ascii(s: str) -> bytes:
+    raw = s.encode("ascii")
+    if len(raw) > 255:
+        raise ValueError(f"name too long for the header: {s!r}")
+    return struct.pack("<B", len(raw)) + raw
+
+
+def pack_source(s: Source) -> bytes:
+    """The source section's bytes (format 3)."""
+    if len(s.sha256) != 32 or s.sample_format not in SAMPLE_FORMATS or not 0 <= s.bits <= 255 or len(s.cut) > 255 or len(s.blocks) > 65535:
+        raise ValueError(f"source section out of range: {s.sha256.hex()}, {s.bits} {s.sample_format!r}, {len(s.cut)} cut, {len(s.blocks)} blocks")
+    name = s.name.encode()[:65535]
+    out = [s.sha256, struct.pack("<QdBB", s.size, float("nan") if s.mtime is None else s.mtime, s.bits, SAMPLE_FORMATS.index(s.sample_format))]
+    out += [_ascii(s.format), struct.pack("<H", len(name)), name, struct.pack("<B", len(s.cut)), *map(_ascii, s.cut)]
+    out.append(struct.pack("<H", len(s.blocks)))
+    for kind, data in s.blocks:
+        out += [_ascii(kind), struct.pack("<I", len(data)), data]
     return b"".join(out)
 
 
@@ -156,12 +215,27 @@ class _Reader:
     def unpack(self, fmt: str) -> tuple:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
 
-    def string(self) -> str:
-        (n,) = self.unpack("<B")
+    def string(self, length: str = "<B", encoding: str = "utf-8") -> str:
+        (n,) = self.unpack(length)
         try:
-            return self.take(n).decode()
+            return self.take(n).decode(encoding)
         except UnicodeDecodeError:
-            raise CodecError("damaged header: a name is not valid UTF-8") from None
+            raise CodecError(f"damaged header: a name is not valid {encoding.upper()}") from None
+
+
+def _read_source(r: _Reader) -> Source:
+    sha = r.take(32)
+    size, mtime, bits, sample = r.unpack("<QdBB")
+    if sample >= len(SAMPLE_FORMATS):
+        raise CodecError(f"damaged header: sample format {sample}")
+    fmt = r.string(encoding="ascii")
+    name = r.string("<H")
+    cut = tuple(r.string(encoding="ascii") for _ in range(r.unpack("<B")[0]))
+    blocks = []
+    for _ in range(r.unpack("<H")[0]):
+        kind = r.string(encoding="ascii")
+        blocks.append((kind, r.take(r.unpack("<I")[0])))
+    return Source(name, size, sha, None if mtime != mtime else mtime, fmt, bits, SAMPLE_FORMATS[sample], tuple(blocks), cut)
 
 
 def _read_header(r: _Reader) -> Header:
@@ -175,7 +249,8 @@ def _read_header(r: _Reader) -> Header:
     (num_sets,) = r.unpack("<B")
     metrics = tuple(r.string() for _ in range(num_sets))
     (num_tiles,) = r.unpack("<I")
-    return Header(version, model, fingerprint, quality, lmbda, height, width, tile, k, metrics, num_tiles)
+    source = _read_source(r) if version >= SOURCE_VERSION else None
+    return Header(version, model, fingerprint, quality, lmbda, height, width, tile, k, metrics, num_tiles, source)
 
 
 def _check_version(version: int) -> None:
@@ -342,8 +417,11 @@ def encode(
     tile_size: int = tiling.TILE,
     tile_batch: int | None = None,
     refine_config: RefineConfig = RefineConfig(),
+    source: Source | None = None,
 ) -> Encoded:
     """Code a uint8 image ``(3, H, W)`` at a quality or λ, adapting λ* per tile.
+
+    With ``source`` the file carries the source section (format 3); without, it is format 2.
 
     Without adaptation (``adapt_config.enabled`` false) one ``plain`` λ* set (λ* = λ_t) is stored;
     otherwise one set per metric. No λ* set is ever worse than λ_t for its
@@ -361,7 +439,16 @@ def encode(
     _check_image(image)
     tiling.check_tile_size(tile_size)
     with ieee_float32():
-        return _encode(model, image, quality, lmbda, adapt_config, tile_size, tile_batch, refine_config)
+        enc = _encode(model, image, quality, lmbda, adapt_config, tile_size, tile_batch, refine_config)
+    return enc if source is None else enc._replace(data=with_source(enc.data, source))
+
+
+def with_source(data: bytes, source: Source | None) -> bytes:
+    """A coded image's bytes with ``source`` as its source section (format 3), or none (format 2);
+    the tiles are the same bytes either way."""
+    header, records = read(data)
+    version = SOURCE_VERSION if source is not None else FORMAT_VERSION if header.version >= 2 else header.version
+    return write(replace(header, version=version, source=source), records)
 
 
 def _encode(

@@ -28,12 +28,15 @@ Policy (applies to every input format Pillow reads: PNG, JPEG, WebP, TIFF, …):
   ("16-bit source reduced to 8 bits"), which ``oml compress`` prints and ``oml archive`` records
   in its summary.
 - Colour profiles (ICC; a PNG's ``iCCP``, a JPEG's APP2, a TIFF's tag 34675, a WebP's ``ICCP``):
-  the archive stores sRGB pixels and no profile. A profile counts as sRGB when converting
+  an RGB profile travels with the pixels: they are coded as stored and the profile is kept
+  verbatim with the image's other metadata (:mod:`oml.metadata`; a restored PNG carries it as
+  ``iCCP``). ``to_srgb`` (``--to-srgb``) converts instead, for users who want one colour space.
+  A profile for other pixels (grey, CMYK) that is not sRGB is refused unless ``to_srgb``
+  converts it (an RGB PNG cannot carry it). A profile counts as sRGB when converting
   through it to sRGB changes no colour by more than one level in 255 (tested on a grid of
   colours and every level of each channel: any sRGB profile passes, whatever its version, curve
   encoding or description; Display P3, Adobe RGB, ProPhoto, CMYK profiles do not), and its
-  image is kept as it is. An image with any other profile is REFUSED, with the profile's
-  description, unless ``to_srgb`` is asked for (``--to-srgb``): the pixels are then converted to
+  image is kept as it is. With ``to_srgb`` an image with any other profile has its pixels converted to
   sRGB by littlecms (Pillow's ``ImageCms``) with the relative colorimetric intent and black
   point compensation: every colour sRGB can show keeps its appearance, colours outside sRGB are
   clipped to its gamut's edge (for matrix profiles, Display P3 and Adobe RGB among them,
@@ -314,7 +317,12 @@ def _colour_profile(img: Image.Image, to_srgb: bool) -> _Profile | None:
     if profile.space not in _ICC_SPACES or not (profile.space == family or (profile.space, family) == ("RGB", "GRAY")):
         raise ImageDecodeError(f"colour profile {profile.description!r} is for {profile.space} pixels, not {family}: cannot convert it to sRGB")
     if not to_srgb:
-        raise ImageDecodeError(f"colour profile {profile.description!r} is not sRGB: pass --to-srgb to convert its colours to sRGB (the profile is not kept)")
+        if profile.space == "RGB":
+            return None  # the pixels are coded as stored; the profile travels with them (oml.metadata)
+        raise ImageDecodeError(
+            f"colour profile {profile.description!r} is not sRGB and is for {profile.space} pixels, which an RGB archive cannot "
+            "carry: pass --to-srgb to convert its colours to sRGB"
+        )
     return profile
 
 
@@ -513,6 +521,41 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, to_srgb: bool = Fa
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     # A channel-first view of the one decoded copy: large images are not copied again.
     return Decoded(torch.from_numpy(arr).permute(2, 0, 1), policy.notes)
+
+
+class Source(NamedTuple):
+    """What a source's header declares: its format (Pillow's name), the depth of its samples in
+    bits and their format (``uint``, ``int``, ``float``), and whether the policy converts its
+    colours to sRGB (then the blocks describing its colours no longer apply)."""
+
+    format: str
+    bits: int
+    sample_format: str
+    converted: bool
+
+
+def describe(data: bytes, to_srgb: bool = False) -> Source:
+    """:class:`Source` of an image's bytes, from its header (no pixels decoded); raises
+    :class:`ImageDecodeError` for what :func:`read_header` refuses."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            policy = _policy(img, to_srgb)
+            samples = policy.samples
+            if samples is not None:
+                bits, kind = samples.bits, samples.kind
+            elif img.format == "TIFF":
+                bits, kind = max(_tag(img, 258) or (1,)), _SAMPLE_KINDS.get(max(_tag(img, 339) or (1,)), "uint")
+            elif img.format == "PNG" and data[12:16] == b"IHDR":
+                bits, kind = data[24], "uint"
+            else:
+                bits, kind = (1 if img.mode == "1" else 8), "uint"
+            return Source(img.format or "", int(bits), kind, policy.profile is not None)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a supported image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, to_srgb: bool = False) -> Tensor:

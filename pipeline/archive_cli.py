@@ -138,7 +138,7 @@ def _compress_config(args: argparse.Namespace):
         model=ModelConfig(args.model, args.weights, not args.random_weights, args.seed),
         coding=CodingConfig(
             args.quality or 3, args.steps, tuple(args.metric), args.tile, args.max_pixels or DEFAULT_MAX_PIXELS, args.lmbda,
-            (target.kind, target.value) if target else None, args.refine, args.to_srgb, args.quick,
+            (target.kind, target.value) if target else None, args.refine, args.to_srgb, args.quick, args.metadata_limit,
         ),
         ray=RayConfig(args.address, args.num_cpus, args.workers, args.cpus_per_worker, args.num_gpus, args.max_retries, args.resource_wait),
         **options,
@@ -250,6 +250,10 @@ def run_archive(args: argparse.Namespace, prog: str) -> int:
     if changed:
         path, notes = next(iter(changed.items()))
         print(f"{len(changed)} images changed on the way in (first {path}: {'; '.join(notes)}): listed under input_notes in the summary")
+    cut = report.summary.get("metadata_cut", {})
+    if cut:
+        path, kinds = next(iter(cut.items()))
+        print(f"{len(cut)} images had metadata over the size limit left out (first {path}: {', '.join(kinds)}): listed under metadata_cut in the summary")
     print(f"summary: {report.summary_uri}")
     return report.exit_code
 

@@ -177,7 +177,7 @@ def _run_each(items: list[tuple[Path, Path]], work: Callable[[Path, Path], str],
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from oml import codec
+    from oml import codec, metadata
     from oml.adapt import AdaptConfig
     from oml.imageio import decode
     from oml.models.zoo import load_model
@@ -185,6 +185,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     from oml import ratecontrol
 
+    if args.metadata_limit is not None and args.metadata_limit < 0:
+        raise UserError("--metadata-limit must be 0 or more bytes")
     target = ratecontrol.target_from(args.target_psnr, args.target_bpp)
     if target is None and args.quality is None and args.lmbda is None:
         args.quality = 3
@@ -200,14 +202,19 @@ def cmd_compress(args: argparse.Namespace) -> int:
     search = RefineConfig(args.refine)
 
     def work(src: Path, dst: Path) -> str:
-        decoded = decode(src.read_bytes(), max_pixels=args.max_pixels, to_srgb=args.to_srgb)
+        data = src.read_bytes()
+        decoded = decode(data, max_pixels=args.max_pixels, to_srgb=args.to_srgb)
         image = decoded.pixels
+        source = metadata.source_of(data, src.name, src.stat().st_mtime, args.to_srgb, args.metadata_limit)
         note = "".join(f"; {n}" for n in decoded.notes)  # a depth reduction or colour conversion is said
+        if source.cut:
+            note += f"; metadata over the {args.metadata_limit}-byte limit left out: {', '.join(source.cut)}"
         if target is None:
             enc = codec.encode(model, image, quality=args.quality, lmbda=args.lmbda, adapt_config=cfg, tile_size=args.tile, refine_config=search)
         else:
             result = ratecontrol.encode_to_target(model, image, target, cfg, tile_size=args.tile, refine_config=search)
             enc, note = result.encoded, note + "; " + ratecontrol.reached(result, target)
+        enc = enc._replace(data=codec.with_source(enc.data, source))
         _write(dst, enc.data)
         h, w = image.shape[1:]
         psnr = ratecontrol.image_psnr(enc.reconstruction, image)
@@ -227,7 +234,7 @@ def _first_quality(name: str) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from oml import codec, tiling
+    from oml import codec, metadata, tiling
     from oml.imageio import encode_png
     from oml.models.zoo import load_decoder
 
@@ -257,7 +264,8 @@ def cmd_decompress(args: argparse.Namespace) -> int:
                 image = codec.decode_region(models[key], data, tiling.Region(*args.region), metric=args.metric)
         for w in caught:
             tqdm.write(f"warning: {src}: {w.message}", file=sys.stderr)
-        wrote = _write(dst, encode_png(image), replace)
+        blocks = header.source.blocks if header.source is not None else ()
+        wrote = _write(dst, metadata.write_png(encode_png(image), blocks), replace)  # the source's metadata, back as it was
         window = "" if args.region is None else " window {},{} {}x{} of".format(*args.region)
         return f"{src} -> {dst}:{window} {header.width}x{header.height}{'' if wrote else ' (already there, the same bytes)'}"
 
@@ -284,12 +292,29 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {len(data)} bytes, {8 * len(data) / pixels:.4f} bpp, {header.num_tiles} tiles of at most {header.tile}px, "
               f"K={header.num_lambdas}, λ* sets: {', '.join(header.metrics)}")
         print(f"  {_portability(header.version)}")
+        if header.source is not None:
+            for line in _source_lines(header.source):
+                print(f"  {line}")
         if args.tiles:
             grid = tiling.tile_grid(header.height, header.width, header.tile)
             for tile, rec in zip(grid, records):
                 lam = "; ".join(f"{m}: " + " ".join(f"{v:.5g}" for v in rec.lambdas[i].tolist()) for i, m in enumerate(header.metrics))
                 print(f"  tile ({tile.top},{tile.left}) {tile.width}x{tile.height}: {sum(map(len, rec.strings))} bytes; λ* {lam}")
     return 1 if failed else 0
+
+
+def _source_lines(source) -> list[str]:
+    from datetime import datetime, timezone
+
+    from oml import metadata
+
+    when = "unknown" if source.mtime is None else datetime.fromtimestamp(source.mtime, timezone.utc).isoformat(timespec="seconds")
+    depth = f"{source.bits}-bit {source.sample_format or 'unknown'}"
+    lines = [f"source {source.name}: {source.format}, {depth} samples, {source.size} bytes, modified {when}, sha256 {source.sha256.hex()}",
+             f"metadata: {metadata.summary(source.blocks)}"]
+    if source.cut:
+        lines.append(f"metadata left out (over the size limit): {', '.join(source.cut)}")
+    return lines
 
 
 def _portability(version: int) -> str:
@@ -337,7 +362,8 @@ def add_coding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", type=int, metavar="N", help="latent-refinement iterations per tile, for the first metric, instead of the effort's (0: none, at most 2000; slower encoding, same decoder)")
     p.add_argument("--tile", type=int, default=TILE, help="tile size in pixels (multiple of 64, default 512)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (decompression bombs)")
-    p.add_argument("--to-srgb", action="store_true", help="convert images whose colour profile (ICC) is not sRGB to sRGB (relative colorimetric); without it they are refused")
+    p.add_argument("--to-srgb", action="store_true", help="convert images whose colour profile (ICC) is not sRGB to sRGB (relative colorimetric); without it the pixels are coded as stored and the profile kept with them")
+    p.add_argument("--metadata-limit", type=int, metavar="BYTES", help="metadata blocks kept per image (EXIF, ICC, XMP, IPTC, PNG text; default 1000000); an image over it is named")
 
 
 # Iterations per tile a command accepts: adaptation's gain saturates by about 20 steps and

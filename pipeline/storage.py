@@ -442,3 +442,20 @@ def size(uri: str) -> int:
     """Bytes of the file at ``uri`` (FileNotFoundError when there is none)."""
     fs, path = url_to_fs(uri)
     return int(fs.size(path))
+
+
+def mtime(uri: str) -> float | None:
+    """The modification time of the file at ``uri`` in seconds since the epoch, ``None`` when the
+    store does not say (or the file cannot be asked)."""
+    try:
+        fs, path = url_to_fs(uri)
+        info = fs.info(path)
+    except (OSError, ValueError):
+        return None
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from oml import codec, tiling
+from oml import codec, metadata, tiling
 from oml.imageio import decode_image, encode_png
 
 from .conftest import natural_image, start_local_ray
@@ -76,6 +76,9 @@ def unit_file(out: Path, index: int, kind: str) -> Path:
 
 def rows(out: Path, kind: str = "images") -> list[dict]:
     return [r for f in sorted((out / "units").glob(f"*.{kind}.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+RESTORE_FILES = ["manifest-sha256.txt", "restored-sources.json"]  # what a restore writes beside the images
 
 
 def image_bytes(out: Path) -> dict[str, bytes]:
@@ -337,7 +340,8 @@ def test_rows_follow_the_schema_and_rebuild_the_codec_bytes(archived, model):
         assert r["source_sha256"] == schema.digest(data) and r["source_bytes"] == len(data)
         assert (r["height"], r["width"], r["model"], r["quality"]) == (*image.shape[1:], "oml-default", 2)
         expected = codec.encode(model, image, quality=2, adapt_config=CODING.adapt, tile_size=128)
-        assert coded[r["path"]] == expected.data
+        source = metadata.source_of(data, r["path"], r["source_mtime"])  # format 3: the source section, then the same tiles
+        assert coded[r["path"]] == codec.with_source(expected.data, source)
 
 
 def test_second_run_skips_committed_units_and_adds_nothing(archived):
@@ -507,7 +511,7 @@ def test_decompress_a_selection(archived, tmp_path):
     assert sorted(r.path for r in by_glob.results) == ["sub/b.png", "sub/deeper/c.jpg"]
     by_uri = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "u"), select=(str(inp / "a.png"),), progress=False))
     assert [r.path for r in by_uri.results] == ["a.png"]
-    assert sorted(p.name for p in (tmp_path / "u").iterdir()) == ["a.png", "decompress-summary.json"]
+    assert sorted(p.name for p in (tmp_path / "u").iterdir()) == ["a.png", "decompress-summary.json", *RESTORE_FILES]
     with pytest.raises(ValueError, match="matches the selection"):
         archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "n"), select=("nothing*",), progress=False))
 
@@ -761,7 +765,7 @@ def test_a_huge_image_spreads_over_units_survives_a_killed_worker_and_restores_b
     assert flag.exists() and (report.archived, report.units, report.units_written, report.units_failed) == (1, 6, 6, ())
     assert sorted(t["index"] for t in rows(out, "tiles")) == list(range(48))
     data = image_bytes(out)["huge.png"]
-    assert data == codec.encode(model, image, quality=2, tile_size=256).data
+    assert codec.with_source(data, None) == codec.encode(model, image, quality=2, tile_size=256).data
     (tmp_path / "huge.oml").write_bytes(data)
     assert oml(["decompress", str(tmp_path / "huge.oml"), "-o", str(tmp_path / "cli.png"), "--weights", str(weights)]) == 0
     restored = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "png"), progress=False))
@@ -796,7 +800,7 @@ def test_a_huge_image_spreads_over_units_survives_a_killed_worker_and_restores_b
     failed = archive.run_decompress(DecompressConfig(str(out), str(tmp_path / "fail8"), band_tiles=8, progress=False), decoder=FailsBand3(model_cfg))
     assert failed.exit_code == 1 and [r.status for r in failed.results] == ["failed"]
     assert "band 3" in failed.results[0].reason and "decoder crashed" in failed.results[0].reason
-    assert sorted(p.name for p in (tmp_path / "fail8").iterdir()) == ["decompress-summary.json"]
+    assert sorted(p.name for p in (tmp_path / "fail8").iterdir()) == ["decompress-summary.json", *RESTORE_FILES]  # the manifest lists no file
 
 
 def test_rate_control_in_the_ray_job_meets_reachable_targets_and_lists_the_rest(local_ray, tmp_path):
@@ -880,7 +884,7 @@ def test_a_restore_leaves_a_different_existing_file_and_repeats_without_change(l
     assert {r.path: r.status for r in report.results} == {"a.png": "failed", "big.png": "failed", "c.png": "ok"}
     assert all("a different file is already there; left as it is" in r.reason for r in report.results if r.status == "failed")
     assert {n: (target / n).read_bytes() for n in mine} == mine
-    assert sorted(p.name for p in target.iterdir()) == ["a.png", "big.png", "c.png", "decompress-summary.json"]
+    assert sorted(p.name for p in target.iterdir()) == ["a.png", "big.png", "c.png", "decompress-summary.json", *RESTORE_FILES]
 
     fresh = tmp_path / "restored"
     assert restore(fresh).exit_code == 0
@@ -1021,7 +1025,7 @@ def test_a_source_edited_between_a_killed_run_and_its_rerun_is_refused_never_mix
     refused = {r.path: r.reason for r in report.results if r.status == "failed"}
     assert refused.keys() == {"b.png", "c.tif"}
     assert all(why.startswith("not restored: it was archived in part only: ") and "changed since the archive was planned" in why for why in refused.values())
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a.png", "decompress-summary.json"]
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a.png", "decompress-summary.json", *RESTORE_FILES]
 
 
 def test_planning_hashes_each_source_as_a_stream(tmp_path):

@@ -582,7 +582,8 @@ class Manifest:
 
     def find(self, model: str, fingerprint: bytes, format_version: int) -> Release | None:
         """The release whose weights coded a file of byte-format ``format_version`` with ``fingerprint``."""
-        return next((r for r in self.releases.get(model, []) if r.fingerprints.get(format_version) == fingerprint), None)
+        key = min(format_version, 2)  # format 3 adds a source section to format 2: the same weights fingerprint
+        return next((r for r in self.releases.get(model, []) if r.fingerprints.get(key) == fingerprint), None)
 
     def by_sha256(self, sha: str) -> Release | None:
         return next((r for rs in self.releases.values() for r in rs if r.sha256 == sha), None)
@@ -658,8 +659,10 @@ def _is_release(path: Path, release: Release) -> bool:
 
 
 def find_release(release: Release, folders: Iterable[str | Path] = ()) -> Path | None:
-    """The first file on the weights path named as ``release`` whose size and SHA-256 are its own."""
-    return next((f / release.file for f in weights_path(folders) if _is_release(f / release.file, release)), None)
+    """The first file on the weights path named as ``release`` (or ``<sha256>.pt``, as an archive's
+    ``models/`` folder holds it) whose size and SHA-256 are its own."""
+    names = (release.file, f"{release.sha256}.pt")
+    return next((f / n for f in weights_path(folders) for n in names if _is_release(f / n, release)), None)
 
 
 class MissingWeightsError(ModelUnavailableError):

@@ -10,7 +10,7 @@ from typing import Any
 
 from oml import ratecontrol
 from pipeline import storage
-from pipeline.archive import layout, plan as planning
+from pipeline.archive import layout, models as archive_models, plan as planning
 from pipeline.archive.config import CompressConfig
 from pipeline.archive.encoder import UnitEncoder, get_model
 from pipeline.archive.layout import UnitResult
@@ -48,6 +48,7 @@ class ImageTotals:
 
     def __init__(self, image: PlannedImage) -> None:
         self.image, self.tiles, self.coded_bytes, self.sse_before, self.sse_after = image, 0, 4, 0.0, 0.0  # 4: the CRC-32
+        self.metadata_cut: list[str] = []
 
     @property
     def pixels(self) -> int:
@@ -83,6 +84,7 @@ class _Run:
                     t.coded_bytes += piece.header_bytes + piece.record_bytes
                     t.sse_before += piece.sse_before
                     t.sse_after += piece.sse_after
+                    t.metadata_cut += list(piece.metadata_cut)
         archived = [t for t in totals.values() if t.tiles == planning.num_tiles(t.image, tile)]
         return archived, sorted(failures.values(), key=lambda f: f[1].path)
 
@@ -137,6 +139,7 @@ def run_compress(config: CompressConfig, encoder: Callable[[Unit], UnitResult] |
         raise ValueError(f"no input images under {storage.redact(config.input)} (looked for {', '.join(config.extensions)}){detail}")
     fingerprint = _fingerprint(config)
     probed, units, notes = _plan(config, root, files, fingerprint)
+    stored_models = archive_models.store(root, config.model.name, bytes.fromhex(fingerprint)) if config.model.pretrained and config.model.weights is None else {}
     for folder in (root, layout.units_uri(root)):
         storage.remove_stale_temporaries(folder)  # what a killed run left (plan, manifest, summary, units)
     done = layout.committed(root, units)
@@ -169,10 +172,11 @@ def run_compress(config: CompressConfig, encoder: Callable[[Unit], UnitResult] |
     run.seconds = time.perf_counter() - start
     run.unfinished.sort()
     progress.close()
-    return dataclasses.replace(_finish(config, root, run), notes=tuple(notes))
+    report = _finish(config, root, run, stored_models)
+    return dataclasses.replace(report, notes=tuple(notes))
 
 
-def _finish(config: CompressConfig, root: str, run: _Run) -> CompressReport:
+def _finish(config: CompressConfig, root: str, run: _Run, stored_models: dict[str, dict[str, str]] | None = None) -> CompressReport:
     """Write the manifest and the summary from every committed marker; build the report."""
     archived, failures = run.outcomes(config.coding.tile)
     manifest = {
@@ -187,6 +191,7 @@ def _finish(config: CompressConfig, root: str, run: _Run) -> CompressReport:
     manifest_uri, summary_uri = storage.join(root, "manifest.json"), storage.join(root, "summary.json")
     storage.write_json(manifest_uri, manifest)
     summary = _summary(config, root, run, archived, len(failures))
+    summary["models"] = stored_models or {}  # models/<sha256>.pt: the weights files the archive holds for its decoder
     storage.write_json(summary_uri, summary)
     return CompressReport(
         images=len(run.probed),
@@ -244,6 +249,8 @@ def _summary(config: CompressConfig, root: str, run: _Run, archived: list[ImageT
         "mean_delta_psnr": _mean([a - b for a, b in zip(after, before)]),
         # what the input policy changed on the way in, per archived image (oml.imageio)
         "input_notes": {t.image.path: list(t.image.notes) for t in archived if t.image.notes},
+        # metadata blocks the size bound left out, per archived image (named, never silent)
+        "metadata_cut": {t.image.path: t.metadata_cut for t in archived if t.metadata_cut},
         "units": {
             "total": len(run.units),
             "tiles_per_unit": max((u.tiles for u in run.units), default=0),

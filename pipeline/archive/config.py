@@ -58,8 +58,11 @@ class CodingConfig:
     refine: int = 0
     to_srgb: bool = False
     quick: bool = False
+    metadata_limit: int | None = None  # bytes of metadata blocks kept per image (None: oml.metadata.DEFAULT_LIMIT)
 
     def __post_init__(self) -> None:
+        if self.metadata_limit is not None and self.metadata_limit < 0:
+            raise ValueError(f"the metadata limit must be 0 or more bytes, got {self.metadata_limit}")
         self.adapt  # same checks, same messages
         RefineConfig(self.refine)
         tiling.check_tile_size(self.tile)

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from oml import codec, tiling
+from oml import codec, metadata, tiling
 from oml.imageio import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, encode_png
 from oml.models.zoo import ModelUnavailableError, load_decoder
 from pipeline import files, storage
-from pipeline.archive import pngstream, regions, schema
+from pipeline.archive import models as archive_models, pngstream, regions, schema
 from pipeline.archive.config import ModelConfig
 from pipeline.archive.encoder import get_model, one_entry
 
@@ -35,6 +35,7 @@ class DecodedImage(NamedTuple):
     checks: dict[str, Any]
     band: tuple[int, pngstream.Band | None] | None = None  # a band of a banded restore: its number and PNG rows (None: failed)
     bytes_read: int = 0  # of the archive's tiles files, for this image (or band)
+    sha256: str = ""  # of the restored file, when the task wrote it
 
 
 class TileSource(NamedTuple):
@@ -69,14 +70,29 @@ class DecodeJob(NamedTuple):
 _DECODERS: dict[tuple, Any] = {}
 
 
-def _decoder_for(cfg: ModelConfig, row: dict[str, Any]) -> Any:
+_MODEL_FOLDERS: dict[str, Any] = {}
+
+
+def _archive_models(root: str | None) -> tuple[str, ...]:
+    """The archive's own ``models/`` folder as a local folder (fetched once per process for a remote archive)."""
+    if not root:
+        return ()
+    if root not in _MODEL_FOLDERS:
+        _MODEL_FOLDERS[root] = archive_models.local_folder(root)
+    return () if _MODEL_FOLDERS[root] is None else (str(_MODEL_FOLDERS[root]),)
+
+
+def _decoder_for(cfg: ModelConfig, row: dict[str, Any], folders: tuple[str, ...] = ()) -> Any:
     """The model that decodes ``row``: with shipped weights, the shipped version its fingerprint
-    names (:func:`oml.models.zoo.load_decoder`); random test weights as the encoder built them."""
+    names (:func:`oml.models.zoo.load_decoder`), found on the weights path with ``folders`` (the
+    archive's own copies) on it; random test weights as the encoder built them."""
     quality = row["quality"] or 1
     if not cfg.pretrained and cfg.weights is None:
         return get_model(cfg, quality)
     fingerprint, version = bytes(row["fingerprint"]), int(row["format_version"])
-    return one_entry(_DECODERS, (cfg, quality, fingerprint, version), lambda: load_decoder(cfg.name, quality, fingerprint, version, weights=cfg.weights))
+    return one_entry(
+        _DECODERS, (cfg, quality, fingerprint, version, folders), lambda: load_decoder(cfg.name, quality, fingerprint, version, weights=cfg.weights, folders=folders)
+    )
 
 
 class _Refused(Exception):
@@ -165,6 +181,7 @@ class ImageDecoder:
     sources: str | None = None
     overwrite: bool = False  # replace an existing output that holds other bytes (else: left, and the image failed)
     to_srgb: bool = False  # the archive converted sources' colours to sRGB (its plan's coding): a source is read the same way
+    archive: str | None = None  # the archive's root: its models/ folder joins the weights path
 
     def __call__(self, job: DecodeJob) -> DecodedImage:
         torch.set_num_threads(self.threads)
@@ -175,7 +192,8 @@ class ImageDecoder:
             return DecodedImage(row["source"], row["path"], job.output, status, reason, checks, None if job.band is None else (job.band, None), read)
 
         try:
-            model = _decoder_for(dataclasses.replace(self.model, name=row["model"], download=False), row)  # never fetch what a row names
+            cfg = dataclasses.replace(self.model, name=row["model"], download=False)  # never fetch what a row names
+            model = _decoder_for(cfg, row, _archive_models(self.archive) if cfg.pretrained and cfg.weights is None else ())
             tiles, read = self._rows(job, None if job.region is None else self._overlapped(job))
             image = self._decode(model, job, tiles, self.metric)
         except _Refused as exc:
@@ -183,13 +201,16 @@ class ImageDecoder:
         except (codec.CodecError, ValueError, ModelUnavailableError) as exc:
             return result("failed", f"cannot decode: {exc}")
         if job.band is None:
+            source = schema.source_of(row)
+            png = metadata.write_png(encode_png(image), source.blocks if source is not None else ())  # the source's metadata, back
             try:
-                storage.write_bytes(job.output, encode_png(image), replace=self.overwrite)
+                storage.write_bytes(job.output, png, replace=self.overwrite)
             except OSError as exc:
                 if files.out_of_room(exc) or not files.is_local_failure(exc):
                     raise  # a full disk stops the run; the network, say, fails the task and Ray retries it
                 return result("failed", f"not restored: {storage.explain(exc)}")  # a different file in the way, say
-            return self._verify(job, tiles, self._stored(model, job, image, tiles), result) if self.verify else result("ok")
+            done = self._verify(job, tiles, self._stored(model, job, image, tiles), result) if self.verify else result("ok")
+            return done._replace(sha256=schema.sha256(png))
         band = (job.band, pngstream.encode_band(image.permute(1, 2, 0).numpy()))
         if not self.verify:
             return result("ok")._replace(band=band)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+import posixpath
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from oml import tiling
+from oml import metadata, tiling
 from pipeline import files, storage
 from pipeline.archive import pngstream, schema
 from pipeline.archive import layout, plan as planning
@@ -210,7 +211,9 @@ class _BandedWriter:
             while state.next in state.early:
                 if state.png is None:
                     state.file = storage.Writer(job.output, replace=self.replace)
-                    state.png = pngstream.PngWriter(state.file, job.image["width"], job.image["height"])
+                    source = schema.source_of(job.image)
+                    chunks = metadata.png_chunks(source.blocks) if source is not None else b""
+                    state.png = pngstream.PngWriter(state.file, job.image["width"], job.image["height"], chunks)
                 state.png.write(state.early.pop(state.next))
                 state.next += 1
             if state.next < self.bands[path]:
@@ -324,7 +327,7 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
             storage.remove_stale_temporaries(folder)  # what a killed restore left
     decoder = decoder or ImageDecoder(
         model, config.verify, config.metric, config.psnr_tolerance, max(1, int(config.ray.cpus_per_worker)), sources, overwrite=config.overwrite,
-        to_srgb=bool(plan["coding"].get("to_srgb", False)),
+        to_srgb=bool(plan["coding"].get("to_srgb", False)), archive=root,
     )
     total = len({j.image["path"] for j in jobs}) + len(refused)  # images, not bands
     progress = Progress("decompress", total, 0, config.progress)
@@ -372,4 +375,37 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
             "problems": [{k: v for k, v in r._asdict().items() if k not in ("band", "bytes_read")} for r in results if r.status != "ok"],
         },
     )
+    write_manifest(output, results, {j.image["path"]: j.image for j in jobs}, root)
     return DecompressReport(total, counts["ok"], counts["failed"], counts["mismatch"], summary_uri, tuple(results), (read.note,) if read.note else ())
+
+
+MANIFEST_NAME = "manifest-sha256.txt"
+SOURCES_NAME = "restored-sources.json"
+
+
+def write_manifest(output: str, results: Sequence[DecodedImage], rows: dict[str, dict[str, Any]], root: str) -> None:
+    """Beside the restored files: ``manifest-sha256.txt`` (BagIt's form: one ``SHA-256  relative
+    path`` line per restored file, sorted by path) and ``restored-sources.json``, which maps each
+    restored file to the archived source it came from (relative path, URI, size, SHA-256,
+    modification time, format, declared depth, metadata left out)."""
+    lines, files = [], {}
+    for r in sorted((r for r in results if r.status == "ok" and r.output), key=lambda r: r.output):
+        name = posixpath.relpath(r.output, output) if not storage.is_local(output) else os.path.relpath(r.output, output).replace(os.sep, "/")
+        digest = r.sha256 or storage.file_sha256(r.output)  # a banded image: written by the driver, hashed here
+        lines.append(f"{digest}  {name}\n")
+        row = rows.get(r.path, {})
+        files[name] = {
+            "path": r.path,
+            "source": storage.redact(row.get("source", "")),
+            "source_bytes": row.get("source_bytes"),
+            "source_sha256": schema.hex_of(row.get("source_sha256")),
+            "source_mtime": row.get("source_mtime"),
+            "source_format": row.get("source_format"),
+            "source_bits": row.get("source_bits"),
+            "source_sample_format": row.get("source_sample_format"),
+            "metadata": [b["kind"] for b in row.get("metadata") or ()],
+            "metadata_cut": list(row.get("metadata_cut") or ()),
+            "restored_sha256": digest,
+        }
+    storage.write_bytes(storage.join(output, MANIFEST_NAME), "".join(lines).encode())
+    storage.write_json(storage.join(output, SOURCES_NAME), {"format": "oml-restore-sources/1", "archive": storage.redact(root), "files": files})

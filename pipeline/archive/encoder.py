@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from oml import codec, ratecontrol, tiling
+from oml import codec, metadata, ratecontrol, tiling
 from oml.imageio import ImageDecodeError, decode_image
 from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import load_model, quality_group
@@ -147,7 +147,7 @@ class UnitEncoder:
         :class:`_Failed` with the one-line reason the input cannot be archived."""
         im = piece.image
         rects = tiling.tile_range_rects(im.height, im.width, self.coding.tile, piece.first, piece.count)
-        band, pixels, size, digest = self._read(im, _bounds(rects), clock)
+        band, pixels, size, digest, data = self._read(im, _bounds(rects), clock)
         header, coded = None, []
         with clock("code"):
             try:
@@ -158,6 +158,8 @@ class UnitEncoder:
             except (ValueError, codec.CodecError) as exc:
                 raise _Failed(f"cannot code: {exc}") from None
         rows = [schema.tile_row(im.path, c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
+        if piece.first == 0:  # the image row: the source section (provenance, metadata blocks) makes it format 3
+            header = dataclasses.replace(header, version=codec.SOURCE_VERSION, source=self._source(im, data, digest))
         image_row = schema.image_row(im.source, im.path, size, digest, header) if piece.first == 0 else None
         result = PieceResult(
             im.path,
@@ -167,10 +169,24 @@ class UnitEncoder:
             sum(c.stats.num_bytes for c in coded),
             sum(schema.squared_error(c.stats.psnr_before, c.tile.height * c.tile.width) for c in coded),
             sum(schema.squared_error(c.stats.psnr_after, c.tile.height * c.tile.width) for c in coded),
+            tuple(header.source.cut) if image_row and header.source is not None else (),
         )
         return rows, image_row, result
 
-    def _read(self, im: PlannedImage, band: tiling.Tile, clock: _Clock) -> tuple[tiling.Tile, Tensor, int, str]:
+    def _source(self, im: PlannedImage, data: bytes | None, digest: str) -> codec.Source:
+        """The image's source section, from its bytes (read again when its pixels were streamed,
+        and checked against the plan's SHA-256 like the first read)."""
+        try:
+            if data is None:
+                data = storage.read_bytes(im.source)
+                self._check_unchanged(im, schema.sha256(data))
+            return metadata.source_of(data, im.path, storage.mtime(im.source), self.coding.to_srgb, self.coding.metadata_limit)
+        except PERMANENT_READ_ERRORS as exc:
+            raise _Failed(f"cannot read: {type(exc).__name__}: {exc}") from None
+        except ImageDecodeError as exc:
+            raise _Failed(str(exc)) from None
+
+    def _read(self, im: PlannedImage, band: tiling.Tile, clock: _Clock) -> tuple[tiling.Tile, Tensor, int, str, bytes | None]:
         """The pixels of ``band`` (streamed by :mod:`pipeline.archive.regions` where it can, so memory follows the
         band, not the image), else of the whole image decoded by Pillow, with their position; and the
         size and SHA-256 of the source's bytes they were decoded from, checked against the plan's."""
@@ -179,7 +195,7 @@ class UnitEncoder:
                 streamed = regions.read_region_hashed(im.source, band, im.width, im.height)
             if streamed is not None:
                 self._check_unchanged(im, streamed.sha256)
-                return band, streamed.pixels, streamed.size, streamed.sha256
+                return band, streamed.pixels, streamed.size, streamed.sha256, None
             with clock("read"):
                 data = storage.read_bytes(im.source)
                 size, digest = len(data), schema.sha256(data)
@@ -193,7 +209,7 @@ class UnitEncoder:
             raise _Failed(str(exc)) from None
         if tuple(image.shape[1:]) != (im.height, im.width):
             raise _Failed(f"decoded as {image.shape[2]}x{image.shape[1]}, not the {im.width}x{im.height} its header said when planned")
-        return tiling.Tile(0, 0, im.height, im.width), image, size, digest
+        return tiling.Tile(0, 0, im.height, im.width), image, size, digest, data
 
     @staticmethod
     def _check_unchanged(im: PlannedImage, digest: str | None) -> None:

@@ -140,6 +140,7 @@ class PieceResult(NamedTuple):
     record_bytes: int
     sse_before: float
     sse_after: float
+    metadata_cut: tuple[str, ...] | list[str] = ()  # metadata kinds the size bound left out (piece with tile 0)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class UnitResult:
                 raise ValueError(f"marker format {d.get('format')!r}, expected {MARKER_FORMAT}")
             fields = dataclasses.fields(cls)
             kwargs = {f.name: d[f.name] for f in fields if f.name in d or f.default is dataclasses.MISSING}
-            kwargs["pieces"] = tuple(PieceResult(*p) for p in kwargs["pieces"])
+            kwargs["pieces"] = tuple(PieceResult(*p[:7], tuple(p[7]) if len(p) > 7 else ()) for p in kwargs["pieces"])
             kwargs["failures"] = tuple(Failure(**f) for f in kwargs["failures"])
             if "tiles_groups" in kwargs:
                 kwargs["tiles_groups"] = tuple(schema.Span(*g) for g in kwargs["tiles_groups"])

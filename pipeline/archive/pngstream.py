@@ -90,11 +90,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 class PngWriter:
     """Writes an RGB 8-bit PNG of ``width``×``height`` to ``out`` band by band, top to bottom."""
 
-    def __init__(self, out: BinaryIO, width: int, height: int) -> None:
+    def __init__(self, out: BinaryIO, width: int, height: int, chunks: bytes = b"") -> None:
+        """``chunks``: whole chunks written after IHDR (the image's metadata, :func:`oml.metadata.png_chunks`)."""
         self.out, self.width, self.height = out, width, height
         self.rows = 0
         self.adler = 1
-        out.write(_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        out.write(_SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunks)
         self._idat(b"\x78\x9c")  # zlib header: deflate, 32 KiB window
 
     def _idat(self, data: bytes) -> None:

@@ -30,7 +30,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the archiving pipeline needs pyarrow: pip install 'oml-archive[pipeline]'") from exc
 
-SCHEMA_VERSION = "4"  # 4: SHA-256 digests stored as 32 bytes, not 64 hex characters
+SCHEMA_VERSION = "5"  # 4: SHA-256 digests stored as 32 bytes, not 64 hex characters; 5: provenance and metadata blocks
+
+METADATA_BLOCK = pa.struct([("kind", pa.string()), ("data", pa.binary())])
 
 TILE_SCHEMA = pa.schema(
     [
@@ -73,6 +75,12 @@ IMAGE_SCHEMA = pa.schema(
         ("metrics", pa.list_(pa.string())),
         ("num_tiles", pa.int32()),
         ("header_sha256", pa.binary(32)),
+        ("source_mtime", pa.float64()),
+        ("source_format", pa.string()),
+        ("source_bits", pa.int16()),
+        ("source_sample_format", pa.string()),
+        ("metadata", pa.list_(METADATA_BLOCK)),
+        ("metadata_cut", pa.list_(pa.string())),
     ],
     metadata={"oml-archive-schema": SCHEMA_VERSION, "oml-archive-rows": "images"},
 )
@@ -137,7 +145,9 @@ def tile_row(path: str, tile: tiling.Tile, number: int, stats: codec.TileStats, 
 
 
 def image_row(source: str, path: str, source_bytes: int, source_sha256: str, header: codec.Header) -> dict[str, Any]:
-    """The Parquet row of one image: where it came from (``source_sha256``: hex) and its whole-image codec ``header``."""
+    """The Parquet row of one image: where it came from (``source_sha256``: hex) and its whole-image
+    codec ``header`` (format 3: with its source section's provenance and metadata blocks)."""
+    s = header.source
     return {
         "source": source,
         "path": path,
@@ -155,7 +165,31 @@ def image_row(source: str, path: str, source_bytes: int, source_sha256: str, hea
         "metrics": list(header.metrics),
         "num_tiles": header.num_tiles,
         "header_sha256": digest(codec.pack_header(header)),
+        "source_mtime": s.mtime if s else None,
+        "source_format": s.format if s else None,
+        "source_bits": s.bits if s else None,
+        "source_sample_format": s.sample_format if s else None,
+        "metadata": [{"kind": k, "data": d} for k, d in s.blocks] if s else None,
+        "metadata_cut": list(s.cut) if s else None,
     }
+
+
+def source_of(row: dict[str, Any]) -> codec.Source | None:
+    """The source section an image row records (format 3 rows), else ``None``. Its name is the
+    row's relative path, its size and SHA-256 the source's."""
+    if row["format_version"] < codec.SOURCE_VERSION:
+        return None
+    return codec.Source(
+        row["path"],
+        row["source_bytes"],
+        bytes.fromhex(row["source_sha256"]) if isinstance(row["source_sha256"], str) else bytes(row["source_sha256"]),
+        row.get("source_mtime"),
+        row.get("source_format") or "",
+        row.get("source_bits") or 0,
+        row.get("source_sample_format") or "",
+        tuple((b["kind"], bytes(b["data"])) for b in row.get("metadata") or ()),
+        tuple(row.get("metadata_cut") or ()),
+    )
 
 
 def header_of(row: dict[str, Any]) -> codec.Header:
@@ -172,6 +206,7 @@ def header_of(row: dict[str, Any]) -> codec.Header:
         row["num_lambdas"],
         tuple(row["metrics"]),
         row["num_tiles"],
+        source_of(row),
     )
 
 
