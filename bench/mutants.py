@@ -107,6 +107,11 @@ MUTANTS = [
     Mutant("output-names-collide", "pipeline/walk.py", "        while name in taken:", "        while False:",
            ("tests/test_pipeline_archive.py::test_output_names_never_collide", "tests/test_cli.py::test_colliding_names_in_a_folder_get_distinct_outputs_both_ways"),
            "restored names are no longer made distinct"),
+    # metadata carried verbatim
+    Mutant("exif-dropped-on-restore", "oml/metadata.py", 'exif.append(png_chunk(b"eXIf", upright_exif(data)))', "pass",
+           ("tests/test_metadata.py::test_a_restored_png_carries_the_same_exif_icc_xmp_and_text",), "a restored PNG loses the source's EXIF"),
+    Mutant("exif-orientation-kept", "oml/metadata.py", 'png_chunk(b"eXIf", upright_exif(data))', 'png_chunk(b"eXIf", data)',
+           ("tests/test_metadata.py::test_a_restored_png_carries_the_same_exif_icc_xmp_and_text",), "restored upright pixels keep the source's rotation tag"),
     # meta-training
     Mutant("maml-inner-ascent", "oml/meta.py", "adapted = {name: p - inner_lr * g", "adapted = {name: p + inner_lr * g",
            ("tests/test_meta.py",), "the MAML inner step climbs the support loss"),

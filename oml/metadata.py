@@ -194,6 +194,56 @@ def blocks_of(data: bytes) -> list[Block]:
     return []
 
 
+def without_pixels(stream) -> bytes:
+    """An image's bytes without its pixel data, read from a seekable binary file object at its
+    start: a PNG's chunks with every ``IDAT``'s data left out (its length set to 0), a JPEG's
+    markers up to and including its first start of scan; other formats whole. It holds what
+    :func:`blocks_of` and :func:`oml.imageio.describe` read, so a source whose pixels are streamed
+    band by band is never held whole in memory for its metadata."""
+    head = stream.read(8)
+    if head == PNG_SIGNATURE:
+        out = [head]
+        while True:
+            hdr = stream.read(8)
+            if len(hdr) < 8:
+                break
+            length, kind = struct.unpack(">I4s", hdr)
+            if kind == b"IDAT":
+                out.append(struct.pack(">I", 0) + kind + struct.pack(">I", zlib.crc32(kind)))
+                stream.seek(length + 4, 1)  # the data and its CRC
+                continue
+            body = stream.read(length + 4)
+            out.append(hdr + body)
+            if kind == b"IEND" or len(body) < length + 4:
+                break
+        return b"".join(out)
+    if head.startswith(b"\xff\xd8"):
+        data, pos = bytearray(head), 2
+        while True:
+            while len(data) < pos + 4:
+                more = stream.read(1 << 16)
+                if not more:
+                    return bytes(data)
+                data += more
+            if data[pos] != 0xFF:
+                return bytes(data)
+            marker = data[pos + 1]
+            if marker == 0xFF or marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                pos += 1 if marker == 0xFF else 2
+                continue
+            if marker == 0xD9:
+                return bytes(data[: pos + 2])
+            pos += 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+            if marker == 0xDA:  # start of scan: the entropy-coded pixels follow
+                while len(data) < pos:
+                    more = stream.read(pos - len(data))
+                    if not more:
+                        break
+                    data += more
+                return bytes(data[:pos])
+    return head + stream.read()
+
+
 def bound(blocks: list[Block] | tuple[Block, ...], limit: int = DEFAULT_LIMIT) -> Extracted:
     """Keep whole blocks, in :data:`PRIORITY` order, while their total stays within ``limit`` bytes."""
     order = sorted(range(len(blocks)), key=lambda i: (PRIORITY.index(blocks[i][0]) if blocks[i][0] in PRIORITY else len(PRIORITY), i))
@@ -350,11 +400,14 @@ def canonical(blocks: tuple[Block, ...] | list[Block]) -> list[Block]:
     return sorted(out, key=lambda b: (PRIORITY.index(b[0]) if b[0] in PRIORITY else len(PRIORITY), b[1]))
 
 
-def source_of(data: bytes, name: str, mtime: float | None, to_srgb: bool = False, limit: int | None = None):
+def source_of(
+    data: bytes, name: str, mtime: float | None, to_srgb: bool = False, limit: int | None = None, size: int | None = None, sha256: bytes | None = None
+):
     """The ``.oml`` source section (:class:`oml.codec.Source`) of an image's bytes: its name,
     size, SHA-256, modification time, format, declared depth and sample format, and its metadata
     blocks within ``limit`` bytes (default :data:`DEFAULT_LIMIT`); the blocks describing its
-    colours are left out when ``to_srgb`` converts them."""
+    colours are left out when ``to_srgb`` converts them. ``data`` may be :func:`without_pixels`'s
+    bytes, with the whole file's ``size`` and ``sha256`` given."""
     import hashlib
 
     from oml.codec import Source
@@ -362,4 +415,6 @@ def source_of(data: bytes, name: str, mtime: float | None, to_srgb: bool = False
 
     info = describe(data, to_srgb)
     kept = extract(data, DEFAULT_LIMIT if limit is None else limit, colours_converted=info.converted)
-    return Source(name, len(data), hashlib.sha256(data).digest(), mtime, info.format, info.bits, info.sample_format, kept.blocks, kept.cut)
+    size = len(data) if size is None else size
+    sha256 = hashlib.sha256(data).digest() if sha256 is None else sha256
+    return Source(name, size, sha256, mtime, info.format, info.bits, info.sample_format, kept.blocks, kept.cut)

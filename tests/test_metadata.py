@@ -165,3 +165,23 @@ def test_metadata_over_the_limit_is_named_and_to_srgb_drops_the_profile(tmp_path
     source = codec.read_header((tmp_path / "b.oml").read_bytes()).source
     assert source.cut == () and "icc" not in dict(source.blocks) and "xmp" in dict(source.blocks)
     assert main(["compress", str(src), "-o", str(tmp_path / "c.oml"), "--weights", str(weights), "--metadata-limit", "-1"]) == 2
+
+
+def test_the_source_section_needs_no_pixel_data():
+    """A source streamed band by band gives its source section from its bytes without the pixel
+    data: the same section as from the whole file, a text chunk after IDAT included."""
+    import hashlib
+
+    from oml.metadata import png_chunk
+
+    png = text_png(400, 300)
+    end = png.rindex(b"IEND") - 4
+    late = png[:end] + png_chunk(b"tEXt", b"Late\x00after the pixels") + png[end:]
+    for data in (late, camera_jpeg(400, 300)):
+        kept = metadata.without_pixels(io.BytesIO(data))
+        assert len(kept) < len(data) // 2
+        if data is late:
+            assert [len(body) for kind, body in metadata._png_chunks(kept) if kind == "IDAT"] == [0] * late.count(b"IDAT")
+        whole = metadata.source_of(data, "a", 1.0)
+        assert metadata.source_of(kept, "a", 1.0, size=len(data), sha256=hashlib.sha256(data).digest()) == whole
+    assert ("tEXt", b"Late\x00after the pixels") in metadata.source_of(late, "a", None).blocks

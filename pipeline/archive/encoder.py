@@ -159,7 +159,7 @@ class UnitEncoder:
                 raise _Failed(f"cannot code: {exc}") from None
         rows = [schema.tile_row(im.path, c.tile, c.number, c.stats, c.record, c.reconstruction) for c in coded]
         if piece.first == 0:  # the image row: the source section (provenance, metadata blocks) makes it format 3
-            header = dataclasses.replace(header, version=codec.SOURCE_VERSION, source=self._source(im, data, digest))
+            header = dataclasses.replace(header, version=codec.SOURCE_VERSION, source=self._source(im, data, size, digest))
         image_row = schema.image_row(im.source, im.path, size, digest, header) if piece.first == 0 else None
         result = PieceResult(
             im.path,
@@ -173,14 +173,17 @@ class UnitEncoder:
         )
         return rows, image_row, result
 
-    def _source(self, im: PlannedImage, data: bytes | None, digest: str) -> codec.Source:
-        """The image's source section, from its bytes (read again when its pixels were streamed,
-        and checked against the plan's SHA-256 like the first read)."""
+    def _source(self, im: PlannedImage, data: bytes | None, size: int, digest: str) -> codec.Source:
+        """The image's source section, from its bytes; when its pixels were streamed (``data`` is
+        ``None``), from its bytes without the pixel data (:func:`oml.metadata.without_pixels`), so
+        memory still follows the band, with the size and SHA-256 the streamed read hashed."""
         try:
             if data is None:
-                data = storage.read_bytes(im.source)
-                self._check_unchanged(im, schema.sha256(data))
-            return metadata.source_of(data, im.path, storage.mtime(im.source), self.coding.to_srgb, self.coding.metadata_limit)
+                with storage.open_file(im.source) as stream:
+                    data = metadata.without_pixels(stream)
+            return metadata.source_of(
+                data, im.path, storage.mtime(im.source), self.coding.to_srgb, self.coding.metadata_limit, size, bytes.fromhex(digest)
+            )
         except PERMANENT_READ_ERRORS as exc:
             raise _Failed(f"cannot read: {type(exc).__name__}: {exc}") from None
         except ImageDecodeError as exc:
