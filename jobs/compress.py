@@ -3,12 +3,12 @@
     python jobs/compress.py --input photos/ --output archive/ --quality 3 --steps 20
     ray job submit --working-dir . -- python jobs/compress.py --input s3://bucket/photos --output s3://bucket/archive
 
-The flags, their help and the run are pipeline/archive_cli.py's, shared with `oml archive`.
+The flags, their help and the run are pipeline/cli/archive.py's, shared with `oml archive`.
 """
 
 from __future__ import annotations
 
-from pipeline.archive_cli import archive_parser, job_main  # light: no torch, no Ray
+from pipeline.cli.archive import archive_parser, job_main  # light: no torch, no Ray
 
 
 def build_parser():

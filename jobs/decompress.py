@@ -4,12 +4,12 @@
     python jobs/decompress.py --input s3://bucket/archive --output restored/ --select 'holidays/*.jpg' --verify --sources s3://bucket/photos
     python jobs/decompress.py --input archive/ --output window/ --select scans/big.tif --region 4096,2048,512,512
 
-The flags, their help and the run are pipeline/archive_cli.py's, shared with `oml restore`.
+The flags, their help and the run are pipeline/cli/archive.py's, shared with `oml restore`.
 """
 
 from __future__ import annotations
 
-from pipeline.archive_cli import job_main, restore_parser  # light: no torch, no Ray
+from pipeline.cli.archive import job_main, restore_parser  # light: no torch, no Ray
 
 
 def build_parser():

@@ -3,12 +3,14 @@
 import pytest
 from PIL import Image
 
-from pipeline import archive_cli, cli
+from pipeline import cli
+from pipeline.cli import archive as archive_cli
+from pipeline.cli import args as cli_args
 
 from .conftest import natural_image
 
 
-@pytest.mark.parametrize("flag,most", sorted(cli.MAX_COUNTS.items()))
+@pytest.mark.parametrize("flag,most", sorted(cli_args.MAX_COUNTS.items()))
 def test_unbounded_iteration_counts_are_refused_in_one_line(tmp_path, capsys, flag, most):
     src = tmp_path / "a.png"
     Image.fromarray(natural_image(16, 16).permute(1, 2, 0).numpy()).save(src)

@@ -227,6 +227,6 @@ def test_working_dir_upload_holds_what_jobs_run_and_stays_far_below_rays_limit(t
     packaging.create_package(str(ROOT), package, include_gitignore=True, excludes=ray_constants.get_runtime_env_default_excludes())
     names = set(zipfile.ZipFile(package).namelist())
     weights = {p.relative_to(ROOT).as_posix() for p in [*(ROOT / "oml" / "weights").glob("*"), *(ROOT / "weights").glob("*.pt")]}
-    assert {"jobs/compress.py", "jobs/decompress.py", "oml/codec.py", "pipeline/archive_cli.py"} | weights <= names
+    assert {"jobs/compress.py", "jobs/decompress.py", "oml/codec.py", "pipeline/cli/archive.py"} | weights <= names
     assert not [n for n in names if n.split("/")[0] in (".git", ".venv", "docs", "tests", "bench", "runs", "training")]
     assert package.stat().st_size < packaging.PACKAGE_SIZE_WARNING / 2

@@ -112,7 +112,7 @@ def events(path: Path) -> dict[str, list[str]]:
     ],
 )  # fmt: skip
 def test_counts_no_run_can_use_are_refused_while_parsing(tmp_path, capsys, job, flags, named):
-    from pipeline.archive_cli import archive_parser, restore_parser
+    from pipeline.cli.archive import archive_parser, restore_parser
 
     parser = (archive_parser if job == "compress" else restore_parser)(job)
     with pytest.raises(SystemExit) as stop:
@@ -130,7 +130,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize("how", ["port 1", "closed port", "RAY_ADDRESS", "silent listener"])
 def test_an_address_where_no_ray_head_answers_fails_in_seconds(tmp_path, capsys, monkeypatch, how):
     """Before, ``ray.init`` retried such an address for minutes; now the job answers in one line, exit 2."""
-    from pipeline.archive_cli import job_main
+    from pipeline.cli.archive import job_main
 
     listener = socket.socket()  # accepts connections (the kernel's backlog) and never answers
     listener.bind(("127.0.0.1", 0))
@@ -366,7 +366,7 @@ def test_ctrl_c_stops_an_archive_in_seconds_and_the_same_command_finishes_it(tmp
 def test_ctrl_c_and_sigterm_stop_a_restore_in_seconds(tmp_path):
     """`oml restore` (banded: many small tasks) stops within seconds of SIGINT with exit 130, and of
     SIGTERM with 143 (Ray's driver would abort on it: exit 134, no shutdown), its Ray with it."""
-    from pipeline.archive_cli import job_main
+    from pipeline.cli.archive import job_main
 
     tag = secrets.token_hex(4)
     inp = make_images(tmp_path / "in", 4, size=256)

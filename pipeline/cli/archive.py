@@ -2,7 +2,7 @@
 
 ``jobs/compress.py`` and ``jobs/decompress.py`` (what ``ray job submit`` runs) are
 ``oml archive`` and ``oml restore`` under another name: both build their parser here, and the
-coding flags come from :func:`pipeline.cli.add_coding_arguments`, the same function that builds
+coding flags come from :func:`pipeline.cli.args.add_coding_arguments`, the same function that builds
 ``oml compress``'s, so the single-file command and the archive cannot drift apart.
 
 Importing this module loads no torch, CompressAI or Ray: ``--help`` and argument errors answer at once.
@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.cli import UserError, add_coding_arguments, check_counts, non_negative_number, positive_number, region_arg
+from pipeline.cli.args import UserError, add_coding_arguments, check_counts, non_negative_count, non_negative_number, positive_count, positive_number, region_arg
+
 
 ARCHIVE_DOC = """Archive an image collection on Ray: every image under --input is cut into tiles, coded in units of tiles under --output.
 
@@ -32,6 +33,7 @@ Exit status: 0 all archived, 1 some inputs or units failed (see the manifest), o
 Ray cluster cannot run (no head at the address; no node, and no node type its autoscaler may add,
 with the CPUs and GPUs per worker), 130 stopped by Ctrl-C, 143 by SIGTERM.
 """
+
 
 RESTORE_DOC = """Restore images from an archive made by `oml archive` (jobs/compress.py) as PNG files.
 
@@ -49,25 +51,6 @@ Exit status: 0 all restored (and verified), 1 some failed or differ, or storage 
 read-only, refused the request, unreachable: one line), 2 bad arguments or a request the Ray
 cluster cannot run, 130 stopped by Ctrl-C, 143 by SIGTERM.
 """
-
-
-def count_arg(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number ``>= low``, else one line (exit 2) before anything starts."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number >= {low}")
-        return value
-
-    return parse
-
-
-positive_count = count_arg(1)  # one object per kind: jobs/*.py and `oml archive`/`oml restore` build parsers that compare equal
-non_negative_count = count_arg(0)
 
 
 def add_archive_arguments(p: argparse.ArgumentParser) -> None:
