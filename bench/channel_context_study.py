@@ -37,7 +37,7 @@ from oml.imageio import decode_image  # noqa: E402
 from oml.models.checkerboard import CheckerboardConv2d, anchor_mask  # noqa: E402
 from oml.models.zoo import MSE_LAMBDAS, load_model  # noqa: E402
 from pipeline import storage  # noqa: E402
-from pipeline.train_context import hyper, latents, y_bits  # noqa: E402
+from pipeline.training.context import hyper, latents, y_bits  # noqa: E402
 
 
 class GroupedCheckerboard(nn.Module):

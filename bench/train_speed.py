@@ -20,7 +20,7 @@ import torch
 
 from oml.models.default import OMLHyperprior
 from oml.train import configure_optimizers, train_step
-from pipeline.train import training_device
+from pipeline.training.base import training_device
 
 
 def _sync(device: torch.device) -> None:

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from oml.names import ModelUnavailableError
-from pipeline.train import export_default_weights, save_resume_point
+from pipeline.training.base import export_default_weights, save_resume_point
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 from oml.meta import MetaMode
-from pipeline.jobargs import add_config_arguments
-from pipeline.metatrain import MetaTrainConfig, run_metatrain, run_metatrain_here
+from pipeline.training.args import add_config_arguments
+from pipeline.training.meta import MetaTrainConfig, run_metatrain, run_metatrain_here
 
 
 HELP = {

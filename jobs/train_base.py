@@ -31,9 +31,9 @@ import dataclasses
 import sys
 
 from oml.names import ModelUnavailableError
-from pipeline.jobargs import add_config_arguments
-from pipeline.train import BaseTrainConfig, run_base_training
-from pipeline.train_ddp import ScaleConfig, run_distributed_training
+from pipeline.training.args import add_config_arguments
+from pipeline.training.base import BaseTrainConfig, run_base_training
+from pipeline.training.ddp import ScaleConfig, run_distributed_training
 
 HELP = {
     "data_dir": "folder of training photos",

@@ -15,8 +15,8 @@ import argparse
 import sys
 
 from oml.names import ModelUnavailableError
-from pipeline.jobargs import add_config_arguments
-from pipeline.train_context import ContextTrainConfig, run_context_training
+from pipeline.training.args import add_config_arguments
+from pipeline.training.context import ContextTrainConfig, run_context_training
 
 HELP = {
     "data_dir": "folder of training photos",

@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from oml.names import ModelUnavailableError
-from pipeline.train import widen_default_weights
+from pipeline.training.base import widen_default_weights
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ mkdir -p "$OUT"
   fi
   AMP=--amp
   if [ -f bench/train_speed.py ]; then  # the width the run trains at: that of OUT/run/last.pt, else of START
-    N=$("$PY" -c 'import sys; from pipeline.train import BaseTrainConfig, resolve_widths
+    N=$("$PY" -c 'import sys; from pipeline.training.base import BaseTrainConfig, resolve_widths
 print(resolve_widths(BaseTrainConfig(data_dir=sys.argv[1], out_dir=sys.argv[2], init=sys.argv[3])).N)' "$DATA" "$RUN" "$START")
     AMP=$("$PY" bench/train_speed.py --device "$DEVICE" --batch $((BATCH / (TRAIN_WORKERS > 0 ? TRAIN_WORKERS : 1))) --crop "$CROP" --N "$N" --steps 10 --rounds 2 --choose)
   fi

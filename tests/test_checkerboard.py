@@ -101,7 +101,7 @@ def test_the_weights_file_carries_the_context_and_keeps_the_base(base, tmp_path)
 
 
 def test_training_the_context_lowers_the_rate_and_keeps_everything_else(base, tmp_path):
-    from pipeline.train_context import ContextTrainConfig, run_context_training
+    from pipeline.training.context import ContextTrainConfig, run_context_training
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -1,4 +1,4 @@
-"""pipeline.metatrain without a Ray cluster: config, base model sources, data shards, resume guard, all-reduce."""
+"""pipeline.training.meta without a Ray cluster: config, base model sources, data shards, resume guard, all-reduce."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from oml.models.weights import TrainingState, load_weights, save_training_state
-from pipeline.metatrain import (
+from pipeline.training.meta import (
     MetaTrainConfig,
     _check_resumable,
     _resolve_paths,
@@ -21,7 +21,7 @@ from pipeline.metatrain import (
     load_base_model,
     load_shard,
 )
-from pipeline.raytrain import average_across_workers
+from pipeline.training.raytrain import average_across_workers
 
 from .conftest import natural_image
 

@@ -145,7 +145,7 @@ def test_without_ray_one_process_trains_what_a_one_worker_ray_run_trains(tmp_pat
     one-worker Ray Train run: both write the same λ-offset branches, the same log and the base's step."""
     from oml.imageio import encode_png
     from oml.models.zoo import load_model, save_weights
-    from pipeline.metatrain import MetaTrainConfig, load_base_model, run_metatrain, run_metatrain_here
+    from pipeline.training.meta import MetaTrainConfig, load_base_model, run_metatrain, run_metatrain_here
 
     data = tmp_path / "data"
     data.mkdir()

@@ -11,7 +11,7 @@ from PIL import Image
 from oml.models.weights import load_training_state, load_weights, save_training_state
 from oml.models.zoo import is_constant, is_table, load_model, save_weights
 from oml.names import ModelUnavailableError
-from pipeline.train import BaseTrainConfig, export_default_weights, run_base_training, save_resume_point
+from pipeline.training.base import BaseTrainConfig, export_default_weights, run_base_training, save_resume_point
 
 from .conftest import natural_image
 
@@ -141,7 +141,7 @@ def test_a_resume_point_with_a_zero_likelihood_bound_trains_with_the_models_own(
 def test_joint_context_training_starts_from_the_given_context_and_exports_a_checkerboard_model(tmp_path):
     """--context-from: the checkerboard context joins base training from a weights file's context,
     trains with the transforms, is resumed with them, and is exported (v4's recipe)."""
-    from pipeline.train import context_weights
+    from pipeline.training.base import context_weights
 
     shipped_path = str(tmp_path / "shipped.pt")
     save_weights(load_model("oml-default"), shipped_path)
@@ -219,7 +219,7 @@ def test_amp_runs_the_transforms_in_bfloat16_and_the_entropy_models_in_float32(t
 
 
 def test_an_unusable_device_is_one_clear_error_before_any_work(tmp_path):
-    from pipeline.train import training_device
+    from pipeline.training.base import training_device
 
     assert training_device("cpu").type == "cpu"
     for name, message in (("tpu", "unsupported device|unknown device"), ("nonsense:x", "unknown device")):
@@ -264,7 +264,7 @@ def test_widths_left_unset_come_from_what_the_run_starts_from(tmp_path):
     """--N/--M 0 (the job's default): a run from a weights file trains at the file's widths, a
     resumed run at its checkpoint's, a fresh run at 64 and 128; given widths that do not match
     the file stay a one-line error."""
-    from pipeline.train import resolve_widths, widen_default_weights
+    from pipeline.training.base import resolve_widths, widen_default_weights
 
     torch.manual_seed(0)
     narrow = tmp_path / "narrow.pt"

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from oml.models.weights import load_training_state
-from pipeline.train import BaseTrainConfig, run_base_training
+from pipeline.training.base import BaseTrainConfig, run_base_training
 
 from .conftest import natural_image
 
@@ -123,7 +123,7 @@ def test_two_workers_train_what_one_process_trains(tmp_path, local_ray):
     relative (plus 2e-5, two units of the log's rounding) and 1e-6 on the weights, are far from
     what a different draw gives: a worker's own half-batch noise moves bpp by 0.7-5 % (the loss,
     at these λ mostly distortion, by 1e-5) and the weights by more than 1e-6; other crops move all."""
-    from pipeline.train_ddp import ScaleConfig, run_distributed_training
+    from pipeline.training.ddp import ScaleConfig, run_distributed_training
 
     torch.manual_seed(0)  # one process's model and noise come from torch's generator; workers seed it with --seed
     one = run_base_training(_config(tmp_path, "one"))
@@ -187,7 +187,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_and_ends_where_an_unki
     """A worker SIGKILLed after checkpoint 2 of 8: Ray Train restarts the workers from the latest
     checkpoint (step, weights, optimisers, weight average and random generators), and the run ends
     at step 8 with the very state of a run that was never interrupted."""
-    from pipeline.train_ddp import ScaleConfig, run_distributed_training
+    from pipeline.training.ddp import ScaleConfig, run_distributed_training
 
     scale = ScaleConfig(num_workers=2, max_failures=1)
     plain = load_training_state(run_distributed_training(_config(tmp_path, "plain", steps=8, warmup=3, decay_start=4, decay_end=8), scale))
@@ -229,7 +229,7 @@ def test_ray_job_submit_trains_on_two_workers_of_a_ray_start_cluster(tmp_path):
     127.0.0.1: the job succeeds and its last.pt exports to a weights file that loads."""
     from oml.models.zoo import load_model
     from pipeline.archive.reaper import marked_by
-    from pipeline.train import export_default_weights
+    from pipeline.training.base import export_default_weights
 
     cfg = _config(tmp_path, "out", steps=3)
     tag = secrets.token_hex(6)

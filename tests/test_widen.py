@@ -12,7 +12,7 @@ from oml.models import zoo
 from oml.models.checkerboard import CheckerboardContext
 from oml.models.weights import read_stored
 from oml.train import rd_loss
-from pipeline.train import widen_default_weights
+from pipeline.training.base import widen_default_weights
 from tests.conftest import natural_image
 
 

@@ -1,4 +1,4 @@
-"""Base training, data-parallel on Ray Train: the steps of :func:`pipeline.train.run_base_training`
+"""Base training, data-parallel on Ray Train: the steps of :func:`pipeline.training.base.run_base_training`
 on W workers.
 
 - A :class:`~ray.train.torch.TorchTrainer` with W workers (one GPU each with ``use_gpu``), each
@@ -36,8 +36,8 @@ import torch
 from oml.models.weights import TrainingState, load_state, save_training_state
 from oml.train import global_batch_noise, train_step
 from pipeline import storage
-from pipeline.raytrain import average_across_workers, fit, from_rank0, report_checkpoint
-from pipeline.train import (
+from pipeline.training.raytrain import average_across_workers, fit, from_rank0, report_checkpoint
+from pipeline.training.base import (
     BaseTrainConfig,
     TrainingRun,
     _resume_state,

@@ -45,7 +45,7 @@ from oml.models.weights import MetaState, TrainingState, Weights, load_meta_stat
 from oml.models.zoo import DEFAULT_MODEL, is_derived_buffer, load_model, save_weights
 from oml.train import random_crops
 from pipeline import storage
-from pipeline.raytrain import average_across_workers, fit, report_checkpoint
+from pipeline.training.raytrain import average_across_workers, fit, report_checkpoint
 
 
 STATE_FILE = "meta_state.pt"

@@ -1,4 +1,4 @@
-"""Ray Train plumbing shared by the training loops (:mod:`pipeline.train_ddp`, :mod:`pipeline.metatrain`).
+"""Ray Train plumbing shared by the training loops (:mod:`pipeline.training.ddp`, :mod:`pipeline.training.meta`).
 
 - :func:`fit`: a :class:`~ray.train.torch.TorchTrainer` whose checkpoints go to
   ``storage_path/name`` (local or ``s3://``), keeping the last two, and which restarts its workers

@@ -3,7 +3,7 @@
 The pure pieces (loss, crops, one step) are in :mod:`oml.train`; this module adds
 what touches disk: reading the training photos, a JSON-lines log, and a
 checkpoint that makes every run resumable (``last.pt``, written atomically).
-:func:`run_base_training` trains in this process; :mod:`pipeline.train_ddp` runs the same
+:func:`run_base_training` trains in this process; :mod:`pipeline.training.ddp` runs the same
 steps data-parallel on Ray Train, from the pieces here (:func:`start_run`, :class:`TrainingRun`).
 """
 
