@@ -3,7 +3,7 @@
 A run that changed the model's width, the batch or the device is marked by a dashed line with
 what it changed to (v9: N = 128, batch 16, on a GPU).
 
-    python bench/plot_training.py training/default/train_log.jsonl docs/data/training_curve.png
+    python bench/plot_training.py docs/data/training/default/train_log.jsonl docs/data/training_curve.png
 """
 
 from __future__ import annotations
