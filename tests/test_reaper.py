@@ -33,19 +33,27 @@ DRIVER = """
 import subprocess, sys, time
 from pipeline.archive import reaper
 old = subprocess.Popen(["sleep", "300"])                         # the driver's own child, before Ray
-watcher = reaper.watch()
+watcher = reaper.watch(record=sys.argv[1])
 new = subprocess.Popen(["sleep", "300"], start_new_session=True)  # like Ray's agents: own session
 print(old.pid, new.pid, watcher.pid, flush=True)
 time.sleep(300)
 """
 
 
-def test_a_killed_driver_takes_what_it_started_with_it_and_nothing_else():
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+def recorded(path: Path) -> set[int]:
+    try:
+        return {int(line.split(":")[0]) for line in path.read_text().splitlines()}
+    except OSError:
+        return set()
+
+
+def test_a_killed_driver_takes_what_it_started_with_it_and_nothing_else(tmp_path):
+    record = tmp_path / "recorded"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(record)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     old, new, watcher = map(int, driver.stdout.readline().split())
     try:
-        wait_for(lambda: new in reaper.descendants(driver.pid), 10, "the child to start")
-        time.sleep(2.5 * reaper.POLL_S)  # the reaper has recorded it
+        wait_for(lambda: new in recorded(record), 15, "the reaper to record the driver's new child")
+        assert old not in recorded(record)
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         wait_for(lambda: not alive(new), 15, "the reaper to stop the driver's new child")
@@ -55,6 +63,19 @@ def test_a_killed_driver_takes_what_it_started_with_it_and_nothing_else():
         for pid in (old, new):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def session_of(pid: int) -> str | None:
+    """The value of the session mark in a process's environment."""
+    prefix = f"{reaper.MARK}=".encode()
+    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode()
+    return None
+
+
+def _live(processes: dict[int, int]) -> dict[int, int]:
+    return {pid: start for pid, start in processes.items() if (stat := reaper._stat(pid)) is not None and stat[1] == start}
 
 
 def test_ray_is_gone_seconds_after_its_driver_is_killed(tmp_path):
@@ -82,7 +103,11 @@ def test_ray_is_gone_seconds_after_its_driver_is_killed(tmp_path):
 
         wait_for(lambda: len(ray_agents()) >= 2, 120, "Ray's dashboard and runtime-env agents")
         ray_processes = reaper.descendants(driver.pid)
-        time.sleep(2.5 * reaper.POLL_S)
+        # The event to kill on: every one of them carries the driver's session mark, by which the
+        # reaper finds them whether or not a poll has recorded them yet.
+        session = session_of(ray_agents()[0])
+        assert session
+        wait_for(lambda: set(_live(ray_processes)) <= set(reaper.marked(session)), 20, "Ray's processes to carry the session mark")
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         # Ray alone leaves its agents running for about a minute; the reaper stops them in seconds

@@ -13,9 +13,11 @@ temporary folder when it was given one. A process is identified by its pid *and*
 so a recycled pid is never signalled, and a process of another Ray (without this session's mark)
 is never touched. Linux only (it reads ``/proc``); elsewhere :func:`watch` does nothing.
 
-Run directly: ``python pipeline/archive/reaper.py DRIVER_PID [--session MARK] [--remove FOLDER] [PID:START …]``
+Run directly: ``python pipeline/archive/reaper.py DRIVER_PID [--session MARK] [--remove FOLDER] [--record FILE] [PID:START …]``
 (the driver's children to leave alone; exits once the driver has exited or closed its standard
-input, and the processes have been stopped; nothing is printed).
+input, and the processes have been stopped; nothing is printed). ``--record FILE``: after every
+poll, FILE is replaced by the processes recorded so far, one ``PID:START`` a line (what a kill of
+the driver would stop besides the marked ones; tests wait on it instead of sleeping).
 """
 
 from __future__ import annotations
@@ -140,17 +142,33 @@ def _released(poll_s: float) -> bool:
         return False
 
 
-def reap(driver: int, before: dict[int, int], session: str | None = None, remove: str | None = None, poll_s: float = POLL_S, grace_s: float = GRACE_S) -> None:
+def _write_record(path: str, known: dict[int, int]) -> None:
+    """Replace ``path`` by ``known`` as ``PID:START`` lines, atomically (a reader never sees half a list)."""
+    part = f"{path}.{os.getpid()}.part"
+    try:
+        Path(part).write_text("".join(f"{pid}:{start}\n" for pid, start in sorted(known.items())))
+        os.replace(part, path)
+    except OSError:
+        pass
+
+
+def reap(
+    driver: int, before: dict[int, int], session: str | None = None, remove: str | None = None, record: str | None = None,
+    poll_s: float = POLL_S, grace_s: float = GRACE_S,
+) -> None:
     """Record the driver's new descendants while it lives and holds on; then stop them and the
     session's marked processes, and remove ``remove`` (the session's temporary folder).
 
     ``before``: the descendants the driver had when it asked for the reaper (pid → start time);
-    they are not Ray's and are left alone.
+    they are not Ray's and are left alone. ``record``: a file rewritten after every poll with what
+    is recorded (``PID:START`` lines).
     """
     driver_start = _stat(driver)
     known: dict[int, int] = {}
     while driver_start is not None and (stat := _stat(driver)) is not None and stat[1] == driver_start[1]:
         known.update((p, s) for p, s in descendants(driver).items() if before.get(p) != s)
+        if record:
+            _write_record(record, known)
         if _released(poll_s):  # the driver is done with Ray, or died
             if (stat := _stat(driver)) is not None and stat[1] == driver_start[1]:
                 known = {}  # it lives on: only what carries the session's mark is Ray's
@@ -160,11 +178,12 @@ def reap(driver: int, before: dict[int, int], session: str | None = None, remove
         shutil.rmtree(remove, ignore_errors=True)
 
 
-def watch(driver: int | None = None, session: str | None = None, remove: str | None = None) -> subprocess.Popen | None:
+def watch(driver: int | None = None, session: str | None = None, remove: str | None = None, record: str | None = None) -> subprocess.Popen | None:
     """Start the reaper for ``driver`` (default: this process) before it starts Ray.
 
     ``session``: the value of :data:`MARK` that the driver gives Ray's processes; ``remove``: a
-    folder to delete once they are stopped. Returns None where ``/proc`` is missing. The reaper runs
+    folder to delete once they are stopped; ``record``: a file that lists what is recorded, after
+    every poll. Returns None where ``/proc`` is missing. The reaper runs
     in its own session, so a terminal's Ctrl-C or a kill of the driver's process group does not
     take it down before it has done its work; a driver that is done with Ray calls :func:`release`.
     """
@@ -172,7 +191,7 @@ def watch(driver: int | None = None, session: str | None = None, remove: str | N
         return None
     driver = driver or os.getpid()
     before = [f"{pid}:{start}" for pid, start in descendants(driver).items()]
-    options = [*(["--session", session] if session else []), *(["--remove", remove] if remove else [])]
+    options = [*(["--session", session] if session else []), *(["--remove", remove] if remove else []), *(["--record", record] if record else [])]
     return subprocess.Popen(
         [sys.executable, "-S", str(Path(__file__).resolve()), str(driver), *options, *before],
         stdin=subprocess.PIPE,
@@ -202,7 +221,7 @@ def _main(argv: list[str]) -> None:
     driver, options, before = int(argv[0]), {}, {}
     rest = iter(argv[1:])
     for arg in rest:
-        if arg in ("--session", "--remove"):
+        if arg in ("--session", "--remove", "--record"):
             options[arg[2:]] = next(rest)
         else:
             pid, start = map(int, arg.split(":"))
