@@ -21,7 +21,7 @@ from oml import codec, metadata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.metadata_samples import XMP, camera_exif  # noqa: E402
-from tests.test_depth_and_colour import P3  # noqa: E402
+from tests.codec.test_depth_and_colour import P3  # noqa: E402
 
 
 def main(folder: str) -> None:

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from .test_depth_and_colour import P3
+from .codec.test_depth_and_colour import P3
 
 ARTIST = "Ada Lovelace"
 DATE = "2024:05:17 10:42:07"

@@ -1,0 +1,1 @@
+"""Tests of the codec and its encoder: byte format, adaptation, refinement, rate control, image input, metrics, anchors."""

@@ -1,0 +1,1 @@
+"""Tests of the networks, their weights files and releases, meta-training steps."""

@@ -1,0 +1,1 @@
+"""Tests of base training (one process and Ray Train DDP) and meta-training on Ray Train."""
