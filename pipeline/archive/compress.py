@@ -10,7 +10,7 @@ from typing import Any
 
 from oml import ratecontrol
 from pipeline import storage
-from pipeline.archive import layout, models as archive_models, plan as planning
+from pipeline.archive import layout, models as archive_models, plan as planning, webdataset
 from pipeline.archive.config import CompressConfig
 from pipeline.archive.encoder import UnitEncoder, get_model
 from pipeline.archive.layout import UnitResult
@@ -133,7 +133,10 @@ def run_compress(config: CompressConfig, encoder: Callable[[Unit], UnitResult] |
     """
     root = storage.normalize(config.output)
     unlisted: list[Unlisted] = []
-    files = storage.list_files(config.input, config.extensions, unlisted)
+    if webdataset.is_webdataset(config.input):  # tar shards: one source per sample, its sidecars kept in its row
+        files = webdataset.list_samples(config.input, config.extensions, unlisted)
+    else:
+        files = storage.list_files(config.input, config.extensions, unlisted)
     if not files:
         detail = f"; {len(unlisted)} could not be listed, first {unlisted[0].path}: {unlisted[0].reason}" if unlisted else ""
         raise ValueError(f"no input images under {storage.redact(config.input)} (looked for {', '.join(config.extensions)}){detail}")

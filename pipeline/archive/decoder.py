@@ -307,6 +307,28 @@ class ImageDecoder:
             return None, changed or f"source unreadable: {exc}"
 
 
+class DecodeError(ValueError):
+    """An archived image that cannot be read; the message names it and says why (the unit, the bytes)."""
+
+
+def decode_pixels(model: ModelConfig, job: DecodeJob, metric: str | None = None, archive: str | None = None) -> torch.Tensor:
+    """The uint8 ``(3, H, W)`` pixels of ``job``'s image (or of its ``region``), read and checked as a
+    restore reads them (each tiles file's or row group's bytes against its marker, the header's and
+    each record's SHA-256, the tiles present, each tile's symbols), without writing anything.
+    Raises :class:`DecodeError`."""
+    row = job.image
+    decoder = ImageDecoder(model, metric=metric, archive=archive)
+    try:
+        cfg = dataclasses.replace(model, name=row["model"], download=False)  # never fetch what a row names
+        net = _decoder_for(cfg, row, _archive_models(archive) if cfg.pretrained and cfg.weights is None else ())
+        tiles, _ = decoder._rows(job, None if job.region is None else decoder._overlapped(job))
+        return decoder._decode(net, job, tiles, metric)
+    except _Refused as exc:
+        raise DecodeError(f"{row['path']}: {str(exc).removeprefix('not restored: ')}") from None
+    except (codec.CodecError, ValueError, ModelUnavailableError) as exc:
+        raise DecodeError(f"{row['path']}: cannot decode: {exc}") from None
+
+
 def psnr_error(parts: list[torch.Tensor], originals: list[torch.Tensor], recorded: list[float]) -> float:
     """The largest difference in dB between each tile's PSNR now (``parts`` against ``originals``)
     and the one ``recorded``: 0 where both are equal (both infinite: exact tiles), NaN when any

@@ -19,7 +19,7 @@ from oml import codec, metadata, ratecontrol, tiling
 from oml.imageio import ImageDecodeError, decode_image
 from oml.models.variable_rate import VariableRateModel
 from oml.models.zoo import load_model, quality_group
-from pipeline.archive import regions, schema
+from pipeline.archive import regions, schema, webdataset
 from pipeline import storage
 from pipeline.archive.config import CodingConfig, ModelConfig
 from pipeline.archive.layout import PieceResult, UnitResult, unit_uri
@@ -124,7 +124,9 @@ class UnitEncoder:
             images += [image_row] if image_row else []
             pieces.append(result)
         with _Clock(seconds)("write"):
-            (tiles_file, groups, footer), images_file = schema.tiles_parquet(tiles), schema.to_parquet(images, schema.IMAGE_SCHEMA)
+            samples = any(webdataset.is_member(p.image.source) for p in unit.pieces)  # WebDataset shards: rows with key and sidecars
+            images_schema = schema.SAMPLE_IMAGE_SCHEMA if samples else schema.IMAGE_SCHEMA
+            (tiles_file, groups, footer), images_file = schema.tiles_parquet(tiles), schema.to_parquet(images, images_schema)
             storage.write_bytes(unit_uri(self.output, unit.index, "tiles"), tiles_file)
             storage.write_bytes(unit_uri(self.output, unit.index, "images"), images_file)
         result = UnitResult(
@@ -161,6 +163,11 @@ class UnitEncoder:
         if piece.first == 0:  # the image row: the source section (provenance, metadata blocks) makes it format 3
             header = dataclasses.replace(header, version=codec.SOURCE_VERSION, source=self._source(im, data, size, digest))
         image_row = schema.image_row(im.source, im.path, size, digest, header) if piece.first == 0 else None
+        if image_row is not None and webdataset.is_member(im.source):
+            try:
+                image_row["key"], image_row["sidecars"] = webdataset.sample_of(im.source)
+            except PERMANENT_READ_ERRORS as exc:
+                raise _Failed(f"cannot read its sample: {type(exc).__name__}: {exc}") from None
         result = PieceResult(
             im.path,
             piece.first,

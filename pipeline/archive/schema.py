@@ -85,6 +85,15 @@ IMAGE_SCHEMA = pa.schema(
     metadata={"oml-archive-schema": SCHEMA_VERSION, "oml-archive-rows": "images"},
 )
 
+SIDECAR = pa.struct([("name", pa.string()), ("data", pa.binary())])
+
+SAMPLE_IMAGE_SCHEMA = pa.schema(
+    [*IMAGE_SCHEMA, ("key", pa.string()), ("sidecars", pa.list_(SIDECAR))],
+    metadata=IMAGE_SCHEMA.metadata,
+)
+"""The images table of an archive of WebDataset shards: each row also has its sample's ``key`` and
+its other members verbatim (``sidecars``: field name, bytes; :mod:`pipeline.archive.webdataset`)."""
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -14,6 +14,7 @@ from pipeline.cli.compress import cmd_compress
 from pipeline.cli.decompress import cmd_decompress
 from pipeline.cli.eval import cmd_eval
 from pipeline.cli.info import cmd_info
+from pipeline.cli.ls import LS_DOC, add_ls_arguments, cmd_ls
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description=RESTORE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_restore_arguments(p)
     p.set_defaults(func=lambda a: run_restore(a, "oml restore"))
+
+    p = sub.add_parser("ls", help="list an archive's images with their metadata and sidecars", description=LS_DOC,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_ls_arguments(p)
+    p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("info", help="describe .oml files")
     p.add_argument("inputs", nargs="+", metavar="FILE")
