@@ -30,8 +30,8 @@ from oml.models.zoo import load_model
 from oml.names import EFFORTS, IMAGE_SUFFIXES, STRONGEST_ANCHORS
 
 
-def _images(folder: Path, limit: int, crop: int) -> list[tuple[str, torch.Tensor]]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: limit or None]
+def _images(folder: Path, limit: int, crop: int, skip: int = 0) -> list[tuple[str, torch.Tensor]]:
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[skip:][: limit or None]
     out = []
     for path in paths:
         image = decode_image(path.read_bytes())
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", help="folder of images (e.g. ../shared/data/kodak)")
     parser.add_argument("--out", required=True, help="folder for effort.json")
-    parser.add_argument("--limit", type=int, default=0, help="first N images only")
+    parser.add_argument("--limit", type=int, default=0, help="first N images only (after --skip)")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N images (to split a long run)")
     parser.add_argument("--crop", type=int, default=0, help="code the centre CROPxCROP of each image (0: whole images)")
     parser.add_argument("--quality", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
     parser.add_argument("--effort", nargs="+", default=list(EFFORTS), choices=EFFORTS)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    images = _images(Path(args.images), args.limit, args.crop)
+    images = _images(Path(args.images), args.limit, args.crop, args.skip)
     model = load_model("oml-default", args.quality[0], all_qualities=True).to(device)
     settings = {}
     for name in args.effort:
