@@ -106,3 +106,24 @@ def test_the_encoder_rejects_a_search_result_that_the_exact_decoder_scores_worse
     lam_t = torch.full((model.num_lambdas,), lmbda).half()
     assert torch.equal(records[0].lambdas[0], lam_t)
     assert enc.tiles[0].psnr_after == enc.tiles[0].psnr_before
+
+
+@pytest.mark.parametrize("metric", ["psnr", "ms-ssim"])
+def test_the_encoder_keeps_a_lambda_only_when_its_decoded_tile_is_better(metric):
+    """The last gate before a λ* set is written, for the paper's search and quick adaptation alike:
+    the candidate's 8-bit output must beat λ_t's for the metric, else the tile keeps λ_t and its
+    plain pixels (ties keep λ_t too)."""
+    from oml import codec, tiling
+
+    pixels = natural_image(64, 64, seed=2)
+    noise = torch.Generator().manual_seed(0)
+    noisy = (pixels.float() + 12 * torch.randn(pixels.shape, generator=noise)).clamp(0, 255).round().byte()
+    lam_t, candidate = codec.plain_lambdas(4, 0.0067), torch.tensor([0.0067, 0.007, 0.006, 0.0071]).half()
+    tile = tiling.Tile(0, 0, 64, 64)
+    x = pixels.float().div(255).unsqueeze(0)
+    worse = codec._keep_better(codec._TileWork(tile, pixels, x, None, plain=pixels), candidate, noisy, lam_t, metric)
+    assert torch.equal(worse.lambdas, lam_t) and torch.equal(worse.reconstruction, pixels)
+    tie = codec._keep_better(codec._TileWork(tile, pixels, x, None, plain=noisy), candidate, noisy.clone(), lam_t, metric)
+    assert torch.equal(tie.lambdas, lam_t)
+    better = codec._keep_better(codec._TileWork(tile, pixels, x, None, plain=noisy), candidate, pixels, lam_t, metric)
+    assert torch.equal(better.lambdas, candidate) and torch.equal(better.reconstruction, pixels)

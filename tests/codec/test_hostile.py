@@ -96,7 +96,9 @@ def test_damaged_latent_strings_are_always_desync_never_a_crash_or_garbage():
             outcomes.append("decoded")
         except codec.DesyncError:
             outcomes.append("desync")
-    assert len(outcomes) > 100 and set(outcomes) == {"desync"}
+        except codec.CodecError as exc:  # any other refusal (a non-finite decoder output…) is a miss of the symbol check
+            outcomes.append(f"other error: {exc}")
+    assert len(outcomes) > 100 and set(outcomes) == {"desync"}, sorted(set(outcomes))[:3]
 
 
 def test_the_probe_battery_finds_no_failure():
