@@ -128,3 +128,13 @@ def test_the_check_finds_lazy_and_relative_cycles(tmp_path, files, cycle):
     for package in PACKAGES:
         (tmp_path / package).mkdir(exist_ok=True)
     assert cycles(import_graph(tmp_path)) == ([cycle] if cycle else [])
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject.toml names the packages the wheel carries: a package added to the layout but not
+    listed there would import in a checkout and be missing from an installed oml."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for top in ("oml", "pipeline") for p in (ROOT / top).rglob("__init__.py")}
+    assert found == listed
