@@ -349,6 +349,21 @@ def test_oml_compress_says_it_reduced_and_keeps_a_dark_frame_dark(tmp_path, caps
     assert abs(restored.mean() - r257(v).mean()) < 1.0, (restored.mean(), r257(v).mean())
 
 
+@pytest.mark.parametrize("kind", ["dark", "bright", "full range"])
+def test_a_16_bit_image_comes_back_at_the_mean_level_of_round_v_over_257(tmp_path, kind):
+    """Through oml compress and decompress with the shipped model: a smooth 16-bit frame, dark
+    (8-bit levels 0-1), bright (254-255) or over the full range, restores within half a level of
+    round(v / 257) on average (reading v itself, or its low byte, would be far off)."""
+    ramp = np.add.outer(np.arange(64), np.arange(96)).astype(np.float64) / 158
+    v = {"dark": ramp * 255, "bright": 65535 - ramp * 255, "full range": ramp * 65535}[kind].astype(np.uint16)
+    rgb = np.stack([v, v, v], -1)
+    (tmp_path / "deep.png").write_bytes(png16(rgb))
+    assert main(["compress", str(tmp_path / "deep.png"), "-o", str(tmp_path / "deep.oml")]) == 0
+    assert main(["decompress", str(tmp_path / "deep.oml"), "-o", str(tmp_path / "back.png")]) == 0
+    restored = np.asarray(Image.open(tmp_path / "back.png"), dtype=np.float64)
+    assert abs(restored.mean() - r257(rgb).mean()) < 0.5, (restored.mean(), r257(rgb).mean())
+
+
 def test_oml_compress_refuses_float_without_range_and_keeps_wide_gamut_without_to_srgb(tmp_path, capsys, random_default_model):
     from oml.models.zoo import save_weights
 
