@@ -78,7 +78,7 @@ def _refusal(exc: BaseException) -> str | None:
 
 
 @contextmanager
-def _refused_as_such(uri: str) -> Iterator[None]:
+def refused_as_such(uri: str) -> Iterator[None]:
     """Inside, a request that the object store refused raises :class:`StorageRefused` (naming ``uri``)."""
     try:
         yield
@@ -95,11 +95,11 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _refusals(func: _F) -> _F:
-    """``func(uri, ...)`` under :func:`_refused_as_such`."""
+    """``func(uri, ...)`` under :func:`refused_as_such`."""
 
     @functools.wraps(func)
     def checked(uri: str, *args: Any, **kwargs: Any) -> Any:
-        with _refused_as_such(uri):
+        with refused_as_such(uri):
             return func(uri, *args, **kwargs)
 
     return checked  # type: ignore[return-value]
@@ -336,14 +336,14 @@ class Writer:
         self.local_writer = local_files.Writer(self.path, replace) if self.local else None
         if not self.local:
             self.sha, self.size = hashlib.sha256(), 0
-            with _refused_as_such(uri):
+            with refused_as_such(uri):
                 self.file = self.fs.open(self.path, "wb")
 
     def write(self, data: bytes) -> None:
         if self.local_writer is not None:
             self.local_writer.write(data)
             return
-        with _refused_as_such(self.uri):
+        with refused_as_such(self.uri):
             self.file.write(data)
         self.sha.update(data)
         self.size += len(data)
@@ -353,7 +353,7 @@ class Writer:
             self.local_writer.commit()
             return
         try:
-            with _refused_as_such(self.uri):
+            with refused_as_such(self.uri):
                 if not self.replace and _holds(self.fs, self.path, self.size, self.sha.digest()):
                     self.abort()  # the same bytes are there already
                     return

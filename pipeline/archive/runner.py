@@ -141,7 +141,9 @@ def _local_ray(ray: Any, cfg: RayConfig) -> Iterator[None]:
                 f.write(secrets.token_hex(32))
             os.environ["RAY_AUTH_TOKEN_PATH"] = token
             _forget_cached_token()
-        reaper = reaper_mod.watch(session=temp, remove=temp)  # stops the local instance if this driver is killed
+        # stops the local instance if this driver is killed; OML_REAPER_RECORD names a file where it
+        # lists, after every poll, what it would stop (for inspection and tests)
+        reaper = reaper_mod.watch(session=temp, remove=temp, record=os.environ.get("OML_REAPER_RECORD") or None)
         _event("ray-starting")
         with _keeping_sigterm():
             ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=True, _temp_dir=temp)

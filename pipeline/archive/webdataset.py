@@ -66,13 +66,14 @@ def shard_uris(uri: str) -> list[str] | None:
             raise FileNotFoundError(f"no such shard: {storage.redact(missing[0])} ({len(missing)} of the {len(shards)} the pattern names)")
         return shards
     root = storage.normalize(uri)
-    fs, path = url_to_fs(root)
-    if not fs.exists(path):
-        return None
-    if fs.isfile(path):
-        return [root] if path.lower().endswith(TAR) else None
-    fs.invalidate_cache()
-    names = [info["name"] for info in fs.ls(path, detail=True) if info.get("type", "file") == "file"]
+    with storage.refused_as_such(root):  # a refused request is said as such, never taken for "no shards"
+        fs, path = url_to_fs(root)
+        if not fs.exists(path):
+            return None
+        if fs.isfile(path):
+            return [root] if path.lower().endswith(TAR) else None
+        fs.invalidate_cache()
+        names = [info["name"] for info in fs.ls(path, detail=True) if info.get("type", "file") == "file"]
     tars = sorted(n for n in names if n.lower().endswith(TAR))
     images = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
     if not tars or images:

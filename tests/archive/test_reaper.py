@@ -66,9 +66,13 @@ def test_a_killed_driver_takes_what_it_started_with_it_and_nothing_else(tmp_path
 
 
 def session_of(pid: int) -> str | None:
-    """The value of the session mark in a process's environment."""
+    """The value of the session mark in a process's environment (None: unmarked, or gone)."""
     prefix = f"{reaper.MARK}=".encode()
-    for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
         if entry.startswith(prefix):
             return entry[len(prefix) :].decode()
     return None
@@ -89,7 +93,9 @@ def test_ray_is_gone_seconds_after_its_driver_is_killed(tmp_path):
         (tmp_path / "in" / f"{i}.png").write_bytes(encode_png(natural_image(256, 256, i)))
     argv = [sys.executable, "jobs/compress.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "arch"),
             "--random-weights", "--steps", "50", "--unit-tiles", "1", "--num-cpus", "1", "--no-progress"]
-    driver = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    record = tmp_path / "recorded"
+    env = os.environ | {"OML_REAPER_RECORD": str(record)}
+    driver = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def ray_agents() -> list[int]:
             found = []
@@ -103,11 +109,13 @@ def test_ray_is_gone_seconds_after_its_driver_is_killed(tmp_path):
 
         wait_for(lambda: len(ray_agents()) >= 2, 120, "Ray's dashboard and runtime-env agents")
         ray_processes = reaper.descendants(driver.pid)
-        # The event to kill on: every one of them carries the driver's session mark, by which the
-        # reaper finds them whether or not a poll has recorded them yet.
-        session = session_of(ray_agents()[0])
-        assert session
-        wait_for(lambda: set(_live(ray_processes)) <= set(reaper.marked(session)), 20, "Ray's processes to carry the session mark")
+        # The event to kill on: the reaper has recorded every one of them (its record file), or
+        # they carry the session mark by which it finds them unrecorded.
+        def known() -> set[int]:
+            session = next((s for s in map(session_of, _live(ray_processes)) if s), None)
+            return recorded(record) | (set(reaper.marked(session)) if session else set())
+
+        wait_for(lambda: set(_live(ray_processes)) <= known(), 30, "the reaper to know every Ray process")
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         # Ray alone leaves its agents running for about a minute; the reaper stops them in seconds
