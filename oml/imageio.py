@@ -56,6 +56,8 @@ import functools
 import io
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
@@ -70,6 +72,20 @@ Image.MAX_IMAGE_PIXELS = None  # max_pixels below is the limit, checked before a
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image this project can read; the message says why."""
+
+
+@contextmanager
+def _pillow_errors() -> Iterator[None]:
+    """Inside, what Pillow raises for bytes it cannot read becomes one :class:`ImageDecodeError`
+    (the policy's own refusals pass as they are)."""
+    try:
+        yield
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a supported image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
 
 
 class Header(NamedTuple):
@@ -450,29 +466,17 @@ def read_header(stream: BinaryIO, to_srgb: bool = False) -> Header:
     policy refuses (samples with no declared range, a colour profile that is not sRGB without
     ``to_srgb``…), as :func:`decode` would.
     """
-    try:
-        with Image.open(stream) as img:
-            width, height = _shown_size(img)
-            notes = _policy(img, to_srgb).notes
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError("not a supported image format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    with _pillow_errors(), Image.open(stream) as img:
+        width, height = _shown_size(img)
+        notes = _policy(img, to_srgb).notes
     return Header(width, height, notes)
 
 
 def image_size(stream: BinaryIO) -> tuple[int, int]:
     """``(width, height)`` of an image as :func:`decode_image` returns it, from its header only
     (:func:`read_header`'s size, without the policy's checks)."""
-    try:
-        with Image.open(stream) as img:
-            return _shown_size(img)
-    except UnidentifiedImageError:
-        raise ImageDecodeError("not a supported image format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    with _pillow_errors(), Image.open(stream) as img:
+        return _shown_size(img)
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, to_srgb: bool = False) -> Decoded:
@@ -485,7 +489,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, to_srgb: bool = Fa
     """
     if not data:
         raise ImageDecodeError("empty file")
-    try:
+    with _pillow_errors():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             with Image.open(io.BytesIO(data)) as img:
@@ -513,12 +517,6 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, to_srgb: bool = Fa
                     rgb = _colour(img, policy.profile)
                     arr = np.array(rgb, dtype=np.uint8)
                     del rgb
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError("not a supported image format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     # A channel-first view of the one decoded copy: large images are not copied again.
     return Decoded(torch.from_numpy(arr).permute(2, 0, 1), policy.notes)
 
@@ -537,7 +535,7 @@ class Source(NamedTuple):
 def describe(data: bytes, to_srgb: bool = False) -> Source:
     """:class:`Source` of an image's bytes, from its header (no pixels decoded); raises
     :class:`ImageDecodeError` for what :func:`read_header` refuses."""
-    try:
+    with _pillow_errors():
         with Image.open(io.BytesIO(data)) as img:
             policy = _policy(img, to_srgb)
             samples = policy.samples
@@ -550,12 +548,6 @@ def describe(data: bytes, to_srgb: bool = False) -> Source:
             else:
                 bits, kind = (1 if img.mode == "1" else 8), "uint"
             return Source(img.format or "", int(bits), kind, policy.profile is not None)
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageDecodeError("not a supported image format") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, to_srgb: bool = False) -> Tensor:
