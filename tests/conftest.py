@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,22 +59,23 @@ def natural_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """``mount(kib)``: a real tmpfs of ``kib`` KiB on a fresh folder under ``tmp_path`` (its path),
-    unmounted when the test ends whatever happens. Needs root (tests run as root in CI)."""
+@contextmanager
+def _mounts(tmp_path: Path, name: str, why: str):
+    """``mount(*argv)``: runs ``mount *argv POINT`` on a fresh folder ``tmp_path/NAMEi`` and returns
+    it (the test is skipped when mounting fails); every point is unmounted on leaving, whatever
+    happens. Needs root (skipped with ``why`` otherwise)."""
     import subprocess
 
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root")
+        pytest.skip(why)
     mounted: list[Path] = []
 
-    def mount(kib: int) -> Path:
-        point = tmp_path / f"disk{len(mounted)}"
+    def mount(*argv: str) -> Path:
+        point = tmp_path / f"{name}{len(mounted)}"
         point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k,mode=0755", "tmpfs", str(point)], capture_output=True, text=True)
+        done = subprocess.run(["mount", *argv, str(point)], capture_output=True, text=True)
         if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+            pytest.skip(f"cannot mount here ({' '.join(argv)}): {done.stderr.strip()}")
         mounted.append(point)
         return point
 
@@ -85,29 +87,19 @@ def small_disk(tmp_path):
 
 
 @pytest.fixture
+def small_disk(tmp_path):
+    """``mount(kib)``: a real tmpfs of ``kib`` KiB on a fresh folder under ``tmp_path`` (its path),
+    unmounted when the test ends whatever happens. Needs root (tests run as root in CI)."""
+    with _mounts(tmp_path, "disk", "mounting a small tmpfs to fill needs root") as mount:
+        yield lambda kib: mount("-t", "tmpfs", "-o", f"size={kib}k,mode=0755", "tmpfs")
+
+
+@pytest.fixture
 def bind_mount(tmp_path):
     """``bind(folder)``: ``folder`` mounted again on a fresh folder (``mount --bind``), which it
     returns; unmounted when the test ends. Needs root."""
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("a bind mount needs root")
-    mounted: list[Path] = []
-
-    def bind(folder: Path) -> Path:
-        point = tmp_path / f"bound{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(["mount", "--bind", str(folder), str(point)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    try:
-        yield bind
-    finally:
-        for point in reversed(mounted):
-            subprocess.run(["umount", str(point)], check=False)
+    with _mounts(tmp_path, "bound", "a bind mount needs root") as mount:
+        yield lambda folder: mount("--bind", str(folder))
 
 
 def fill_disk(disk: Path, leave: int) -> Path:
