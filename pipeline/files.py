@@ -243,11 +243,16 @@ def write_file(path: str, data: bytes, replace: bool = True) -> bool:
         if holds_bytes(path, len(data), hashlib.sha256(data).digest()):
             return False
         raise ExistingFileError(path)
-    writer = Writer(path, replace)
+    write_through(Writer(path, replace), data)
+    return True
+
+
+def write_through(writer, data: bytes) -> None:
+    """``data`` through ``writer`` (a :class:`Writer`, or :class:`pipeline.storage.Writer`): committed
+    when every byte is written, aborted (nothing left behind) on any failure, interruptions included."""
     try:
         writer.write(data)
     except BaseException:
         writer.abort()
         raise
     writer.commit()
-    return True

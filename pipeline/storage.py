@@ -301,13 +301,7 @@ def write_bytes(uri: str, data: bytes, replace: bool = True) -> bool:
         return local_files.write_file(path, data, replace)
     if not replace and _holds(fs, path, len(data), hashlib.sha256(data).digest()):
         return False
-    writer = Writer(uri, replace)
-    try:
-        writer.write(data)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.commit()
+    local_files.write_through(Writer(uri, replace), data)
     return True
 
 
