@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TEXT_SUFFIXES = (".py", ".md", ".sh", ".yaml", ".toml", ".cfg")
+TEXT_SUFFIXES = (".py", ".md", ".sh", ".yaml", ".toml", ".cfg", ".json", ".jsonl", ".txt")  # data files carry commands and paths too
 README_MAX_LINES = 150
 RESULTS_MAX_BYTES = 40_000
 
