@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import posixpath
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, TypeVar
@@ -32,6 +33,11 @@ try:
     from fsspec.core import url_to_fs
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the archiving pipeline needs fsspec: pip install 'oml-archive[pipeline]'") from exc
+
+# fsspec warns on every S3 use, driver and workers alike, that an s3fs older than 0.5 is slow with
+# dask (which nothing here uses); with the pinned boto3 that is the s3fs pip installs, so a user
+# would read six lines of warning around every one-line error.
+warnings.filterwarnings("ignore", message="Your installed version of s3fs is very old", category=UserWarning)
 
 
 class StorageRefused(Exception):

@@ -16,7 +16,7 @@ from pipeline.archive.encoder import UnitEncoder, get_model
 from pipeline.archive.layout import UnitResult
 from pipeline.archive.plan import Failure, PlannedImage, Unit
 from pipeline.archive.progress import Progress
-from pipeline.archive.runner import ray_session, run_tasks
+from pipeline.archive.runner import cluster_checked, ray_session, run_tasks
 from pipeline.archive.schema import psnr_of
 from pipeline.walk import Unlisted
 
@@ -130,7 +130,13 @@ def run_compress(config: CompressConfig, encoder: Callable[[Unit], UnitResult] |
 
     Raises:
         ValueError: no inputs, or the output is an archive made with other settings.
+        ClusterError: a local path on a cluster of several nodes (without ``shared_path``).
     """
+    with cluster_checked(config.ray, {"--input": config.input, "--output": config.output}):
+        return _compress(config, encoder)
+
+
+def _compress(config: CompressConfig, encoder: Callable[[Unit], UnitResult] | None) -> CompressReport:
     root = storage.normalize(config.output)
     unlisted: list[Unlisted] = []
     if webdataset.is_webdataset(config.input):  # tar shards: one source per sample, its sidecars kept in its row

@@ -98,7 +98,10 @@ class RayConfig:
     (``None``: as many as the cluster's resources allow). ``resource_wait``: seconds to wait for an
     autoscaler to add a node that can run a task (CPUs and GPUs per worker) when none can yet; a
     request that no node and no node type can ever hold fails at once
-    (:func:`pipeline.archive.runner.placement`).
+    (:func:`pipeline.archive.runner.placement`). ``shared_path``: the user says that the local paths
+    given (input, output, sources) are the same storage on every node of the cluster (an NFS mount,
+    a shared volume); without it a cluster of several nodes refuses them
+    (:func:`pipeline.archive.runner.check_shared_paths`).
     """
 
     address: str | None = None
@@ -108,6 +111,7 @@ class RayConfig:
     gpus_per_worker: float = 0.0
     max_retries: int = 3
     resource_wait: float = 600.0
+    shared_path: bool = False
 
     def __post_init__(self) -> None:
         if self.num_workers is not None and self.num_workers < 1:

@@ -19,7 +19,7 @@ from pipeline.archive import layout, plan as planning
 from pipeline.archive.config import DecompressConfig, ModelConfig, RayConfig
 from pipeline.archive.decoder import DecodedImage, DecodeJob, ImageDecoder, TileSource, check_source
 from pipeline.archive.progress import Progress
-from pipeline.archive.runner import ray_session, run_tasks
+from pipeline.archive.runner import cluster_checked, ray_session, run_tasks
 from pipeline.walk import output_names
 
 
@@ -303,7 +303,13 @@ def run_decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], Deco
     Raises:
         ValueError: ``config.input`` is not an archive (or one of an older format), the selection
             matches nothing, or ``config.region`` is not one window inside one image.
+        ClusterError: a local path on a cluster of several nodes (without ``shared_path``).
     """
+    with cluster_checked(config.ray, {"--input": config.input, "--output": config.output, "--sources": config.sources}):
+        return _decompress(config, decoder)
+
+
+def _decompress(config: DecompressConfig, decoder: Callable[[DecodeJob], DecodedImage] | None) -> DecompressReport:
     root = storage.normalize(config.input)
     read = layout.read_plan(root)
     if read.plan is None:

@@ -17,6 +17,7 @@ temporary folder, for tests and tools that must act at those moments.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -116,13 +117,58 @@ def ray_session(cfg: RayConfig) -> Iterator[Any]:
         _forget_cached_token()  # a token this process loaded for an earlier session is not this cluster's
         try:
             with _keeping_sigterm():
-                ray.init(address=cfg.address, log_to_driver=True)
+                ray.init(address=cfg.address, log_to_driver=True, logging_level=logging.WARNING)  # no "Connecting to…" lines around an error
             yield ray
         finally:
             ray.shutdown()
         return
     with _local_ray(ray, cfg):
         yield ray
+
+
+def joins_cluster(cfg: RayConfig) -> bool:
+    """Whether the job runs on a Ray cluster (an address, ``RAY_ADDRESS``, or a Ray this process has
+    already joined) rather than on a local Ray it starts itself."""
+    ray = sys.modules.get("ray")
+    return bool(cfg.address or os.environ.get("RAY_ADDRESS")) or bool(ray is not None and ray.is_initialized())
+
+
+def check_shared_paths(ray: Any, cfg: RayConfig, locations: Mapping[str, str | None]) -> None:
+    """Refuse a local path (``locations``: flag → path or URI) on a cluster of several nodes, or one an
+    autoscaler may grow, unless ``cfg.shared_path`` says that every node mounts it at the same place:
+    each node's tasks would otherwise read and write their own disk there.
+
+    Raises:
+        ClusterError: such a path, in one line.
+    """
+    from pipeline import storage
+
+    local = [(flag, uri) for flag, uri in locations.items() if uri and storage.is_local(uri)]
+    if not local or cfg.shared_path:
+        return
+    nodes, _, autoscaling = cluster_view(ray)
+    if len(nodes) < 2 and not autoscaling:
+        return
+    flag, uri = local[0]
+    grows = " and an autoscaler that may add more" if autoscaling else ""
+    raise ClusterError(
+        f"{flag} {uri} is a path on this machine, but the Ray cluster has {len(nodes)} node{'s' * (len(nodes) != 1)}{grows}: "
+        "each node's tasks would read and write their own disk there; give an s3:// URI, "
+        "or add --shared-path if every node mounts that path at the same place (NFS, a shared volume)"
+    )
+
+
+@contextmanager
+def cluster_checked(cfg: RayConfig, locations: Mapping[str, str | None]) -> Iterator[None]:
+    """On a Ray cluster, join it now, before the job writes anything, and refuse local paths its nodes
+    do not share (:func:`check_shared_paths`); the job's own :func:`ray_session` then reuses this
+    connection. Without a cluster, nothing: a local Ray is one node, started when tasks need it."""
+    if not joins_cluster(cfg):
+        yield
+        return
+    with ray_session(cfg) as ray:
+        check_shared_paths(ray, cfg, locations)
+        yield
 
 
 @contextmanager

@@ -93,6 +93,11 @@ def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
         help="when no node of the cluster can run a task yet but its autoscaler can add one, wait this long for it (default 600); "
         "a request no node can ever hold fails at once",
     )  # fmt: skip
+    p.add_argument(
+        "--shared-path", action="store_true",
+        help="the local paths given are the same storage on every node of the Ray cluster (NFS, a shared volume); "
+        "without it a cluster of several nodes refuses local paths, since each node would use its own disk",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
@@ -123,7 +128,7 @@ def _compress_config(args: argparse.Namespace):
             args.quality or 3, args.steps, tuple(args.metric), args.tile, args.max_pixels or DEFAULT_MAX_PIXELS, args.lmbda,
             (target.kind, target.value) if target else None, args.refine, args.to_srgb, args.quick, args.metadata_limit,
         ),
-        ray=RayConfig(args.address, args.num_cpus, args.workers, args.cpus_per_worker, args.num_gpus, args.max_retries, args.resource_wait),
+        ray=RayConfig(args.address, args.num_cpus, args.workers, args.cpus_per_worker, args.num_gpus, args.max_retries, args.resource_wait, args.shared_path),
         **options,
         unit_tiles=args.unit_tiles,
         progress=not args.no_progress,
@@ -143,7 +148,7 @@ def _restore_config(args: argparse.Namespace):
         psnr_tolerance=args.psnr_tolerance,
         sources=args.sources,
         model=ModelConfig(weights=args.weights) if args.weights else None,
-        ray=RayConfig(args.address, args.num_cpus, args.workers, resource_wait=args.resource_wait),
+        ray=RayConfig(args.address, args.num_cpus, args.workers, resource_wait=args.resource_wait, shared_path=args.shared_path),
         progress=not args.no_progress,
         region=Region(*args.region) if args.region else None,
         band_tiles=args.band_tiles,
