@@ -83,10 +83,12 @@ def test_readme_is_short_and_starts_with_the_setup_commands():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES})"
     first_block = lines[lines.index("```bash") + 1 :][:2]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     assert [line.split("#")[0].strip() for line in first_block] == [
         "bash scripts/setup.sh && .venv/bin/python jobs/demo.py",
-        "bash scripts/setup.sh && .venv/bin/python -m pytest -q",  # what .ci/run runs
+        ci,  # the test command is what CI runs
     ]
+    assert ci.startswith("bash scripts/setup.sh && .venv/bin/python -m pytest -q") and "-m multinode" in ci
 
 
 def test_results_page_holds_todays_numbers_only():

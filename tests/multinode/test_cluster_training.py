@@ -1,0 +1,115 @@
+"""Training on Ray Train across the hosts of the namespace cluster (:mod:`tests.netcluster`): a worker
+node killed (its raylet, SIGKILL) mid-run, and the run goes on from its last checkpoint on the
+node left and finishes. Base training (``jobs/train_base.py --num-workers 2``) ends with the very
+state of a run that lost no node; meta-training (``jobs/metatrain.py``) ends at its last step.
+
+The run folders are on this machine's disk, which every host of the namespace cluster shares (as
+nodes of a real cluster share an NFS mount); each worker node has 2 CPUs, so the two workers fit
+on the node left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from oml.imageio import encode_png
+from oml.models.weights import load_training_state
+from tests.conftest import natural_image
+
+from .conftest import REPO, finish, wait_for
+
+pytestmark = pytest.mark.multinode
+pytest.importorskip("ray.train")
+
+
+def _data(folder: Path) -> Path:
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.png").write_bytes(encode_png(natural_image(96, 128, seed=i)))
+    return folder
+
+
+def _job(cluster, argv: list[str], log: Path) -> subprocess.Popen:
+    """A training job's driver on the head host, as `ray job submit` would run it there."""
+    env = {**cluster.ray_env, "RAY_ADDRESS": cluster.address}
+    with open(log, "wb") as out:
+        return subprocess.Popen(cluster.command(cluster.head, [sys.executable, *argv]), env=env, cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def _checkpointed(run_dir: Path) -> bool:
+    try:
+        return "step_" in (run_dir / "checkpoint_manager_snapshot.json").read_text()
+    except OSError:
+        return False
+
+
+def _kill_the_training_node(cluster, job: subprocess.Popen, log: Path, run_dir: Path):
+    """Once a checkpoint is registered, SIGKILL the raylet of a node that runs a training worker."""
+    wait_for(lambda: _checkpointed(run_dir), 300, "a checkpoint", job, log)
+    wait_for(lambda: any(cluster.busy(h, "ray::RayTrainWorker") for h in cluster.worker_hosts), 60, "a training worker", job, log)
+    victim = next(h for h in cluster.worker_hosts if cluster.busy(h, "ray::RayTrainWorker"))
+    assert job.poll() is None, "the run ended before the kill"
+    cluster.kill_raylet(victim)
+    return victim
+
+
+def _starts(out: Path) -> list[int]:
+    return [row["step"] for row in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if row.get("event") == "start"]
+
+
+def test_base_training_survives_a_worker_node_killed(nodes, tmp_path):
+    data = _data(tmp_path / "data")
+
+    def argv(out: Path) -> list[str]:
+        return [str(REPO / "jobs" / "train_base.py"), "--num-workers", "2", "--max-failures", "1", "--data-dir", str(data), "--out-dir", str(out),
+                "--steps", "30", "--batch", "4", "--crop", "64", "--N", "16", "--M", "24", "--warmup", "3", "--holdout-every", "0",
+                "--log-every", "1", "--ckpt-every", "2", "--threads", "1"]  # fmt: skip
+
+    plain_log = tmp_path / "plain.log"
+    plain = _job(nodes, argv(tmp_path / "plain"), plain_log)
+    output = finish(plain, plain_log)
+    assert plain.returncode == 0, output[-3000:]
+
+    log = tmp_path / "killed.log"
+    job = _job(nodes, argv(tmp_path / "killed"), log)
+    victim = _kill_the_training_node(nodes, job, log, tmp_path / "killed")
+    output = finish(job, log)
+    assert job.returncode == 0, output[-3000:]
+    assert victim.ip not in nodes.alive_ips()
+    starts = _starts(tmp_path / "killed")
+    assert len(starts) == 2 and starts[0] == 0 and 2 <= starts[1] < 30, starts  # went on from a checkpoint, not from scratch
+    a, b = (load_training_state(tmp_path / name / "last.pt") for name in ("plain", "killed"))
+    assert a.step == b.step == 30
+    for part in ("model", "ema"):
+        x, y = getattr(a, part), getattr(b, part)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), part
+
+
+def test_meta_training_survives_a_worker_node_killed(nodes, tmp_path):
+    from oml.models.weights import load_meta_state
+
+    data = _data(tmp_path / "data")
+    store, name, steps = tmp_path / "store", "cluster", 60
+    argv = [str(REPO / "jobs" / "metatrain.py"), "--no-pretrained", "--data-dir", str(data), "--crop", "64", "--batch", "1",
+            "--tasks-per-step", "1", "--steps", str(steps), "--ckpt-every", "5", "--report-every", "5", "--num-workers", "2",
+            "--mode", "maml2", "--storage-path", str(store), "--name", name]  # fmt: skip
+    log = tmp_path / "meta.log"
+    job = _job(nodes, argv, log)
+    victim = _kill_the_training_node(nodes, job, log, store / name)
+    output = finish(job, log)
+    assert job.returncode == 0, output[-3000:]
+    assert victim.ip not in nodes.alive_ips()
+    resumed = {int(s) for s in __import__("re").findall(r"resumed from step (\d+)", output)}
+    assert resumed and min(resumed) > 0, output[-3000:]  # the restarted workers went on from a checkpoint
+    final = load_meta_state(sorted((store / name).glob("step_*"))[-1] / "meta_state.pt")
+    assert final.step == steps
+    rows = [json.loads(line) for line in (store / name / "oml-default-meta-maml2.log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, steps + 1))  # every step once
+    assert os.path.exists(store / name / "oml-default-meta-maml2.pt")
