@@ -9,6 +9,8 @@ same collection (Kodak, ``--copies`` times, from and to S3, default effort, unit
 times, alternating, each run into a fresh prefix; the rate is tiles per second of the job's coding
 (``last_run`` of summary.json: from joining the cluster to the last unit, so each node's worker
 start-up and model load are in it), and the ratio is the median of 2 nodes over the median of 1.
+Then, as a control, the same images coded by `oml compress` without Ray or S3: one process pinned to
+one core against two at once on two cores (the most two nodes can give on this machine).
 Needs at least 2 cores; anything else running on them (a training run) makes the ratio lower.
 """
 
@@ -27,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.netcluster import BIN, NetCluster, unavailable  # noqa: E402
+from tests.netcluster import BIN, NetCluster, sweep, unavailable  # noqa: E402
 
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
 BUCKET = "oml-bench"
@@ -65,6 +67,37 @@ def _archive(cluster: NetCluster, source: str, output: str, effort: str, images:
     return {"seconds": last["seconds"], "tiles": last["tiles"], "tiles_per_second": last["tiles_per_second"], "driver_wall_s": round(wall, 2)}
 
 
+def _machine_ceiling(images: list[Path], effort: str, scratch: Path) -> dict:
+    """The same coding without Ray or S3: `oml compress` of the images in one process pinned to one
+    core, against two processes at once, each pinned to its own core with half of them; the ratio
+    is what this machine's two cores give two CPU-bound coders, the most two nodes can give here."""
+    halves = [images[0::2], images[1::2]]
+    for i, half in enumerate(halves):
+        folder = scratch / f"half{i}"
+        folder.mkdir(parents=True)
+        for path in half:
+            (folder / path.name).symlink_to(path.resolve())
+    whole = scratch / "whole"
+    whole.mkdir()
+    for path in images:
+        (whole / path.name).symlink_to(path.resolve())
+
+    def coders(jobs: list[tuple[str, Path]]) -> float:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        start = time.perf_counter()
+        running = [subprocess.Popen(["taskset", "-c", core, str(BIN / "oml"), "compress", str(folder), "-o", str(folder) + "-coded",
+                                     "--effort", effort, "--quality", "3"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                   for core, folder in jobs]  # fmt: skip
+        for p in running:
+            if p.wait() != 0:
+                raise SystemExit(f"oml compress failed: {p.stderr.read().decode()[-2000:]}")
+        return time.perf_counter() - start
+
+    one = coders([("0", whole)])
+    two = coders([("0", scratch / "half0"), ("1", scratch / "half1")])
+    return {"one_process_s": round(one, 2), "two_processes_s": round(two, 2), "ratio": one / two}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=24, help="Kodak images to archive (default 24)")
@@ -73,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--effort", default="default", choices=("fast", "default", "archival"))
     p.add_argument("--repeats", type=int, default=2, help="runs per cluster, alternating (default 2)")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--no-control", action="store_true", help="skip the machine's own two-core ratio (oml compress, no Ray)")
     args = p.parse_args(argv)
     why = unavailable()
     if why:
         raise SystemExit(f"bench/nodes.py: {why}")
     from moto.server import ThreadedMotoServer
+
+    sweep()  # what a killed earlier run left
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     images = sorted(KODAK.glob("*.png"))[: args.images]
@@ -104,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
             cluster.close()
             server.stop()
     rate = {n: statistics.median(r["tiles_per_second"] for r in runs[n]) for n in runs}
+    control = None
+    if not args.no_control:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            control = _machine_ceiling(images, args.effort, Path(scratch))
+        print(f"this machine, without Ray: two pinned coders {control['ratio']:.2f}x one", flush=True)
     result = {
         "command": "python bench/nodes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "what": "oml archive of Kodak (copies under other folders) from and to S3 (moto), quality 3, on a namespace cluster: 1 then 2 worker nodes of one pinned CPU each",
@@ -114,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {str(n): runs[n] for n in runs},
         "tiles_per_second": {str(n): rate[n] for n in rate},
         "ratio_2_over_1": rate[2] / rate[1],
+        "machine_two_core_ratio": control,
         "cpus": os.cpu_count(),
         "load_average_after": os.getloadavg(),
     }

@@ -12,8 +12,11 @@ Connects to the Ray cluster in RAY_ADDRESS, or starts a local one.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from oml.meta import MetaMode
+from oml.names import ModelUnavailableError
+from pipeline.archive.runner import ClusterError
 from pipeline.training.args import add_config_arguments
 from pipeline.training.meta import MetaTrainConfig, run_metatrain, run_metatrain_here
 
@@ -30,6 +33,8 @@ HELP = {
     "storage_path": "checkpoints go to STORAGE_PATH/NAME (local or s3://); re-running the same command resumes",
     "output": "weights file to write (default: STORAGE_PATH/NAME/<model>-meta-<mode>.pt)",
     "report_every": "steps per ray.train.report (every step is in the metric log)",
+    "shared_path": "local --data-dir, --storage-path and --weights are the same storage on every node of the Ray cluster "
+    "(NFS, a shared volume); without it a cluster of several nodes refuses them",
     "ray": "run on Ray Train; --no-ray: one worker in this process, on the GPU with --use-gpu, without checkpoints "
     "(a GPU machine without Ray; the same result as a one-worker Ray run)",
 }
@@ -43,8 +48,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    cfg = MetaTrainConfig(**vars(args))
-    result = (run_metatrain if cfg.ray else run_metatrain_here)(cfg)
+    try:
+        cfg = MetaTrainConfig(**vars(args))
+        result = (run_metatrain if cfg.ray else run_metatrain_here)(cfg)
+    except (OSError, ValueError, ModelUnavailableError, ClusterError) as exc:
+        print(f"metatrain: {exc}", file=sys.stderr)
+        return 2
     print(f"step {result.step}: weights {result.weights}, log {result.log}")
     return 0
 

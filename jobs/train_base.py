@@ -31,6 +31,7 @@ import dataclasses
 import sys
 
 from oml.names import ModelUnavailableError
+from pipeline.archive.runner import ClusterError
 from pipeline.training.args import add_config_arguments
 from pipeline.training.base import BaseTrainConfig, run_base_training
 from pipeline.training.ddp import ScaleConfig, run_distributed_training
@@ -68,6 +69,8 @@ HELP = {
     "use_gpu": "one GPU per Ray Train worker (with --num-workers)",
     "address": "Ray cluster to run the workers on (empty: the one in RAY_ADDRESS, else a local Ray)",
     "max_failures": "restarts from the latest checkpoint after a worker fails (with --num-workers)",
+    "shared_path": "local --data-dir, --out-dir and --init are the same storage on every node of the Ray cluster (NFS, a shared volume); "
+    "without it a cluster of several nodes refuses them",
 }
 
 
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = BaseTrainConfig(**{k: v for k, v in args.items() if k not in scaling})
         scale = ScaleConfig(**{k: v for k, v in args.items() if k in scaling})
         print(run_distributed_training(cfg, scale) if scale.num_workers else run_base_training(cfg))
-    except (OSError, ValueError, ModelUnavailableError) as exc:
+    except (OSError, ValueError, ModelUnavailableError, ClusterError) as exc:
         print(f"train_base: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -118,6 +118,7 @@ class NetCluster:
         self.bridge_ip = f"{self.subnet}.1"
         self.bridge = f"{self.name}b"
         self.root = tempfile.mkdtemp(prefix=f"{self.name}-", dir="/tmp")  # short: Ray's socket paths stay under 108 bytes
+        Path(self.root, "owner").write_text(str(os.getpid()))  # for sweep(), should this process die without close()
         token = Path(self.root, "auth_token")
         token.write_text(secrets.token_hex(32))
         self.token = token.read_text()
@@ -333,6 +334,34 @@ class NetCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def sweep() -> list[str]:
+    """Remove what clusters of processes that died without :meth:`NetCluster.close` (SIGKILL) left:
+    their namespaces and everything running in them, veths, bridges, folders. Returns their names."""
+    swept = []
+    for root in Path("/tmp").glob("omlc*-*"):
+        try:
+            owner = int((root / "owner").read_text())
+        except (OSError, ValueError):
+            continue
+        if Path(f"/proc/{owner}").exists():
+            continue
+        name = root.name.split("-", 1)[0]
+        for netns in [n for n in _ip("netns", "list", check=False).stdout.split() if n.startswith(name)]:
+            for pid in _ip("netns", "pids", netns, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            _ip("netns", "delete", netns, check=False)
+        for line in _ip("-o", "link", check=False).stdout.splitlines():
+            link = line.split(":")[1].strip().split("@")[0]
+            if link.startswith(name):
+                _ip("link", "delete", link, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+        swept.append(name)
+    return swept
 
 
 def _pgrep(pattern: str) -> list[int]:

@@ -133,10 +133,10 @@ def joins_cluster(cfg: RayConfig) -> bool:
     return bool(cfg.address or os.environ.get("RAY_ADDRESS")) or bool(ray is not None and ray.is_initialized())
 
 
-def check_shared_paths(ray: Any, cfg: RayConfig, locations: Mapping[str, str | None]) -> None:
+def check_shared_paths(ray: Any, locations: Mapping[str, str | None], shared: bool = False) -> None:
     """Refuse a local path (``locations``: flag → path or URI) on a cluster of several nodes, or one an
-    autoscaler may grow, unless ``cfg.shared_path`` says that every node mounts it at the same place:
-    each node's tasks would otherwise read and write their own disk there.
+    autoscaler may grow, unless ``shared`` says that every node mounts it at the same place (the
+    jobs' ``--shared-path``): each node's tasks would otherwise read and write their own disk there.
 
     Raises:
         ClusterError: such a path, in one line.
@@ -144,7 +144,7 @@ def check_shared_paths(ray: Any, cfg: RayConfig, locations: Mapping[str, str | N
     from pipeline import storage
 
     local = [(flag, uri) for flag, uri in locations.items() if uri and storage.is_local(uri)]
-    if not local or cfg.shared_path:
+    if not local or shared:
         return
     nodes, _, autoscaling = cluster_view(ray)
     if len(nodes) < 2 and not autoscaling:
@@ -167,7 +167,7 @@ def cluster_checked(cfg: RayConfig, locations: Mapping[str, str | None]) -> Iter
         yield
         return
     with ray_session(cfg) as ray:
-        check_shared_paths(ray, cfg, locations)
+        check_shared_paths(ray, locations, cfg.shared_path)
         yield
 
 

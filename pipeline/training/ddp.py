@@ -62,12 +62,14 @@ class ScaleConfig:
     """Where base training runs: in this process (``num_workers`` 0) or on that many Ray Train
     workers, on GPUs with ``use_gpu``, on the cluster at ``address`` (else the one in
     ``RAY_ADDRESS``, else a local Ray), restarted from the latest checkpoint up to ``max_failures``
-    times."""
+    times. ``shared_path``: local paths are the same storage on every node (else refused on a
+    cluster of several nodes)."""
 
     num_workers: int = 0
     use_gpu: bool = False
     address: str = ""
     max_failures: int = 2
+    shared_path: bool = False
 
     def __post_init__(self) -> None:
         if self.num_workers < 0 or self.max_failures < 0:
@@ -245,7 +247,9 @@ def run_distributed_training(cfg: BaseTrainConfig, scale: ScaleConfig) -> str:
     if scale.address and not ray.is_initialized():
         ray.init(address=scale.address)
     loop_config = {"train": dataclasses.asdict(cfg), "start": start, "log": earlier_log, "began": time.time()}
-    result = fit(_train_loop, loop_config, name=name, storage_path=storage_path, num_workers=scale.num_workers, use_gpu=scale.use_gpu, max_failures=scale.max_failures)
+    paths = {"--data-dir": cfg.data_dir, "--out-dir": cfg.out_dir, "--init": start or None}
+    result = fit(_train_loop, loop_config, name=name, storage_path=storage_path, num_workers=scale.num_workers, use_gpu=scale.use_gpu,
+                 max_failures=scale.max_failures, paths=paths, shared_path=scale.shared_path)  # fmt: skip
     with result.checkpoint.as_directory() as folder:
         state_bytes, log_bytes = (Path(folder) / STATE_FILE).read_bytes(), (Path(folder) / LOG_FILE).read_bytes()
     last = storage.join(cfg.out_dir, STATE_FILE)

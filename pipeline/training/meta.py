@@ -93,6 +93,7 @@ class MetaTrainConfig:
     ckpt_every: int = 50
     report_every: int = 10
     max_failures: int = 2
+    shared_path: bool = False
 
     def __post_init__(self) -> None:
         MetaMode(self.mode)
@@ -324,7 +325,9 @@ def run_metatrain(cfg: MetaTrainConfig) -> MetaTrainResult:
     # Fail here, before any worker starts, on a missing base model or data folder.
     model = load_base_model(cfg)
     storage.list_images(cfg.data_dir)
-    result = fit(_train_loop, dataclasses.asdict(cfg), name=cfg.name, storage_path=cfg.storage_path, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, max_failures=cfg.max_failures)
+    paths = {"--data-dir": cfg.data_dir, "--storage-path": cfg.storage_path, "--weights": cfg.weights or None}  # the driver writes --output
+    result = fit(_train_loop, dataclasses.asdict(cfg), name=cfg.name, storage_path=cfg.storage_path, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                 max_failures=cfg.max_failures, paths=paths, shared_path=cfg.shared_path)  # fmt: skip
     with result.checkpoint.as_directory() as folder:
         state = load_meta_state(Path(folder) / STATE_FILE)
     log = _write_outputs(model, state.as_dict(), cfg.output, base_trained_steps(cfg))

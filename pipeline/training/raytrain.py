@@ -13,7 +13,7 @@ Ray is imported inside the functions: importing this module starts nothing.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -58,15 +58,29 @@ def report_checkpoint(metrics: dict, step: int, write: Callable[[Path], None] | 
         ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"step_{step:08d}")
 
 
-def fit(loop: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str, num_workers: int, use_gpu: bool, max_failures: int):
+def fit(
+    loop: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str, num_workers: int, use_gpu: bool, max_failures: int,
+    paths: Mapping[str, str | None] | None = None, shared_path: bool = False,
+):
     """Run ``loop(loop_config)`` on ``num_workers`` Ray Train workers (one GPU each with ``use_gpu``)
     and return the :class:`ray.train.Result`, whose ``checkpoint`` is the latest one.
 
+    ``paths`` (flag → path or URI, default ``storage_path`` alone): what the workers read and write;
+    on a cluster of several nodes a local one is refused unless ``shared_path`` says every node mounts it.
+
     Raises:
         RuntimeError: the run ended without a checkpoint.
+        ClusterError: a local path on a cluster of several nodes (without ``shared_path``).
     """
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from pipeline.archive.runner import check_shared_paths
+
+    if not ray.is_initialized():
+        ray.init()  # the cluster in RAY_ADDRESS, else a local Ray: what the trainer would start
+    check_shared_paths(ray, paths if paths is not None else {"--storage-path": storage_path}, shared_path)
 
     trainer = TorchTrainer(
         loop,

@@ -25,6 +25,7 @@ def cluster():
         pytest.skip(f"no namespace cluster here: {why}")
     moto_server = pytest.importorskip("moto.server")
     s3fs = pytest.importorskip("s3fs")
+    netcluster.sweep()  # what a killed earlier run left
     made = netcluster.NetCluster(workers=2, cpus=2)
     server = None
     try:

@@ -4,8 +4,8 @@ node left and finishes. Base training (``jobs/train_base.py --num-workers 2``) e
 state of a run that lost no node; meta-training (``jobs/metatrain.py``) ends at its last step.
 
 The run folders are on this machine's disk, which every host of the namespace cluster shares (as
-nodes of a real cluster share an NFS mount); each worker node has 2 CPUs, so the two workers fit
-on the node left."""
+nodes of a real cluster share an NFS mount): the jobs are told so with ``--shared-path``, and
+refuse those paths without it. Each worker node has 2 CPUs, so the two workers fit on the node left."""
 
 from __future__ import annotations
 
@@ -70,7 +70,14 @@ def test_base_training_survives_a_worker_node_killed(nodes, tmp_path):
     def argv(out: Path) -> list[str]:
         return [str(REPO / "jobs" / "train_base.py"), "--num-workers", "2", "--max-failures", "1", "--data-dir", str(data), "--out-dir", str(out),
                 "--steps", "30", "--batch", "4", "--crop", "64", "--N", "16", "--M", "24", "--warmup", "3", "--holdout-every", "0",
-                "--log-every", "1", "--ckpt-every", "2", "--threads", "1"]  # fmt: skip
+                "--log-every", "1", "--ckpt-every", "2", "--threads", "1", "--shared-path"]  # fmt: skip
+
+    refused_log = tmp_path / "refused.log"
+    refused = _job(nodes, argv(tmp_path / "refused")[:-1], refused_log)
+    output = finish(refused, refused_log)
+    lines = [line for line in output.splitlines() if line.strip() and "FutureWarning" not in line and "warnings.warn" not in line]
+    assert refused.returncode == 2 and lines[-1].startswith("train_base: --data-dir") and "--shared-path" in lines[-1], output[-3000:]
+    assert not (tmp_path / "refused").exists()
 
     plain_log = tmp_path / "plain.log"
     plain = _job(nodes, argv(tmp_path / "plain"), plain_log)
@@ -99,7 +106,7 @@ def test_meta_training_survives_a_worker_node_killed(nodes, tmp_path):
     store, name, steps = tmp_path / "store", "cluster", 60
     argv = [str(REPO / "jobs" / "metatrain.py"), "--no-pretrained", "--data-dir", str(data), "--crop", "64", "--batch", "1",
             "--tasks-per-step", "1", "--steps", str(steps), "--ckpt-every", "5", "--report-every", "5", "--num-workers", "2",
-            "--mode", "maml2", "--storage-path", str(store), "--name", name]  # fmt: skip
+            "--mode", "maml2", "--storage-path", str(store), "--name", name, "--shared-path"]  # fmt: skip
     log = tmp_path / "meta.log"
     job = _job(nodes, argv, log)
     victim = _kill_the_training_node(nodes, job, log, store / name)
