@@ -2,7 +2,7 @@
 
     python bench/nodes.py --json docs/data/nodes.json          # as root (network namespaces)
 
-A cluster of hosts in network namespaces on this machine (:mod:`tests.netcluster`): a Ray head
+A cluster of hosts in network namespaces on one computer (:mod:`tests.netcluster`): a Ray head
 (no CPUs; the job's driver runs there) and 1, then 2 worker nodes of one Ray CPU each, every worker
 node pinned to a core of its own (``taskset``), all reaching a moto S3 endpoint on the bridge. The
 same collection (Kodak, ``--copies`` times, from and to S3, default effort, units of ``--unit-tiles``) is archived by each cluster ``--repeats``
@@ -10,7 +10,7 @@ times, alternating, each run into a fresh prefix; the rate is tiles per second o
 (``last_run`` of summary.json: from joining the cluster to the last unit, so each node's worker
 start-up and model load are in it), and the ratio is the median of 2 nodes over the median of 1.
 Then, as a control, the same images coded by `oml compress` without Ray or S3: one process pinned to
-one core against two at once on two cores (the most two nodes can give on this machine).
+one core against two at once on two cores (the most two nodes can give on that computer).
 Needs at least 2 cores; anything else running on them (a training run) makes the ratio lower.
 """
 
@@ -70,7 +70,7 @@ def _archive(cluster: NetCluster, source: str, output: str, effort: str, images:
 def _machine_ceiling(images: list[Path], effort: str, scratch: Path) -> dict:
     """The same coding without Ray or S3: `oml compress` of the images in one process pinned to one
     core, against two processes at once, each pinned to its own core with half of them; the ratio
-    is what this machine's two cores give two CPU-bound coders, the most two nodes can give here."""
+    is what two cores give two CPU-bound coders there, the most two nodes can give."""
     halves = [images[0::2], images[1::2]]
     for i, half in enumerate(halves):
         folder = scratch / f"half{i}"
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory() as scratch:
             control = _machine_ceiling(images, args.effort, Path(scratch))
-        print(f"this machine, without Ray: two pinned coders {control['ratio']:.2f}x one", flush=True)
+        print(f"control, without Ray: two pinned coders {control['ratio']:.2f}x one", flush=True)
     result = {
         "command": "python bench/nodes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "what": "oml archive of Kodak (copies under other folders) from and to S3 (moto), quality 3, on a namespace cluster: 1 then 2 worker nodes of one pinned CPU each",

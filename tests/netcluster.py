@@ -1,10 +1,10 @@
 """A Ray cluster of several hosts on one machine, for the ``multinode`` tests and ``bench/nodes.py``.
 
-Each host is a network namespace of its own (``ip netns``), joined to a bridge in this machine's
+Each host is a network namespace of its own (``ip netns``), joined to a bridge in the root
 namespace by a veth pair, with an address on a /24 of the test's choosing: one head (``ray start
 --head``, no CPUs: the job drivers run there and no task does) and worker nodes (``ray start
---address``). This machine's own namespace holds the bridge's address, where the tests' S3 endpoint
-(moto) listens: the storage every host reaches. The hosts share this machine's file system, as
+--address``). The root namespace holds the bridge's address, where the tests' S3 endpoint
+(moto) listens: the storage every host reaches. The hosts share one file system, as
 hosts with an NFS mount would; their networks and Ray processes are their own, so a node can be
 killed (its raylet, SIGKILL) or cut off (its veth taken down) alone.
 
@@ -166,7 +166,7 @@ class NetCluster:
         return self
 
     def make_network(self) -> None:
-        """The bridge (this machine's end: :attr:`bridge_ip`) and a namespace per host."""
+        """The bridge (the root namespace's end: :attr:`bridge_ip`) and a namespace per host."""
         _ip("link", "add", self.bridge, "type", "bridge")
         self._made_bridge = True
         _ip("addr", "add", f"{self.bridge_ip}/24", "dev", self.bridge)
@@ -199,7 +199,7 @@ class NetCluster:
     # --- what the head says --------------------------------------------------------------------
 
     def api(self, path: str, timeout: float = 5.0) -> dict:
-        """GET the head's dashboard API (from this machine's namespace, across the bridge)."""
+        """GET the head's dashboard API (from the root namespace, across the bridge)."""
         request = urllib.request.Request(f"http://{self.head.ip}:{DASHBOARD_PORT}{path}", headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.load(answer)

@@ -152,7 +152,7 @@ def check_shared_paths(ray: Any, locations: Mapping[str, str | None], shared: bo
     flag, uri = local[0]
     grows = " and an autoscaler that may add more" if autoscaling else ""
     raise ClusterError(
-        f"{flag} {uri} is a path on this machine, but the Ray cluster has {len(nodes)} node{'s' * (len(nodes) != 1)}{grows}: "
+        f"{flag} {uri} is a local path, but the Ray cluster has {len(nodes)} node{'s' * (len(nodes) != 1)}{grows}: "
         "each node's tasks would read and write their own disk there; give an s3:// URI, "
         "or add --shared-path if every node mounts that path at the same place (NFS, a shared volume)"
     )

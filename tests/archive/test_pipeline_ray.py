@@ -290,15 +290,20 @@ def test_a_ray_start_cluster_refuses_at_once_and_an_autoscaled_one_waits_as_long
     )
     subprocess.run([sys.executable, "-c", report], env=ray_head["env"], check=True, timeout=60)
 
-    run, seconds = archive("--num-gpus", "1", "--resource-wait", "3")
+    # a cluster that may grow refuses local paths; this one's nodes would all be this host, so say so
+    run, _ = archive("--num-gpus", "1", "--resource-wait", "3")
+    assert run.returncode == 2 and "an autoscaler that may add more" in run.stderr and "--shared-path" in run.stderr, run.stderr[-2000:]
+    assert "waiting" not in run.stderr
+
+    run, seconds = archive("--num-gpus", "1", "--resource-wait", "3", "--shared-path")
     assert run.returncode == 2, run.stderr[-2000:]
     assert "waiting up to 3 s" in run.stderr and "joined the Ray cluster within 3 s" in run.stderr.splitlines()[-1], run.stderr[-2000:]
-    run, _ = archive("--num-gpus", "2", "--resource-wait", "600")
+    run, _ = archive("--num-gpus", "2", "--resource-wait", "600", "--shared-path")
     assert run.returncode == 2 and "no node type its autoscaler may start has them" in run.stderr, run.stderr[-2000:]
     assert "waiting" not in run.stderr
 
     job = subprocess.Popen([sys.executable, "jobs/compress.py", "--input", str(inp), "--output", str(tmp_path / "arch"), *FAST,
-                            "--address", ray_head["address"], "--cpus-per-worker", "4", "--resource-wait", "300"],
+                            "--address", ray_head["address"], "--cpus-per-worker", "4", "--resource-wait", "300", "--shared-path"],
                            env=ray_head["env"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         said = ""

@@ -3,7 +3,7 @@ node killed (its raylet, SIGKILL) mid-run, and the run goes on from its last che
 node left and finishes. Base training (``jobs/train_base.py --num-workers 2``) ends with the very
 state of a run that lost no node; meta-training (``jobs/metatrain.py``) ends at its last step.
 
-The run folders are on this machine's disk, which every host of the namespace cluster shares (as
+The run folders are on the local disk, which every host of the namespace cluster shares (as
 nodes of a real cluster share an NFS mount): the jobs are told so with ``--shared-path``, and
 refuse those paths without it. Each worker node has 2 CPUs, so the two workers fit on the node left."""
 
