@@ -59,6 +59,16 @@ def natural_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def png_folder(folder: Path, count: int, height: int, width: int) -> Path:
+    """``folder`` made with ``count`` PNGs ``0.png`` … of :func:`natural_image` (seeds 0 …)."""
+    from oml.imageio import encode_png
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        (folder / f"{i}.png").write_bytes(encode_png(natural_image(height, width, seed=i)))
+    return folder
+
+
 @contextmanager
 def _mounts(tmp_path: Path, name: str, why: str):
     """``mount(*argv)``: runs ``mount *argv POINT`` on a fresh folder ``tmp_path/NAMEi`` and returns

@@ -82,8 +82,7 @@ class Host:
     cpu_set: str | None = None
 
     def pids(self) -> list[int]:
-        out = _ip("netns", "pids", self.netns, check=False).stdout.split()
-        return [int(p) for p in out if p.isdigit()]
+        return _netns_pids(self.netns)
 
     def processes(self) -> dict[int, str]:
         """pid → command line of every process in this host's namespace."""
@@ -132,7 +131,6 @@ class NetCluster:
             **self.env,
         }
         self.hosts: dict[str, Host] = {}
-        self._made_bridge = False
 
     # --- hosts -------------------------------------------------------------------------------
 
@@ -168,7 +166,6 @@ class NetCluster:
     def make_network(self) -> None:
         """The bridge (the root namespace's end: :attr:`bridge_ip`) and a namespace per host."""
         _ip("link", "add", self.bridge, "type", "bridge")
-        self._made_bridge = True
         _ip("addr", "add", f"{self.bridge_ip}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         self._add_host("head", 1, 0)
@@ -288,16 +285,7 @@ class NetCluster:
             time.sleep(1)
 
     def _stop_host(self, host: Host) -> None:
-        for _ in range(20):
-            pids = [p for p in host.pids() if p != os.getpid()]
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
+        _kill_all(host.netns)
         if host.ray is not None:
             try:
                 host.ray.wait(10)
@@ -306,24 +294,15 @@ class NetCluster:
 
     def close(self) -> None:
         """Remove everything this cluster made, whatever state it is in."""
-        for host in reversed(list(self.hosts.values())):
-            try:
+        try:
+            for host in reversed(list(self.hosts.values())):
                 self._stop_host(host)
-            finally:
-                _ip("netns", "delete", host.netns, check=False)
-                _ip("link", "delete", host.veth, check=False)
-        if self._made_bridge:
-            _ip("link", "delete", self.bridge, check=False)
-        shutil.rmtree(self.root, ignore_errors=True)
+        finally:
+            _remove(self.name, self.root)
 
     def leftovers(self) -> list[str]:
         """What of this cluster is still on the machine (empty after :meth:`close`)."""
-        left = [n for n in _ip("netns", "list", check=False).stdout.split() if n.startswith(self.name)]
-        left += [line.split(":")[1].strip().split("@")[0] for line in _ip("-o", "link", check=False).stdout.splitlines() if f" {self.name}" in line]
-        left += [f"pid {p}" for p in _pgrep(self.root)]
-        if os.path.exists(self.root):
-            left.append(self.root)
-        return left
+        return leftovers(self.name)
 
     def __enter__(self) -> NetCluster:
         try:
@@ -348,20 +327,56 @@ def sweep() -> list[str]:
         if Path(f"/proc/{owner}").exists():
             continue
         name = root.name.split("-", 1)[0]
-        for netns in [n for n in _ip("netns", "list", check=False).stdout.split() if n.startswith(name)]:
-            for pid in _ip("netns", "pids", netns, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            _ip("netns", "delete", netns, check=False)
-        for line in _ip("-o", "link", check=False).stdout.splitlines():
-            link = line.split(":")[1].strip().split("@")[0]
-            if link.startswith(name):
-                _ip("link", "delete", link, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        _remove(name, str(root))
         swept.append(name)
     return swept
+
+
+def leftovers(name: str) -> list[str]:
+    """What of the cluster ``name`` is on the machine: namespaces, links, the processes in those
+    namespaces or naming its folder, its folder."""
+    spaces = _named(_ip("netns", "list", check=False).stdout.split(), name)
+    left = spaces + _named(_links(), name)
+    left += [f"pid {p}" for netns in spaces for p in _netns_pids(netns)]
+    roots = [str(p) for p in Path("/tmp").glob(f"{name}-*")]
+    left += [f"pid {p}" for root in roots for p in _pgrep(root)]
+    return left + roots
+
+
+def _remove(name: str, root: str) -> None:
+    """Stop every process in the namespaces of the cluster ``name``, delete them, its links, its folder."""
+    for netns in _named(_ip("netns", "list", check=False).stdout.split(), name):
+        _kill_all(netns)
+        _ip("netns", "delete", netns, check=False)
+    for link in _named(_links(), name):  # veths outlive their namespace's end while a process holds it
+        _ip("link", "delete", link, check=False)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _named(names: list[str], name: str) -> list[str]:
+    return [n for n in names if n.startswith(name)]
+
+
+def _links() -> list[str]:
+    return [line.split(":")[1].strip().split("@")[0] for line in _ip("-o", "link", check=False).stdout.splitlines()]
+
+
+def _netns_pids(netns: str) -> list[int]:
+    return [int(p) for p in _ip("netns", "pids", netns, check=False).stdout.split() if p.isdigit()]
+
+
+def _kill_all(netns: str) -> None:
+    """SIGKILL every process in ``netns`` until none is left (a dying raylet may still start one)."""
+    for _ in range(20):
+        pids = [p for p in _netns_pids(netns) if p != os.getpid()]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
 
 
 def _pgrep(pattern: str) -> list[int]:

@@ -71,10 +71,15 @@ def oml(cluster, *argv: str, timeout: float = 600) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def start_oml(cluster, log: Path, *argv: str) -> subprocess.Popen:
+def start_on_head(cluster, log: Path, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``argv`` started on the head host (output to ``log``), as a job driver there would run."""
     with open(log, "wb") as out:
-        return subprocess.Popen(cluster.command(cluster.head, [str(netcluster.BIN / "oml"), *argv]), env=cluster.ray_env, cwd=REPO,
+        return subprocess.Popen(cluster.command(cluster.head, argv), env={**cluster.ray_env, **(env or {})}, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def start_oml(cluster, log: Path, *argv: str) -> subprocess.Popen:
+    return start_on_head(cluster, log, [str(netcluster.BIN / "oml"), *argv])
 
 
 def finish(job: subprocess.Popen, log: Path, timeout: float = 600) -> str:

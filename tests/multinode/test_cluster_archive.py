@@ -11,7 +11,7 @@ import time
 import pytest
 
 from oml.imageio import encode_png
-from tests.conftest import natural_image
+from tests.conftest import natural_image, png_folder
 
 from .conftest import BUCKET, finish, oml, start_oml
 
@@ -127,10 +127,7 @@ def test_restore_survives_a_worker_node_killed_mid_job(nodes, reference, tmp_pat
 
 
 def test_local_paths_are_refused_on_a_cluster_unless_shared(cluster, tmp_path):
-    source = tmp_path / "photos"
-    source.mkdir()
-    for i in range(2):
-        (source / f"{i}.png").write_bytes(encode_png(natural_image(64, 64, seed=i)))
+    source = png_folder(tmp_path / "photos", 2, 64, 64)
     archive = tmp_path / "archive"
     start = time.monotonic()
     refused = oml(cluster, *archive_args(cluster, str(source), str(archive)))

@@ -18,29 +18,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from oml.imageio import encode_png
 from oml.models.weights import load_training_state
-from tests.conftest import natural_image
+from tests.conftest import png_folder
+from tests.training.test_train_ddp import _starts
 
-from .conftest import REPO, finish, wait_for
+from .conftest import REPO, finish, start_on_head, wait_for
 
 pytestmark = pytest.mark.multinode
 pytest.importorskip("ray.train")
 
 
-def _data(folder: Path) -> Path:
-    folder.mkdir()
-    for i in range(4):
-        (folder / f"{i}.png").write_bytes(encode_png(natural_image(96, 128, seed=i)))
-    return folder
-
-
 def _job(cluster, argv: list[str], log: Path) -> subprocess.Popen:
     """A training job's driver on the head host, as `ray job submit` would run it there."""
-    env = {**cluster.ray_env, "RAY_ADDRESS": cluster.address}
-    with open(log, "wb") as out:
-        return subprocess.Popen(cluster.command(cluster.head, [sys.executable, *argv]), env=env, cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return start_on_head(cluster, log, [sys.executable, *argv], {"RAY_ADDRESS": cluster.address})
 
 
 def _checkpointed(run_dir: Path) -> bool:
@@ -60,12 +50,8 @@ def _kill_the_training_node(cluster, job: subprocess.Popen, log: Path, run_dir: 
     return victim
 
 
-def _starts(out: Path) -> list[int]:
-    return [row["step"] for row in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if row.get("event") == "start"]
-
-
 def test_base_training_survives_a_worker_node_killed(nodes, tmp_path):
-    data = _data(tmp_path / "data")
+    data = png_folder(tmp_path / "data", 4, 96, 128)
 
     def argv(out: Path) -> list[str]:
         return [str(REPO / "jobs" / "train_base.py"), "--num-workers", "2", "--max-failures", "1", "--data-dir", str(data), "--out-dir", str(out),
@@ -102,7 +88,7 @@ def test_base_training_survives_a_worker_node_killed(nodes, tmp_path):
 def test_meta_training_survives_a_worker_node_killed(nodes, tmp_path):
     from oml.models.weights import load_meta_state
 
-    data = _data(tmp_path / "data")
+    data = png_folder(tmp_path / "data", 4, 96, 128)
     store, name, steps = tmp_path / "store", "cluster", 60
     argv = [str(REPO / "jobs" / "metatrain.py"), "--no-pretrained", "--data-dir", str(data), "--crop", "64", "--batch", "1",
             "--tasks-per-step", "1", "--steps", str(steps), "--ckpt-every", "5", "--report-every", "5", "--num-workers", "2",

@@ -24,16 +24,6 @@ time.sleep(600)
 """
 
 
-def _left(name: str) -> list[str]:
-    """Namespaces, links, folders and processes of the cluster ``name`` still on the machine."""
-    ip = lambda *a: subprocess.run(["ip", *a], capture_output=True, text=True).stdout  # noqa: E731
-    spaces = [n for n in ip("netns", "list").split() if n.startswith(name)]
-    links = [line.split(":")[1].strip().split("@")[0] for line in ip("-o", "link").splitlines() if f" {name}" in line]
-    folders = [str(p) for p in Path("/tmp").glob(f"{name}-*")]
-    pids = [pid for n in spaces for pid in ip("netns", "pids", n).split()]
-    return spaces + links + folders + pids
-
-
 def test_what_a_killed_owner_left_is_swept():
     why = netcluster.unavailable()
     if why:
@@ -42,11 +32,11 @@ def test_what_a_killed_owner_left_is_swept():
     try:
         name = owner.stdout.readline().strip()
         assert name.startswith("omlc"), name
-        made = _left(name)
-        assert any(p.isdigit() for p in made) and any(m.startswith(f"{name}h") for m in made), made  # a head host, with processes
+        made = netcluster.leftovers(name)
+        assert any(m.startswith("pid ") for m in made) and any(m.startswith(f"{name}h") for m in made), made  # a head host, with processes
     finally:
         owner.kill()  # SIGKILL: no close()
         owner.wait()
-    assert _left(name), "the killed owner cleaned up after all"
+    assert netcluster.leftovers(name), "the killed owner cleaned up after all"
     assert name in netcluster.sweep()
-    assert not _left(name), _left(name)
+    assert not netcluster.leftovers(name), netcluster.leftovers(name)

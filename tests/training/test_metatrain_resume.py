@@ -26,7 +26,7 @@ import torch
 
 from oml.models.weights import load_meta_state, load_weights
 
-from ..conftest import natural_image
+from ..conftest import png_folder
 
 pytest.importorskip("ray.train")
 
@@ -81,12 +81,7 @@ def _checkpoint_logs(run_dir: Path) -> dict[int, list[dict]]:
 
 
 def test_killed_metatrain_resumes_from_its_checkpoint(tmp_path, ray_address):
-    from oml.imageio import encode_png
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(4):
-        (data / f"{i}.png").write_bytes(encode_png(natural_image(96, 128, seed=i)))
+    data = png_folder(tmp_path / "data", 4, 96, 128)
     storage = tmp_path / "store"
     run_dir = storage / NAME
     def cmd(steps: int) -> list[str]:
@@ -148,14 +143,10 @@ def test_killed_metatrain_resumes_from_its_checkpoint(tmp_path, ray_address):
 def test_without_ray_one_process_trains_what_a_one_worker_ray_run_trains(tmp_path, ray_address):
     """``--no-ray`` (a GPU machine without Ray) draws the same tasks and takes the same steps as a
     one-worker Ray Train run: both write the same λ-offset branches, the same log and the base's step."""
-    from oml.imageio import encode_png
     from oml.models.zoo import load_model, save_weights
     from pipeline.training.meta import MetaTrainConfig, load_base_model, run_metatrain, run_metatrain_here
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(3):
-        (data / f"{i}.png").write_bytes(encode_png(natural_image(96, 128, seed=i)))
+    data = png_folder(tmp_path / "data", 3, 96, 128)
     base = tmp_path / "base.pt"
     save_weights(load_base_model(MetaTrainConfig(pretrained=False, seed=1)), base, trained_steps=42)
     common = dict(weights=str(base), data_dir=str(data), crop=64, batch=1, tasks_per_step=2, steps=3, mode="offset",
