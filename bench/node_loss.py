@@ -3,11 +3,11 @@ for Ray's gRPC keepalive settings.
 
     python bench/node_loss.py --json docs/data/node_loss.json      # as root (network namespaces)
 
-A cluster of hosts in network namespaces (:mod:`tests.netcluster`: a head and two worker nodes of
-2 CPUs, a moto S3 endpoint on the bridge); 24 synthetic images of one tile each, from and to S3,
-fast effort, one tile a unit. Once a unit is being coded on the second worker node, its link is
-taken down; the time is from the cut to the job's exit (which must be 0). A call in flight to the
-silent node ends only when gRPC's keepalive ping goes unanswered: each setting is
+A cluster of hosts in network namespaces (:mod:`tests.netcluster`: a head and two worker nodes of 2
+CPUs, a moto S3 endpoint on the bridge); 24 synthetic images of one tile each, from and to S3 (a
+fresh bucket per run), fast effort, one tile a unit. Once a unit is being coded on the second worker
+node, its link is taken down; the time is from the cut to the job's exit (which must be 0). A call
+in flight to the silent node ends only when gRPC's keepalive ping goes unanswered: each setting is
 ``TIME_MS/TIMEOUT_MS`` for ``RAY_grpc_client_keepalive_time_ms`` and ``..._timeout_ms`` on every
 node, ``ray`` for Ray's own (300 000/120 000). Health checks are the test cluster's short ones.
 """
@@ -27,11 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.netcluster import BIN, TIMEOUTS, NetCluster, sweep, unavailable  # noqa: E402
 
-BUCKET = "oml-bench"
 KEEPALIVE = ("RAY_grpc_client_keepalive_time_ms", "RAY_grpc_client_keepalive_timeout_ms")
 
 
 def _one(setting: str, images: int) -> dict:
+    import secrets
+
     import s3fs
     from moto.server import ThreadedMotoServer
 
@@ -39,6 +40,7 @@ def _one(setting: str, images: int) -> dict:
     from tests.conftest import natural_image
 
     cluster = NetCluster(workers=2, cpus=2)
+    bucket = f"oml-bench-{secrets.token_hex(4)}"  # moto keeps its buckets for the whole process: each run a fresh one
     server = None
     try:
         cluster.make_network()
@@ -53,21 +55,25 @@ def _one(setting: str, images: int) -> dict:
             cluster.ray_env.update(zip(KEEPALIVE, setting.split("/")))
         cluster.start_ray()
         fs = s3fs.S3FileSystem(key="bench", secret="bench-secret", client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
-        fs.mkdir(BUCKET)
+        fs.mkdir(bucket)
         for i in range(images):
-            fs.pipe_file(f"{BUCKET}/in/{i:02d}.png", encode_png(natural_image(192, 224, seed=100 + i)))
-        argv = [str(BIN / "oml"), "archive", "--input", f"s3://{BUCKET}/in", "--output", f"s3://{BUCKET}/out", "--address", cluster.address,
+            fs.pipe_file(f"{bucket}/in/{i:02d}.png", encode_png(natural_image(192, 224, seed=100 + i)))
+        argv = [str(BIN / "oml"), "archive", "--input", f"s3://{bucket}/in", "--output", f"s3://{bucket}/out", "--address", cluster.address,
                 "--quality", "1", "--effort", "fast", "--unit-tiles", "1", "--no-progress"]  # fmt: skip
         job = subprocess.Popen(cluster.command(cluster.head, argv), env=cluster.ray_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         victim = cluster.hosts["w2"]
-        cluster.wait_busy(victim, until=job)
+        try:
+            cluster.wait_busy(victim, until=job)
+        except RuntimeError as error:
+            job.kill()
+            raise SystemExit(f"{error} ({setting}); the job said: {job.communicate()[1][-2000:]}") from None
         cut = time.perf_counter()
         cluster.cut(victim)
         err = job.communicate()[1]
         seconds = time.perf_counter() - cut
         if job.returncode != 0:
             raise SystemExit(f"archive failed ({job.returncode}) with {setting}: {err[-2000:]}")
-        summary = json.loads(fs.cat_file(f"{BUCKET}/out/summary.json"))
+        summary = json.loads(fs.cat_file(f"{bucket}/out/summary.json"))
         return {"keepalive": setting, "seconds_after_cut": round(seconds, 1), "archived": summary["archived"], "images": summary["images"]}
     finally:
         cluster.close()

@@ -166,17 +166,25 @@ def read_archive(
     batch_size: int = 16,
     weights: str | None = None,
     metric: str | None = None,
+    shared_path: bool = False,
 ) -> Any:
     """The archive's images as a Ray Data ``Dataset``: ``read_parquet`` of the committed units'
     images tables (their rows: ``path``, ``metadata``, ``width`` … and, for WebDataset inputs, the
     ``sidecars`` list) and ``map_batches`` that decodes each row on ``concurrency`` actors of
     ``num_cpus`` CPUs each, adding ``key``, ``image`` (uint8 ``(3, H, W)``; variable-shaped when sizes
     differ) and each sidecar field as a binary column (null where a sample has none). Uses the Ray
-    the caller started (else Ray Data starts one). Raises :class:`ArchiveError` when some image cannot
-    be read (named)."""
+    the caller started (else Ray Data starts one). A local ``uri`` on a Ray cluster of several nodes
+    (or one an autoscaler may grow) is refused with :class:`pipeline.archive.runner.ClusterError` unless ``shared_path`` says
+    every node mounts it at the same place. Raises :class:`ArchiveError` when some image cannot be
+    read (named)."""
+    import ray
     import ray.data
 
     from pipeline.archive import layout
+    from pipeline.archive.runner import check_shared_paths
+
+    if ray.is_initialized():  # else Ray Data starts a local Ray: one node
+        check_shared_paths(ray, {"uri": uri}, shared_path, say_shared="pass shared_path=True")
 
     archive = open_archive(uri, weights, metric)
     archive.check()

@@ -133,10 +133,11 @@ def joins_cluster(cfg: RayConfig) -> bool:
     return bool(cfg.address or os.environ.get("RAY_ADDRESS")) or bool(ray is not None and ray.is_initialized())
 
 
-def check_shared_paths(ray: Any, locations: Mapping[str, str | None], shared: bool = False) -> None:
+def check_shared_paths(ray: Any, locations: Mapping[str, str | None], shared: bool = False, say_shared: str = "add --shared-path") -> None:
     """Refuse a local path (``locations``: flag → path or URI) on a cluster of several nodes, or one an
     autoscaler may grow, unless ``shared`` says that every node mounts it at the same place (the
-    jobs' ``--shared-path``): each node's tasks would otherwise read and write their own disk there.
+    jobs' ``--shared-path``; ``say_shared`` names it in the message): each node's tasks would otherwise
+    read and write their own disk there.
 
     Raises:
         ClusterError: such a path, in one line.
@@ -154,20 +155,22 @@ def check_shared_paths(ray: Any, locations: Mapping[str, str | None], shared: bo
     raise ClusterError(
         f"{flag} {uri} is a local path, but the Ray cluster has {len(nodes)} node{'s' * (len(nodes) != 1)}{grows}: "
         "each node's tasks would read and write their own disk there; give an s3:// URI, "
-        "or add --shared-path if every node mounts that path at the same place (NFS, a shared volume)"
+        f"or {say_shared} if every node mounts that path at the same place (NFS, a shared volume)"
     )
 
 
 @contextmanager
 def cluster_checked(cfg: RayConfig, locations: Mapping[str, str | None]) -> Iterator[None]:
     """On a Ray cluster, join it now, before the job writes anything, and refuse local paths its nodes
-    do not share (:func:`check_shared_paths`); the job's own :func:`ray_session` then reuses this
-    connection. Without a cluster, nothing: a local Ray is one node, started when tasks need it."""
+    do not share (:func:`check_shared_paths`) and a task no node can ever run (:func:`check_placement`);
+    the job's own :func:`ray_session` then reuses this connection. Without a cluster, nothing: a
+    local Ray is one node, started when tasks need it."""
     if not joins_cluster(cfg):
         yield
         return
     with ray_session(cfg) as ray:
         check_shared_paths(ray, locations, cfg.shared_path)
+        check_placement(ray, cfg)
         yield
 
 
@@ -328,25 +331,40 @@ def _amounts(resources: Mapping[str, float]) -> str:
     return ", ".join(f"{name} {resources.get(name, 0):g}" for name in ("CPU", "GPU"))
 
 
-def _await_placement(ray: Any, cfg: RayConfig, request: Mapping[str, float]) -> float | None:
-    """None when a node can run a task now; the deadline of the wait for an autoscaler's node otherwise.
+def _task_request(cfg: RayConfig) -> dict[str, float]:
+    return {"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker}
+
+
+def check_placement(ray: Any, cfg: RayConfig) -> str:
+    """Whether a node can run a task as ``cfg`` asks: ``"ready"`` (one can now) or ``"wait"`` (an
+    autoscaler may add one).
 
     Raises:
         ClusterError: no node can run one, and none that could will ever be added.
     """
+    request = _task_request(cfg)
     nodes, types, autoscaling = cluster_view(ray)
     verdict = placement(request, nodes, types, autoscaling)
-    asked = f"--cpus-per-worker {cfg.cpus_per_worker:g} --num-gpus {cfg.gpus_per_worker:g}"
     if verdict == "never":
+        asked = f"--cpus-per-worker {cfg.cpus_per_worker:g} --num-gpus {cfg.gpus_per_worker:g}"
         largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
         why = "and no node type its autoscaler may start has them" if types is not None else "and it has no autoscaler to add one"
         raise ClusterError(
             f"no node of the Ray cluster can run a task ({asked}: {_amounts(request)} each): "
             f"the largest has {_amounts(largest)}, {why}; ask for less, or run on a cluster that has them"
         )
-    if verdict == "ready":
+    return verdict
+
+
+def _await_placement(ray: Any, cfg: RayConfig) -> float | None:
+    """None when a node can run a task now; the deadline of the wait for an autoscaler's node otherwise.
+
+    Raises:
+        ClusterError: no node can run one, and none that could will ever be added.
+    """
+    if check_placement(ray, cfg) == "ready":
         return None
-    print(f"waiting up to {cfg.resource_wait:g} s (--resource-wait) for the autoscaler to add a node with {_amounts(request)} for a task", file=sys.stderr, flush=True)
+    print(f"waiting up to {cfg.resource_wait:g} s (--resource-wait) for the autoscaler to add a node with {_amounts(_task_request(cfg))} for a task", file=sys.stderr, flush=True)
     return time.monotonic() + cfg.resource_wait
 
 
@@ -369,8 +387,8 @@ def run_tasks(
         ClusterError: no node can run a task, and none arrives within ``cfg.resource_wait`` seconds.
         OSError: a task found that the output takes no more writes (full, read-only): the run stops.
     """
-    request = {"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker}
-    waiting_until = _await_placement(ray, cfg, request)
+    request = _task_request(cfg)
+    waiting_until = _await_placement(ray, cfg)
     remote = ray.remote(_apply).options(
         num_cpus=cfg.cpus_per_worker,
         num_gpus=cfg.gpus_per_worker,

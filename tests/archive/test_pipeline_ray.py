@@ -279,6 +279,7 @@ def test_a_ray_start_cluster_refuses_at_once_and_an_autoscaled_one_waits_as_long
 
     run, _ = archive("--num-gpus", "1")
     assert run.returncode == 2 and "has no autoscaler" in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "arch").exists()  # refused on joining the cluster, before the plan is written
 
     report = (  # what an autoscaler (v2) tells the GCS: the node groups it may start, here cluster.yaml's GPU workers
         "from ray._raylet import GcsClient\nfrom ray.core.generated import autoscaler_pb2\n"

@@ -6,6 +6,8 @@ refused unless said to be shared; requests the cluster can never run fail at onc
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from oml.imageio import encode_png
 from tests.conftest import natural_image, png_folder
 
-from .conftest import BUCKET, finish, oml, start_oml
+from .conftest import BUCKET, REPO, finish, oml, start_oml
 
 pytestmark = pytest.mark.multinode
 
@@ -149,6 +151,16 @@ def test_local_paths_are_refused_on_a_cluster_unless_shared(cluster, tmp_path):
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert sorted(p.name for p in restored.glob("*.png")) == ["0.png", "1.png"]
 
+    # Ray Data's reader of an archive, from a driver on the cluster: the same rule
+    read = (f"import ray\nfrom pipeline.archive.runner import ClusterError\nfrom pipeline.dataset import read_archive\n"
+            f"ray.init(address={cluster.address!r}, logging_level='WARNING')\n"
+            f"try:\n    read_archive({str(archive)!r})\nexcept ClusterError as error:\n    print('refused:', error)\n"
+            f"print('rows:', read_archive({str(archive)!r}, shared_path=True).count())\n")  # fmt: skip
+    done = subprocess.run(cluster.command(cluster.head, [sys.executable, "-c", read]), env=cluster.ray_env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "refused: uri " in done.stdout and "shared_path=True" in done.stdout and "rows: 2" in done.stdout, done.stdout
+
 
 @pytest.mark.parametrize(
     "case",
@@ -168,4 +180,4 @@ def test_what_the_cluster_can_never_run_fails_at_once(cluster, collection, case)
     assert took < 30, took
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("oml archive: error:"), done.stderr
-    assert not cluster.fs.exists(f"{BUCKET}/never-{case}/units")
+    assert not cluster.fs.exists(f"{BUCKET}/never-{case}")  # refused before anything was written
