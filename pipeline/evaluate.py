@@ -8,6 +8,7 @@ Every bpp counts every byte written (header, λ*, checksum included); PSNR is on
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import sys
@@ -33,7 +34,9 @@ from pipeline.published import PUBLISHED_KODAK
 @dataclass(frozen=True)
 class EvalConfig:
     """What to evaluate; one curve per encoder effort in ``efforts`` (:mod:`oml.effort`), then one per
-    pair of the paper's adaptation iterations (``steps``) and latent-refinement iterations (``refine``)."""
+    pair of the paper's adaptation iterations (``steps``) and latent-refinement iterations (``refine``).
+    ``baselines_from``: an earlier ``rd.json`` (with per-image points) whose anchors' points are
+    taken instead of encoding them again (:func:`earlier_baseline_points`)."""
 
     inputs: str
     output: str
@@ -47,6 +50,7 @@ class EvalConfig:
     baselines: tuple[str, ...] = baselines.STRONGEST
     per_image: bool = False
     limit: int = 0
+    baselines_from: str | None = None
 
 
 class ImagePoint(NamedTuple):
@@ -76,7 +80,8 @@ class CurvePoint(NamedTuple):
     tiles_improved: float
 
 
-def _images(cfg: EvalConfig) -> list[tuple[str, torch.Tensor]]:
+def _images(cfg: EvalConfig) -> tuple[list[tuple[str, torch.Tensor]], dict[str, str]]:
+    """The readable images (name, uint8 ``(3,H,W)``) and each one's file SHA-256."""
     folder = Path(cfg.inputs)
     if not folder.is_dir():
         raise ValueError(f"{cfg.inputs} is not a folder")
@@ -85,15 +90,17 @@ def _images(cfg: EvalConfig) -> list[tuple[str, torch.Tensor]]:
         paths = paths[: cfg.limit]
     if not paths:
         raise ValueError(f"no images in {cfg.inputs}")
-    images = []
+    images, hashes = [], {}
     for p in paths:
         try:
-            images.append((p.name, decode_image(p.read_bytes())))
+            data = p.read_bytes()
+            images.append((p.name, decode_image(data)))
+            hashes[p.name] = hashlib.sha256(data).hexdigest()
         except (ImageDecodeError, OSError) as exc:  # one bad file must not void the whole evaluation
             print(f"eval: skipped {p}: {exc}", file=sys.stderr)
     if not images:
         raise ValueError(f"no readable images in {cfg.inputs}")
-    return images
+    return images, hashes
 
 
 def _quality(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -160,6 +167,43 @@ def _baseline_points(names, images, bar) -> list[ImagePoint]:
                 points.append(ImagePoint(name, f"{name_codec} q{q}", 8 * len(data) / (h * w), p, s, t1 - t0, t2 - t1, 0, 0))
                 bar.update()
     return points
+
+
+def earlier_baseline_points(path: str | Path, found: dict[str, dict], hashes: dict[str, str]) -> tuple[list[ImagePoint], list[str]]:
+    """The points of the anchors in ``found`` that an earlier ``rd.json`` (``path``, written with
+    ``--per-image``) measured on the same images, and the anchors it cannot give, which are encoded
+    again: one it lacks, one whose encoder settings or library versions differ from ``found``'s, or one
+    missing a point. Same images: the same names and, when the earlier file records them, the same
+    SHA-256 (files written before checksums were recorded are matched by name, with a note).
+
+    Raises:
+        ValueError: the file is not an rd.json with per-image points, or it measured other images.
+    """
+    try:
+        earlier = json.loads(Path(path).read_text())
+        per_image = earlier["per_image"]
+        recorded = earlier.get("anchors", {})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--baselines-from {path}: not an rd.json with per-image points (oml eval --per-image): {exc}") from None
+    names = {p["image"] for p in per_image}
+    theirs = earlier.get("image_sha256")
+    if theirs is not None and theirs != hashes:
+        raise ValueError(f"--baselines-from {path}: measured on other images (their SHA-256 differ)")
+    if theirs is None:
+        if names != set(hashes):
+            raise ValueError(f"--baselines-from {path}: measured on other images ({len(names)} names, {len(names & set(hashes))} of them here)")
+        print(f"oml eval: note: {path} records no image checksums; its anchors are taken for the images of the same names", file=sys.stderr)
+    points, again = [], []
+    fields = ImagePoint._fields
+    for name_codec, settings in found.items():
+        wanted = [(image, f"{name_codec} q{q}") for q in baselines.DEFAULT_QUALITIES[name_codec] for image in hashes]
+        have = {(p["image"], p["setting"]): p for p in per_image if p["setting"].split(" ")[0] == name_codec}
+        if recorded.get(name_codec) != json.loads(json.dumps(settings)) or any(key not in have for key in wanted):
+            print(f"oml eval: note: anchor {name_codec} is encoded again: {path} has it with other settings or versions, or not for every image", file=sys.stderr)
+            again.append(name_codec)
+            continue
+        points += [ImagePoint(*(have[key][f] for f in fields)) for key in wanted]
+    return points, again
 
 
 def summarize(points: list[ImagePoint]) -> list[CurvePoint]:
@@ -249,13 +293,19 @@ def plot(by_curve: dict[str, list[CurvePoint]], path: Path, title: str, publishe
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate, write ``rd.json`` and ``rd.png`` under ``cfg.output``; returns the JSON."""
-    images = _images(cfg)
+    images, hashes = _images(cfg)
+    found, skipped = _available(cfg.baselines)
+    reused, encode = [], list(found)
+    if cfg.baselines_from:
+        reused, encode = earlier_baseline_points(cfg.baselines_from, found, hashes)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    found, skipped = _available(cfg.baselines)
-    total = len(images) * (len(_settings(cfg)) * len(cfg.qualities) + sum(len(baselines.DEFAULT_QUALITIES[c]) for c in found))
+    total = len(images) * (len(_settings(cfg)) * len(cfg.qualities) + sum(len(baselines.DEFAULT_QUALITIES[c]) for c in encode))
     with tqdm(total=total, desc="eval", unit="code", file=sys.stderr) as bar:
-        points = _model_points(cfg, images, bar) + _baseline_points(tuple(found), images, bar)
+        points = _model_points(cfg, images, bar)
+        fresh = _baseline_points(tuple(encode), images, bar)
+        for name_codec in found:  # the anchors in the order asked, taken or encoded
+            points += [p for p in reused + fresh if p.setting.split(" ")[0] == name_codec]
     summary = summarize(points)
     by_curve = curves(summary)
     model_curves = [c for c in by_curve if c.startswith(cfg.model)]
@@ -266,11 +316,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     result = {
         "config": dataclasses.asdict(cfg),
         "images": len(images),
+        "image_sha256": hashes,
         "curves": {name: [p._asdict() for p in pts] for name, pts in by_curve.items()},
         "bd_rate_percent": bd_rates(by_curve, model_curves, anchors),
         "bd_rate_psnr_range_db": overlap(anchors, by_curve, model_curves),
         "anchors": found,
         "anchors_skipped": skipped,
+        "anchors_from": {"file": str(cfg.baselines_from), "taken": [c for c in found if c not in encode]} if cfg.baselines_from else None,
     }
     if cfg.per_image:
         result["per_image"] = [p._asdict() for p in points]

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", nargs="*", default=list(STRONGEST_ANCHORS), choices=ANCHORS, metavar="CODEC",
                    help=f"classical anchors, one curve each (default: {' '.join(STRONGEST_ANCHORS)}; also {' '.join(c for c in ANCHORS if c not in STRONGEST_ANCHORS)}); "
                    "one whose plugin is missing is skipped with a note")
+    p.add_argument("--baselines-from", metavar="RD_JSON",
+                   help="take the anchors' points from an earlier rd.json of the same images (written with --per-image) instead of "
+                   "encoding them again; an anchor it lacks, or recorded with other settings or library versions, is encoded")
     p.add_argument("--per-image", action="store_true", help="also store every image's numbers in rd.json")
     p.add_argument("--limit", type=int, default=0, help="use only the first N images")
     p.set_defaults(func=cmd_eval)

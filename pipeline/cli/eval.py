@@ -14,7 +14,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         inputs=args.inputs, output=args.output, model=args.model, weights=args.weights,
         qualities=tuple(args.quality or quality_group(args.model)), efforts=tuple(args.effort or ()),
         steps=tuple(args.steps or ([] if args.effort and args.refine is None else [0])), refine=tuple(args.refine or [0]), metric=args.metric,
-        baselines=tuple(args.baselines), per_image=args.per_image, limit=args.limit,
+        baselines=tuple(args.baselines), per_image=args.per_image, limit=args.limit, baselines_from=args.baselines_from,
     )
     result = run_eval(cfg)
     for name, pts in result["curves"].items():
@@ -23,7 +23,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for key, value in result["bd_rate_percent"].items():
         span = f" (over {ranges[key][0]:.2f}-{ranges[key][1]:.2f} dB)" if ranges.get(key) else ""
         print(f"BD-rate {key}: {value if isinstance(value, str) else f'{value:+.2f}%'}{span}")
+    taken = (result["anchors_from"] or {}).get("taken", [])
     for name, settings in result["anchors"].items():
-        print(f"anchor {name}: {settings['format']} {settings['options']} " + " ".join(f"{k} {v}" for k, v in settings["versions"].items()))
+        print(f"anchor {name}{' (from ' + args.baselines_from + ')' if name in taken else ''}: {settings['format']} {settings['options']} " + " ".join(f"{k} {v}" for k, v in settings["versions"].items()))
     print(f"wrote {args.output}/rd.json and {args.output}/rd.png")
     return 0
