@@ -1,7 +1,7 @@
 """Do archives restore on other machines, and what does the exact entropy path cost?
 
-Codes every image of a folder at every quality with the default model twice: format 2
-(exact entropy parameters, symbol checks) and format 1 (CompressAI's float ``h_s``, float
+Codes every image of a folder at every quality with the default model's weights given (``--weights``)
+twice: format 2 (exact entropy parameters, symbol checks) and format 1 (CompressAI's float ``h_s``, float
 CDF indexes and means, no symbol check; what this project wrote before). Then decodes every
 file in subprocesses that compute floats differently (bench/elsewhere.py): the same machine,
 other CPU kernels with one thread, TF32 convolutions, float64 convolutions. Per environment
@@ -9,6 +9,9 @@ and format: files restored within one grey level of the encoder's reconstruction
 restored wrong without a word, desyncs detected, pixels that differ.
 
 The cost: the BD-rate of format 2 against format 1 over the mean (bpp, PSNR) per quality.
+Format 1 predates the checkerboard context, so the weights default to v2, the last release without
+one (``weights/oml-default-v2.pt`` in a checkout). A format-2 file that cannot be decoded at all, or
+a format-1 file on the same machine, stops the bench with its reason.
 
     python bench/portability.py ../shared/data/kodak -o docs/data/portability     # ~8 min on 2 cores
 """
@@ -65,9 +68,9 @@ def format1_encode(model, image: torch.Tensor, quality: int) -> tuple[bytes, tor
     return codec.write(header, records), recon
 
 
-def encode_all(files: list[Path], qualities: list[int], out: Path) -> tuple[list[dict], list[dict]]:
+def encode_all(files: list[Path], qualities: list[int], out: Path, weights: Path) -> tuple[list[dict], list[dict]]:
     jobs, costs = [], []
-    models = {q: load_model("oml-default", q) for q in qualities}
+    models = {q: load_model("oml-default", q, weights=weights) for q in qualities}
     for path in files:
         image = decode_image(path.read_bytes())
         pixels = image.shape[1] * image.shape[2]
@@ -78,7 +81,7 @@ def encode_all(files: list[Path], qualities: list[int], out: Path) -> tuple[list
                 name = f"{path.stem}-q{q}-{fmt}"
                 (out / f"{name}.oml").write_bytes(data)
                 np.save(out / f"{name}-encoder.npy", recon.numpy())
-                jobs.append({"model": "oml-default", "quality": q, "weights": None, "input": str(out / f"{name}.oml"), "output": ""})
+                jobs.append({"model": "oml-default", "quality": q, "weights": str(weights), "input": str(out / f"{name}.oml"), "output": ""})
             costs.append({
                 "image": path.name, "quality": q, "bpp": 8 * len(new.data) / pixels, "psnr": float(psnr(new.reconstruction, image)),
                 "format1_bpp": 8 * len(old) / pixels, "format1_psnr": float(psnr(old_recon, image)),
@@ -90,7 +93,7 @@ def encode_all(files: list[Path], qualities: list[int], out: Path) -> tuple[list
 def decode_everywhere(jobs: list[dict], out: Path) -> dict:
     """Per environment and format: files restored within one level, restored wrong (silently),
     desyncs detected, and how many pixels differ from the encoder's reconstruction."""
-    results = {}
+    results, errors = {}, []
     for label, (env, args) in ENVIRONMENTS.items():
         tag = "".join(c if c.isalnum() else "-" for c in label)
         listed = [dict(j, output=j["input"].replace(".oml", f"-{tag}.npy")) for j in jobs]
@@ -106,6 +109,8 @@ def decode_everywhere(jobs: list[dict], out: Path) -> dict:
                 state = status[job["input"]]["status"]
                 if state != "ok":
                     counts[state] += 1
+                    if state == "error" and (fmt == "f2" or label == "same machine"):  # format 1 elsewhere may fail so
+                        errors.append(f"{label}: {Path(job['input']).name}: {status[job['input']]['reason']}")
                     continue
                 a = np.load(job["output"]).astype(int)
                 b = np.load(job["input"].replace(".oml", "-encoder.npy")).astype(int)
@@ -117,6 +122,8 @@ def decode_everywhere(jobs: list[dict], out: Path) -> dict:
                 os.remove(job["output"])
             results[f"format {fmt[1]}, {label}"] = counts
             print(f"format {fmt[1]}, {label}: {counts}", flush=True)
+    if errors:
+        raise SystemExit(f"bench/portability.py: {len(errors)} files could not be decoded at all, e.g. {errors[0]}")
     return results
 
 
@@ -126,18 +133,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--qualities", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--weights", type=Path, default=ROOT / "weights" / "oml-default-v2.pt",
+                        help="oml-default weights without a checkerboard context, which format 1 cannot code (default: v2's)")
     args = parser.parse_args(argv)
+    if not args.weights.is_file():
+        raise SystemExit(f"bench/portability.py: no weights file {args.weights}")
     files = sorted(p for p in Path(args.folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.limit or None]
     out = Path(args.output)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    jobs, costs = encode_all(files, args.qualities, work)
+    jobs, costs = encode_all(files, args.qualities, work, args.weights)
     environments = decode_everywhere(jobs, work)
     curve = {key: [float(np.mean([c[key] for c in costs if c["quality"] == q])) for q in args.qualities]
              for key in ("bpp", "psnr", "format1_bpp", "format1_psnr")}
     cost = bd_rate(curve["format1_bpp"], curve["format1_psnr"], curve["bpp"], curve["psnr"]) if len(args.qualities) >= 4 else math.nan
-    summary = {"images": len(files), "qualities": args.qualities, "environments": environments, "curves": curve,
+    summary = {"images": len(files), "qualities": args.qualities, "weights": args.weights.name, "environments": environments, "curves": curve,
                "bd_rate_format2_vs_format1_percent": None if math.isnan(cost) else round(cost, 3), "per_image": costs}
     (out / "portability.json").write_text(json.dumps(summary, indent=1))
     for f in work.iterdir():

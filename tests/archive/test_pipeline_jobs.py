@@ -119,6 +119,7 @@ def _stop(head: subprocess.Popen) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_ray_job_submit_end_to_end(tmp_path):
     inp = make_inputs(tmp_path / "in")
     out = tmp_path / "archive"

@@ -263,6 +263,7 @@ def ray_head(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_ray_start_cluster_refuses_at_once_and_an_autoscaled_one_waits_as_long_as_asked(tmp_path, ray_head):
     """Against a real head: no autoscaler, a GPU task is refused at once (exit 2); once the GCS holds
     node groups (what an autoscaler reports) with a GPU type, the job waits --resource-wait seconds
@@ -340,6 +341,7 @@ def stop_midway(argv: list[str], env: dict[str, str], started, sig: int, ignore_
             proc.kill()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_an_archive_in_seconds_and_the_same_command_finishes_it(tmp_path):
     """Started as a script's background job is (SIGINT inherited as ignored: the case that once ran
     on to the end and exited 0), `oml archive` stops within seconds of SIGINT with exit 130, its Ray
@@ -369,6 +371,7 @@ def test_ctrl_c_stops_an_archive_in_seconds_and_the_same_command_finishes_it(tmp
     assert not (tmp_path / "home" / ".ray").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_and_sigterm_stop_a_restore_in_seconds(tmp_path):
     """`oml restore` (banded: many small tasks) stops within seconds of SIGINT with exit 130, and of
     SIGTERM with 143 (Ray's driver would abort on it: exit 134, no shutdown), its Ray with it."""

@@ -101,6 +101,7 @@ def test_damaged_latent_strings_are_always_desync_never_a_crash_or_garbage():
     assert len(outcomes) > 100 and set(outcomes) == {"desync"}, sorted(set(outcomes))[:3]
 
 
+@pytest.mark.slow
 def test_the_probe_battery_finds_no_failure():
     """bench/probes.py (the table in docs/RESULTS.md): every hostile or careless input through the
     CLI and the Ray jobs is a clean error, a manifest entry or a correct result."""

@@ -80,6 +80,7 @@ def _checkpoint_logs(run_dir: Path) -> dict[int, list[dict]]:
     return logs
 
 
+@pytest.mark.slow
 def test_killed_metatrain_resumes_from_its_checkpoint(tmp_path, ray_address):
     data = png_folder(tmp_path / "data", 4, 96, 128)
     storage = tmp_path / "store"
