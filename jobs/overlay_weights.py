@@ -2,10 +2,10 @@
 
     python jobs/metatrain.py --weights oml/weights/oml-default.pt --mode offset --steps 300 --outer-lr 1e-2 \\
         --storage-path runs/meta --name branches
-    git mv oml/weights/oml-default.pt oml/weights/oml-default-v9.pt
+    git mv oml/weights/oml-default.pt oml/weights/oml-default-v11.pt
     python jobs/overlay_weights.py runs/meta/branches/oml-default-meta-offset.pt \\
-        oml/weights/oml-default-v9.pt oml/weights/oml-default.pt
-    python jobs/release_weights.py v10
+        oml/weights/oml-default-v11.pt oml/weights/oml-default.pt
+    python jobs/release_weights.py v12
 
 The overlay loads wherever its base lies beside it or is a release on the weights path (found by
 SHA-256, so the base may be renamed later) and decodes exactly as the whole file does: re-trained

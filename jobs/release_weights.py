@@ -1,9 +1,8 @@
 """Record a new release of the default model's weights in the manifest (oml/weights/manifest.json).
 
-    git mv oml/weights/oml-default.pt weights/oml-default-v10.pt      # the previous release leaves the wheel
-    git mv oml/weights/oml-default-v9.pt weights/                     # and its base, unless the new one is over it
+    git mv oml/weights/oml-default.pt weights/oml-default-v11.pt      # the previous release leaves the wheel (with its base, if an overlay)
     cp runs/gpu/oml-default-gpu-meta.pt oml/weights/oml-default.pt    # or an overlay (jobs/overlay_weights.py)
-    python jobs/release_weights.py v11
+    python jobs/release_weights.py v12
 
 The new file (``oml/weights/<model>.pt``) gets its entry: SHA-256, size, the weights fingerprints
 that files coded with it will carry (one per byte format), the base release of an overlay, and the

@@ -151,7 +151,7 @@ def test_oml_decompress_finds_the_release_a_file_names_on_the_weights_path(versi
 
 
 def test_releases_are_listed_from_the_manifest_as_found_on_the_weights_path(isolated, tmp_path, monkeypatch):
-    """The wheel's folder holds the current release and its base; older ones count where a folder
+    """The wheel's folder holds the current release (and its base, were it an overlay); older ones count where a folder
     of the path holds their file with the manifest's size and SHA-256."""
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -161,9 +161,9 @@ def test_releases_are_listed_from_the_manifest_as_found_on_the_weights_path(isol
     (folder / "oml-default-v1.pt").write_bytes(bytes(wrong))
     monkeypatch.setenv(weights.PATH_ENV, os.pathsep.join([str(tmp_path / "none"), str(folder)]))
     listed = zoo.packaged_weights("oml-default")
-    assert [(p.parent, p.name) for p in listed] == [(weights.package_folder(), "oml-default.pt"), (weights.package_folder(), "oml-default-v9.pt"), (folder, "oml-default-v2.pt")]
+    assert [(p.parent, p.name) for p in listed] == [(weights.package_folder(), "oml-default.pt"), (folder, "oml-default-v2.pt")]
     monkeypatch.delenv(weights.NO_CHECKOUT_ENV)
-    assert len(zoo.packaged_weights("oml-default")) == 10
+    assert len(zoo.packaged_weights("oml-default")) == 11  # v1-v11, the checkout's weights/ included
 
 
 REPOSITORY_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
@@ -258,7 +258,7 @@ def test_an_old_release_is_downloaded_only_when_allowed_and_kept_only_if_its_has
 
 
 def test_the_wheel_carries_the_current_release_only_and_the_manifest_lists_every_file():
-    """package-data takes the current release and its base (under 25 MB); every older release is
+    """package-data takes the current release and, for an overlay, its base (under 25 MB); every older release is
     in the repository's weights/, and each file is listed with its size and SHA-256; the current
     release's fingerprint is the one the manifest gives."""
     import glob
@@ -269,7 +269,7 @@ def test_the_wheel_carries_the_current_release_only_and_the_manifest_lists_every
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["oml"]
     shipped = {Path(p) for pattern in patterns for p in glob.glob(str(root / "oml" / pattern))}
     current = weights.manifest().current_release("oml-default")
-    assert {p.name for p in shipped if p.suffix == ".pt"} == {current.file, _release(current.base).file}
+    assert {p.name for p in shipped if p.suffix == ".pt"} == {current.file} | ({_release(current.base).file} if current.base else set())
     assert sum(p.stat().st_size for p in shipped) <= 25_000_000
     listed = {(r.file, r.sha256, r.size) for r in weights.manifest().releases["oml-default"]}
     on_disk = {(p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size) for p in [*root.glob("oml/weights/*.pt"), *REPOSITORY_WEIGHTS.glob("*.pt")]}
@@ -290,6 +290,7 @@ def test_the_wheel_carries_the_current_release_only_and_the_manifest_lists_every
         ("v7-kodim05-crop.oml", "b43065c85c2409df", 24.8409),
         ("v8-kodim05-crop.oml", "3d6171f772d00c7a", 25.1305),
         ("v9-kodim05-crop.oml", "b9e439e989ad8e6a", 25.6781),
+        ("v10-kodim05-crop.oml", "1ab62a9f3f7e6d4e", 25.6992),
     ],
 )
 def test_a_file_coded_with_earlier_shipped_weights_restores_with_them(tmp_path, name, fingerprint, psnr_db):
@@ -298,7 +299,8 @@ def test_a_file_coded_with_earlier_shipped_weights_restores_with_them(tmp_path, 
     hyperprior; v3: v2 plus a checkerboard context; v4: v3 trained jointly with its context for 14 000 more
     steps; v5: v4 trained 9 000 steps on 256² crops; v6: v5 trained 9 936 steps with --amp;
     v7: v6 trained 15 758 steps with --amp; v8: v7 trained 18 846 steps with --amp, the last N = 64
-    model; v9: v8 widened to N = 128 and trained 9 383 steps on one GPU) at quality 3, 3 adaptation steps, 128² tiles, before the next version shipped.
+    model; v9: v8 widened to N = 128 and trained 9 383 steps on one GPU; v10: v9 with its λ-offset branches
+    re-meta-trained, a 60 kB overlay over v9) at quality 3, 3 adaptation steps, 128² tiles, before the next version shipped.
     `oml decompress` with no flags must find that version among the packaged weights by the
     file's fingerprint and restore it as coded: every tile's symbol check passes and the PSNR is
     the one measured when it was coded (the float synthesis may move a pixel by one grey level
