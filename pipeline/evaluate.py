@@ -197,7 +197,7 @@ def earlier_baseline_points(path: str | Path, found: dict[str, dict], hashes: di
     fields = ImagePoint._fields
     for name_codec, settings in found.items():
         wanted = [(image, f"{name_codec} q{q}") for q in baselines.DEFAULT_QUALITIES[name_codec] for image in hashes]
-        have = {(p["image"], p["setting"]): p for p in per_image if p["setting"].split(" ")[0] == name_codec}
+        have = {(p["image"], p["setting"]): p for p in per_image if curve_name(p["setting"]) == name_codec}
         if recorded.get(name_codec) != json.loads(json.dumps(settings)) or any(key not in have for key in wanted):
             print(f"oml eval: note: anchor {name_codec} is encoded again: {path} has it with other settings or versions, or not for every image", file=sys.stderr)
             again.append(name_codec)
@@ -305,7 +305,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         points = _model_points(cfg, images, bar)
         fresh = _baseline_points(tuple(encode), images, bar)
         for name_codec in found:  # the anchors in the order asked, taken or encoded
-            points += [p for p in reused + fresh if p.setting.split(" ")[0] == name_codec]
+            points += [p for p in reused + fresh if curve_name(p.setting) == name_codec]
     summary = summarize(points)
     by_curve = curves(summary)
     model_curves = [c for c in by_curve if c.startswith(cfg.model)]
